@@ -1,0 +1,163 @@
+"""Experiment tracking: the only module that imports wandb.
+
+The main process gets a `Tracker` backed by Accelerate's tracker API (wandb or tensorboard); every
+other rank gets a `NullTracker`, so the training loop never asks which rank it is on before logging.
+wandb runs offline when no API key is configured and never prompts; the run id is chosen here and
+stored in every checkpoint so a resumed (or requeued) job continues the same wandb run.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from gan_dist.config import Config, LogConfig, to_dict
+
+
+def new_run_id() -> str:
+    """An 8-character id, the same format wandb uses, chosen once per training run."""
+    return uuid.uuid4().hex[:8]
+
+
+def wandb_api_key_configured() -> bool:
+    """True when wandb could log in without prompting: WANDB_API_KEY, or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    netrc_path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(netrc_path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(log: LogConfig) -> str:
+    """online | offline | disabled. WANDB_MODE in the environment wins over log.wandb_mode=auto."""
+    if log.wandb_mode != "auto":
+        return log.wandb_mode
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode in ("online", "offline", "disabled"):
+        return env_mode
+    if env_mode == "dryrun":
+        return "offline"
+    return "online" if wandb_api_key_configured() else "offline"
+
+
+def images_to_grid(images: torch.Tensor) -> np.ndarray:
+    """(N, 1, 28, 28) in [-1, 1] -> uint8 (H, W) grid with sqrt(N) columns (N is a square)."""
+    num_columns = max(1, round(images.shape[0] ** 0.5))
+    grid = make_grid(images.float().cpu(), nrow=num_columns, padding=2, normalize=True, value_range=(-1, 1))
+    # (3, H, W) in [0, 1] -> (H, W) uint8; make_grid repeats the gray channel three times.
+    return (grid[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 1, 28, 28) in [-1, 1] -> (N, 28, 28) uint8, the inverse of the loader's x / 127.5 - 1."""
+    pixels = ((images.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels[:, 0].numpy()
+
+
+def save_grid_png(images: torch.Tensor, path: Path) -> np.ndarray:
+    """Write the sample grid as a grayscale PNG (atomically) and return it."""
+    grid = images_to_grid(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(grid, mode="L").save(tmp_path, format="PNG")
+    os.replace(tmp_path, path)
+    return grid
+
+
+class NullTracker:
+    """What every rank but the main one gets: accepts everything, writes nothing."""
+
+    run_id: str | None = None
+    description = "none"
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def log_image(self, name: str, grid: np.ndarray, step: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class Tracker(NullTracker):
+    """Accelerate's trackers (wandb or tensorboard) on the main process."""
+
+    def __init__(self, accelerator: Any, config: Config, run_dir: Path, run_id: str) -> None:
+        self.accelerator = accelerator
+        self.kind = config.log.tracker
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.description = self.kind
+        init_kwargs: dict[str, Any] = {}
+        if self.kind == "wandb":
+            mode = resolve_wandb_mode(config.log)
+            self.description = f"wandb ({mode}, run id {run_id})"
+            self.wandb_mode = mode
+            # One wandb run per training run, however many nodes or requeues: the id is ours.
+            init_kwargs["wandb"] = {
+                "id": run_id,
+                "resume": "allow",
+                "name": run_dir.name,
+                "dir": str(run_dir),
+                "mode": mode,
+                "entity": config.log.entity,
+                # Never block on a login prompt (CI has no stdin; offline needs no login).
+                "settings": _wandb_settings(),
+            }
+        project = config.log.project
+        accelerator.init_trackers(project, config=_flatten(to_dict(config)), init_kwargs=init_kwargs)
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        self.accelerator.log(values, step=step)
+
+    def log_image(self, name: str, grid: np.ndarray, step: int) -> None:
+        if self.kind == "wandb":
+            import wandb
+
+            self.accelerator.log({name: wandb.Image(grid, caption=f"step {step}")}, step=step)
+        elif self.kind == "tensorboard":
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_image(name, grid[None], global_step=step, dataformats="CHW")
+
+    def finish(self) -> None:
+        """Called after accelerator.end_training() (which finishes the tracker runs)."""
+        if self.kind == "wandb" and self.wandb_mode == "offline":
+            wandb_dir = self.run_dir / "wandb"
+            print(f"wandb ran offline; upload with: wandb sync --include-offline {wandb_dir}/offline-run-*")
+
+
+def _wandb_settings() -> Any:
+    import wandb
+
+    return wandb.Settings(silent=True, console="off")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'num_steps': 4}} -> {'train.num_steps': 4}: trackers' config panels want flat keys."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def make_tracker(accelerator: Any, config: Config, run_dir: Path, run_id: str) -> NullTracker:
+    """A real tracker on the main process when log.tracker is not 'none'; a NullTracker elsewhere."""
+    if not accelerator.is_main_process or config.log.tracker == "none":
+        return NullTracker()
+    return Tracker(accelerator, config, run_dir, run_id)
