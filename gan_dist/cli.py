@@ -91,8 +91,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     config = load_config(config_path, overrides)
     from gan_dist.bench import bench_training
 
+    channels_last = {"both": (False, True), "on": (True,), "off": (False,)}[args.channels_last]
     bench_training(config, batch_sizes=args.batch_sizes, num_steps=args.steps, warmup_steps=args.warmup,
-                   precisions=args.precisions, out_json=args.out)
+                   precisions=args.precisions, out_json=args.out, repeats=args.repeats,
+                   channels_last_options=channels_last, process_counts=tuple(args.processes))
     return 0
 
 
@@ -151,8 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     p.add_argument("--precisions", nargs="+", default=["no", "bf16"])
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=60, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best of each is reported")
+    p.add_argument("--channels-last", choices=["both", "on", "off"], default="both")
+    p.add_argument("--processes", type=int, nargs="*", default=[],
+                   help="also compare N CPU processes with 1 process of N threads (whole training runs)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.set_defaults(handler=_cmd_bench)
     return parser

@@ -214,6 +214,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     except OmegaConfBaseException as error:
         message = str(error).splitlines()[0]
         raise ConfigError(f"key '{_error_key(error)}': {message}") from error
+    # YAML 1.1 reads a bare `no` as a boolean, which omegaconf then stores as the string 'False':
+    # `train.mixed_precision=no` is what users (and accelerate's own configs) write, so accept it.
+    if config.train.mixed_precision in ("False", "false"):
+        config.train.mixed_precision = "no"
     origin = " or ".join(o for o, _ in layers) or "schema defaults"
     validate(config, origin)
     return config

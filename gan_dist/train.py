@@ -66,6 +66,15 @@ def resolve_mixed_precision(mode: str, use_cpu: bool) -> str:
     return mode
 
 
+def peak_rss_mb() -> dict[str, float]:
+    """Peak resident memory (MiB) of this process and of its finished children (e.g. loader workers)."""
+    import resource
+
+    kib = 1024.0  # ru_maxrss is in KiB on Linux
+    return {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
+            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib}
+
+
 class StopRequest:
     """Set by SIGUSR1 / SIGTERM (SLURM's warning before a time limit or preemption).
 
@@ -402,6 +411,7 @@ class Trainer:
         interval_start = time.perf_counter()
         images_at_interval_start = self.state.images_seen
         stopped_early = False
+        loop_start = time.perf_counter()
         self.stop_request.install()
         try:
             while self.state.step < num_steps:
@@ -447,6 +457,7 @@ class Trainer:
                     stopped_early = step < num_steps
                     break
             step = self.state.step
+            loop_s = time.perf_counter() - loop_start
             if stopped_early:
                 path = self.save_checkpoint(step)
                 accelerator.print(f"preempted ({self.stop_request.signal_name or 'signal on another rank'}): "
@@ -459,9 +470,14 @@ class Trainer:
             if accelerator.is_main_process:
                 G_export, is_ema = self.sampling_generator()
                 export_generator(G_export, config, self.run_dir, step, is_ema)
+                steps_this_start = step - start_step
                 write_json_atomic(self.run_dir / DONE, {
                     "step": step, "images_seen": self.state.images_seen, "run_id": self.state.run_id,
-                    "num_processes": accelerator.num_processes, "best": read_best(self.run_dir)})
+                    "num_processes": accelerator.num_processes, "best": read_best(self.run_dir),
+                    # Throughput of this start's loop (steps, logging, samples, eval, checkpoints included).
+                    "loop_s": loop_s,
+                    "images_per_s": steps_this_start * global_batch / loop_s if steps_this_start else None,
+                    "peak_rss_mb": peak_rss_mb()})
                 accelerator.print(f"done: {step} steps, {self.state.images_seen} images, run {self.run_dir}")
             return 0
         finally:
@@ -471,9 +487,15 @@ class Trainer:
 
     def close(self) -> None:
         """Finish the trackers (main process) and destroy the process group; safe on the error path."""
+        from accelerate.state import AcceleratorState, GradientState
+
         self.accelerator.end_training()
         if self.tracker is not None:
             self.tracker.finish()
+        # Accelerate keeps process-wide singleton state that refuses a second Accelerator with other
+        # settings (e.g. `gan-dist bench` running fp32 then bf16 trainers in one process); clear it.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
 
 
 def train(config: Config) -> int:

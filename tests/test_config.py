@@ -1,0 +1,73 @@
+"""Typed configs: schema defaults are the seed's settings; bad keys, types and values are refused by name."""
+
+import subprocess
+import sys
+
+import pytest
+
+from gan_dist.config import ConfigError, load_config, to_yaml, config_from_yaml
+
+
+def test_defaults_are_the_seed_settings():
+    config = load_config()
+    assert (config.model.name, config.model.latent_dim) == ("keras_dcgan", 100)
+    assert (config.train.batch_size_per_process, config.train.num_steps) == (32, 4000)
+    assert (config.optim.lr_g, config.optim.lr_d, config.optim.beta1) == (2e-4, 2e-4, 0.5)
+    assert (config.log.sample_every, config.log.num_samples) == (50, 25)
+
+
+@pytest.mark.parametrize("path", ["configs/mnist_dcgan.yaml", "configs/mnist_mlp.yaml",
+                                  "configs/mnist_radford_dcgan.yaml", "configs/debug.yaml"])
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    assert config_from_yaml(to_yaml(config)) == config
+
+
+def test_seed_config_equals_schema_defaults():
+    assert load_config("configs/mnist_dcgan.yaml") == load_config()
+
+
+def test_overrides_win_over_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  num_steps: 10\nmodel:\n  name: mlp\n")
+    config = load_config(path, ["train.num_steps=20"])
+    assert (config.train.num_steps, config.model.name) == (20, "mlp")
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["train.num_stepz=1"], "train.num_stepz"),
+    (["train.num_steps=abc"], "train.num_steps"),
+    (["train.batch_size_per_process=0"], "train.batch_size_per_process"),
+    (["model.name=resnet"], "model.name"),
+    (["log.num_samples=24"], "log.num_samples"),
+    (["train.mixed_precision=fp8"], "train.mixed_precision"),
+])
+def test_bad_override_names_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_bad_file_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr_gg: 0.1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "optim.lr_gg" in str(error.value) and str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.unknown=1", "train.unknown"),
+    ("train.num_steps=ten", "train.num_steps"),
+    ("train.batch_size_per_process=0", "train.batch_size_per_process"),
+])
+def test_cli_refuses_bad_config_with_exit_2_and_writes_nothing(tmp_path, override, key):
+    out_dir = tmp_path / "runs"
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "gan_dist", "train", "configs/debug.yaml", override,
+         f"run.out_dir={out_dir}", f"data.root={data_dir}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert key in result.stderr
+    assert not out_dir.exists() and not data_dir.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,184 @@
+"""Single-process training on the real MNIST shards: outputs, resume, preemption, precision, trackers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from gan_dist.checkpoint import complete_checkpoints, find_resume_checkpoint
+from gan_dist.cli import main as cli_main
+from gan_dist.config import load_config
+from gan_dist.train import EXIT_STOPPED_EARLY, Trainer, train
+
+LOG_LINE = re.compile(r"^(\d+) \[D loss: (\S+), acc\.: (\S+)%\] \[G loss: (\S+)\]", re.MULTILINE)
+
+
+def debug_config(shards: Path, out_dir: Path, *overrides: str):
+    return load_config("configs/debug.yaml", [f"data.root={shards}", f"run.out_dir={out_dir}", *overrides])
+
+
+def test_short_run_writes_losses_grids_checkpoints_and_export(mnist_shards, tmp_path, capsys):
+    status = cli_main(["train", "configs/debug.yaml", f"data.root={mnist_shards}", f"run.out_dir={tmp_path}",
+                       "run.name=short", "train.num_steps=8", "checkpoint.every=4", "checkpoint.keep_last=1"])
+    assert status == 0
+    run_dir = tmp_path / "short"
+    losses = LOG_LINE.findall(capsys.readouterr().out)
+    assert [int(step) for step, *_ in losses] == [2, 4, 6, 8]
+    assert all(math.isfinite(float(value)) for _, d_loss, acc, g_loss in losses for value in (d_loss, acc, g_loss))
+    # Grids at step 1, every sample_every (4) and at the end; 2x2 grid of 28x28 images with 2px padding.
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
+        "step_00000001.png", "step_00000004.png", "step_00000008.png"]
+    assert Image.open(run_dir / "samples" / "step_00000008.png").size == (2 + 2 * 30, 2 + 2 * 30)
+    # keep_last=1: only the final checkpoint remains, complete, with its exported generator.
+    assert [step for step, _ in complete_checkpoints(run_dir)] == [8]
+    final = run_dir / "checkpoints" / "step_00000008"
+    for name in ("model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin",
+                 "random_states_0.pkl", "custom_checkpoint_0.pkl", "generator.safetensors", "meta.json"):
+        assert (final / name).is_file(), name
+    done = json.loads((run_dir / "done.json").read_text())
+    assert (done["step"], done["images_seen"], done["num_processes"]) == (8, 64, 1)
+    assert load_config(run_dir / "config.yaml") == load_config(
+        "configs/debug.yaml", [f"data.root={mnist_shards}", f"run.out_dir={tmp_path}", "run.name=short",
+                               "train.num_steps=8", "checkpoint.every=4", "checkpoint.keep_last=1"])
+    # `gan-dist sample` from the run folder: a grid and the raw uint8 images.
+    grid_path, npz_path = tmp_path / "grid.png", tmp_path / "samples.npz"
+    assert cli_main(["sample", "--run", str(run_dir), "--num", "16", "--out", str(grid_path),
+                     "--npz", str(npz_path)]) == 0
+    images = np.load(npz_path)["images"]
+    assert images.shape == (16, 28, 28) and images.dtype == np.uint8
+    assert Image.open(grid_path).size == (2 + 4 * 30, 2 + 4 * 30)
+
+
+def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    step, path = complete_checkpoints(run_dir)[-1]
+    tensors = {f"G.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
+    tensors.update({f"D.{k}": v for k, v in load_file(str(path / "model_1.safetensors")).items()})
+    tensors.update({f"G_ema.{k}": v for k, v in load_file(str(path / "generator.safetensors")).items()})
+    return tensors
+
+
+def _kill_self_when(trainer: Trainer, step: int) -> threading.Thread:
+    """SIGUSR1 to this process once the trainer reaches `step`, as SLURM does before a time limit."""
+
+    def watch() -> None:
+        while trainer.state.step < step:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_preempted_then_resumed_equals_uninterrupted(mnist_shards, tmp_path):
+    """N steps straight vs SIGUSR1 mid-run (checkpoint, exit 75) + --resume auto: identical parameters."""
+    overrides = ("train.num_steps=10", "checkpoint.every=100", "train.ema_decay=0.9", "run.deterministic=true",
+                 "log.sample_every=0")
+    assert train(debug_config(mnist_shards, tmp_path, "run.name=straight", *overrides)) == 0
+
+    trainer = Trainer(debug_config(mnist_shards, tmp_path, "run.name=split", *overrides))
+    _kill_self_when(trainer, 4)
+    try:
+        assert trainer.fit() == EXIT_STOPPED_EARLY
+    finally:
+        trainer.close()
+    stopped_at = [step for step, _ in complete_checkpoints(tmp_path / "split")]
+    assert len(stopped_at) == 1 and 4 <= stopped_at[0] < 10
+    assert not (tmp_path / "split" / "done.json").exists()
+
+    resumed = Trainer(debug_config(mnist_shards, tmp_path, "run.name=split", "checkpoint.resume=auto", *overrides))
+    assert resumed.state.step == stopped_at[0]
+    try:
+        assert resumed.fit() == 0
+    finally:
+        resumed.close()
+    straight, split = _final_state(tmp_path / "straight"), _final_state(tmp_path / "split")
+    assert straight.keys() == split.keys()
+    for name, value in straight.items():
+        assert torch.equal(value, split[name]), name
+    done_straight = json.loads((tmp_path / "straight" / "done.json").read_text())
+    done_split = json.loads((tmp_path / "split" / "done.json").read_text())
+    assert (done_split["step"], done_split["images_seen"]) == (done_straight["step"], done_straight["images_seen"])
+
+
+def test_resume_auto_ignores_partial_checkpoints(mnist_shards, tmp_path):
+    assert train(debug_config(mnist_shards, tmp_path, "run.name=r", "train.num_steps=4", "checkpoint.every=2",
+                              "checkpoint.keep_last=5")) == 0
+    run_dir = tmp_path / "r"
+    # A kill during a later write leaves a temp folder, or (another filesystem) a folder without meta.json.
+    (run_dir / "checkpoints" / ".tmp-step_00000006").mkdir()
+    (run_dir / "checkpoints" / "step_00000008").mkdir()
+    (run_dir / "checkpoints" / "step_00000008" / "model.safetensors").write_bytes(b"partial")
+    assert find_resume_checkpoint(run_dir, "auto") == run_dir / "checkpoints" / "step_00000004"
+    resumed = Trainer(debug_config(mnist_shards, tmp_path, "run.name=r", "train.num_steps=6", "checkpoint.resume=auto"))
+    try:
+        assert resumed.state.step == 4
+        assert resumed.fit() == 0
+    finally:
+        resumed.close()
+    assert json.loads((run_dir / "done.json").read_text())["step"] == 6
+
+
+def test_bf16_autocast_trains_on_cpu(mnist_shards, tmp_path):
+    config = debug_config(mnist_shards, tmp_path, "run.name=bf16", "train.mixed_precision=bf16", "train.num_steps=4")
+    trainer = Trainer(config)
+    try:
+        assert trainer.accelerator.mixed_precision == "bf16"
+        real = torch.rand(8, 1, 28, 28) * 2 - 1
+        stats = trainer.train_step(real)
+        assert all(torch.isfinite(v) for v in stats.values())
+        with trainer.accelerator.autocast():
+            assert trainer.G(torch.randn(2, config.model.latent_dim)).dtype == torch.float32  # outputs upcast
+        assert trainer.fit() == 0
+    finally:
+        trainer.close()
+
+
+def test_trains_from_shards_served_over_http(mnist_shards, tmp_path, http_server):
+    base_url = http_server(mnist_shards)
+    manifest = json.loads((mnist_shards / "manifest.json").read_text())
+    num_train_shards = sum(1 for shard in manifest["shards"] if shard["split"] == "train")
+    urls = f"{base_url}/mnist-train-{{000000..{num_train_shards - 1:06d}}}.tar"
+    config = debug_config(tmp_path / "no-local-shards", tmp_path, "run.name=http", f"data.train_urls={urls}",
+                          "train.num_steps=3", "data.auto_prepare=false")
+    assert train(config) == 0
+    assert json.loads((tmp_path / "http" / "done.json").read_text())["step"] == 3
+
+
+def test_wandb_offline_files_hold_the_logged_keys_and_images(mnist_shards, tmp_path, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    # Any attempt to reach the network fails fast through a closed local port.
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    config = debug_config(mnist_shards, tmp_path, "run.name=wb", "log.tracker=wandb", "train.num_steps=4")
+    assert train(config) == 0
+    run_dir = tmp_path / "wb"
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    run_id = json.loads((run_dir / "done.json").read_text())["run_id"]
+    log_file = offline_runs[0] / f"run-{run_id}.wandb"
+    content = log_file.read_bytes()
+    for key in ("train/d_loss", "train/g_loss", "train/d_accuracy", "train/d_real", "train/d_fake",
+                "train/images_per_s", "train/lr_g", "train/lr_d", "samples", "model.name"):
+        assert key.encode() in content, key
+    assert list((offline_runs[0] / "files" / "media" / "images").glob("samples_*.png"))
+
+
+def test_tensorboard_tracker_writes_events(mnist_shards, tmp_path):
+    assert train(debug_config(mnist_shards, tmp_path, "run.name=tb", "log.tracker=tensorboard",
+                              "train.num_steps=4")) == 0
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
