@@ -1,0 +1,78 @@
+"""dcgan (Radford et al. 2015 at 28x28): shapes, BN placement, N(0, 0.02) init, parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gan_dist.config import ModelConfig
+from gan_dist.models import build_models
+from gan_dist.models.dcgan import DCGANDiscriminator, DCGANGenerator
+
+BN_TYPES = nn.modules.batchnorm._BatchNorm
+
+
+def output_shapes(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape)))
+               for n in names]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+def test_layer_shapes() -> None:
+    g = DCGANGenerator(latent_dim=100, width=64)
+    assert output_shapes(g, torch.randn(2, 100), ["project", "up1", "up2"]) == {
+        "project": (2, 256, 7, 7), "up1": (2, 128, 14, 14), "up2": (2, 1, 28, 28)}
+    d = DCGANDiscriminator(width=64)
+    assert output_shapes(d, torch.randn(2, 1, 28, 28), ["conv1", "conv2", "head"]) == {
+        "conv1": (2, 64, 14, 14), "conv2": (2, 128, 7, 7), "head": (2, 1, 1, 1)}
+
+
+def test_parameter_counts() -> None:
+    g, d = build_models(ModelConfig(name="dcgan"))
+    g_expected = 100 * 256 * 49 + 256 * 128 * 16 + 128 * 16 + 1 + 2 * (256 + 128)  # convs (no bias before BN) + BN
+    d_expected = (16 * 64 + 64) + 64 * 128 * 16 + 2 * 128 + (128 * 49 + 1)
+    assert sum(p.numel() for p in g.parameters()) == g_expected == 1_781_505
+    assert sum(p.numel() for p in d.parameters()) == d_expected == 138_689
+
+
+def test_batch_norm_placement_and_biases() -> None:
+    g, d = build_models(ModelConfig(name="dcgan"))
+    assert [m.num_features for m in g.modules() if isinstance(m, BN_TYPES)] == [256, 128]  # none on the output
+    assert [m.num_features for m in d.modules() if isinstance(m, BN_TYPES)] == [128]  # none on the input layer
+    assert g.project.bias is None and g.up1.bias is None and g.up2.bias is not None
+    assert d.conv1.bias is not None and d.conv2.bias is None and d.head.bias is not None
+    g, d = build_models(ModelConfig(name="dcgan", batch_norm=False))
+    assert not any(isinstance(m, BN_TYPES) for m in [*g.modules(), *d.modules()])
+    assert g.project.bias is not None and d.conv2.bias is not None
+
+
+def test_normal_init() -> None:
+    torch.manual_seed(0)
+    g, d = build_models(ModelConfig(name="dcgan"))
+    convs = [m for m in [*g.modules(), *d.modules()] if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert len(convs) == 6
+    for conv in convs:
+        w = conv.weight
+        if w.numel() >= 10_000:
+            assert abs(w.mean().item()) < 1e-3
+            assert w.std().item() == pytest.approx(0.02, rel=0.03)
+        if conv.bias is not None:
+            assert torch.count_nonzero(conv.bias) == 0
+    for bn in [m for m in [*g.modules(), *d.modules()] if isinstance(m, BN_TYPES)]:
+        assert bn.weight.mean().item() == pytest.approx(1.0, abs=0.01)
+        assert 0.01 < bn.weight.std().item() < 0.03
+        assert torch.count_nonzero(bn.bias) == 0
+
+
+def test_dropout_off_by_default() -> None:
+    _, d = build_models(ModelConfig(name="dcgan"))
+    assert not any(isinstance(m, nn.Dropout) for m in d.modules())
+    _, d = build_models(ModelConfig(name="dcgan", d_dropout=0.5))
+    assert [m.p for m in d.modules() if isinstance(m, nn.Dropout)] == [0.5, 0.5]
