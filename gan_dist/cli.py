@@ -44,11 +44,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_data(args: argparse.Namespace) -> int:
-    from gan_dist.config import DataConfig, resolved_data_dir
+    from gan_dist.config import DATA_SOURCES, DataConfig, resolved_data_dir
     from gan_dist.data.shards import prepare_data
+    from gan_dist.data.sources import DataError
 
+    if not (args.source in DATA_SOURCES or (args.source.startswith("idx:") and len(args.source) > 4)):
+        raise ConfigError(f"--source {args.source!r} is not one of auto, idx:DIR, torchvision, wheel")
+    if args.samples_per_shard <= 0:
+        raise ConfigError(f"--samples-per-shard must be > 0, got {args.samples_per_shard}")
     out_dir = Path(args.out) if args.out else resolved_data_dir(DataConfig())
-    prepare_data(out_dir, source=args.source, samples_per_shard=args.samples_per_shard)
+    try:
+        manifest = prepare_data(out_dir, source=args.source, samples_per_shard=args.samples_per_shard)
+    except DataError as error:
+        print(f"gan-dist prepare-data: {error}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{split} {info['num_samples']} samples in {info['num_shards']} shards"
+                       for split, info in manifest["splits"].items())
+    print(f"MNIST shards ready in {out_dir}: {counts} (source {manifest['source']})")
     return 0
 
 
@@ -56,8 +68,13 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
     config_path, overrides = _split_config_and_overrides(args)
     config = load_config(config_path, overrides)
     from gan_dist.data.bench import bench_data
+    from gan_dist.data.sources import DataError
 
-    bench_data(config, num_batches=args.num_batches, workers=args.workers)
+    try:
+        bench_data(config, num_batches=args.num_batches, workers=args.workers)
+    except DataError as error:
+        print(f"gan-dist bench-data: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,523 @@
+"""Streaming MNIST batches from WebDataset shards: an endless, resumable training stream per process,
+and an exact, non-resampled pass for evaluation.
+
+Training (per process, `train_batches`), following DESIGN.md:
+  in each DataLoader worker: resampled shard urls -> this rank's share (explicit node splitter) ->
+  this worker's share -> tar samples -> shuffle buffer -> PNG decode -> batches of B
+  in the training process: WebLoader(batch_size=None) -> unbatched -> shuffle buffer -> batches of B
+  -> with_epoch(steps per epoch) -> float32 in [-1, 1].
+Every rank yields the same number of batches per epoch (the stream is endless; an epoch is
+ceil(train_size / (B * world_size)) batches). Each epoch's pipeline is seeded from (seed, epoch, rank)
+(and the worker id inside a worker), so batch k is a function of (seed, rank, world_size, B,
+data.num_workers, data.shuffle_buffer, urls); `start_step=s` rebuilds epoch s // steps_per_epoch and
+skips s % steps_per_epoch batches without decoding them. Not for `accelerator.prepare` (DESIGN.md).
+
+Any WebDataset URL works: a brace pattern of local files, `pipe:cat ...`, http(s):// (read with curl).
+A shard that is missing, corrupt or truncated raises ShardError naming it; with data.on_corrupt=warn
+it is skipped with a warning and counted in `.stats`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import itertools
+import math
+import tarfile
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch import Tensor
+from webdataset import tariterators
+
+from gan_dist.config import ON_CORRUPT, DataConfig
+from gan_dist.data.shards import ShardError, split_size
+from gan_dist.data.sources import IMAGE_SIZE, NUM_CLASSES, DataError
+
+DEFAULT_TRAIN_SIZE = 60_000  # MNIST train split, used when no local manifest.json says otherwise
+TAR_BLOCK_BYTES = 512
+_ZERO_BLOCK = bytes(TAR_BLOCK_BYTES)
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: their own checks catch cuts
+_DRAIN_CHUNK_BYTES = 1 << 16
+
+
+@dataclass
+class LoaderStats:
+    """What on_corrupt=warn skipped so far: shard reads abandoned, and single samples dropped."""
+
+    skipped_shards: int = 0
+    skipped_samples: int = 0
+
+
+def steps_per_epoch(train_size: int, batch_size: int, world_size: int) -> int:
+    """Batches per rank per epoch: ceil(train_size / (batch_size * world_size))."""
+    return math.ceil(train_size / (batch_size * world_size))
+
+
+def _derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from the parts' reprs: the same in every process (no hash randomization)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+def _worker_id() -> int:
+    """DataLoader worker id, 0 in the main process (also ResampledShards' worker_seed)."""
+    info = torch.utils.data.get_worker_info()
+    return 0 if info is None else info.id
+
+
+def _split_by_rank(urls: Iterable[dict[str, Any]], rank: int, world_size: int) -> Iterator[dict[str, Any]]:
+    """Explicit node splitter: every world_size-th shard url from position rank (never the raising default)."""
+    return itertools.islice(urls, rank, None, world_size)
+
+
+def _to_unit_range(images: Tensor) -> Tensor:
+    """uint8 (B, 1, 28, 28) -> float32 x / 127.5 - 1 in [-1, 1]."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+class _CheckedTarStream:
+    """A shard's byte stream that checks tar framing while tarfile reads it.
+
+    Python's tarfile, in the streaming mode WebDataset uses, ends an archive silently at a damaged
+    header, or at a cut that falls between members (a copy killed on a 4 KiB boundary does exactly
+    that with these shards): the shard would just look shorter. This wrapper checks each header's
+    checksum and member size as the bytes pass, and in `finish()` that the stream ends with the
+    end-of-archive marker. Compressed tars are passed through unchecked (gzip/bz2/xz catch cuts).
+    """
+
+    def __init__(self, stream: Any, url: str) -> None:
+        self._stream = stream
+        self.url = url
+        self.failed = False  # the framing check found a problem
+        self.reported = False  # the problem of this shard read was already handled (counted once)
+        self._offset = 0  # bytes read so far
+        self._next_header = 0  # offset of the next header block
+        self._header = bytearray()  # header block bytes collected so far
+        self._zero_blocks = 0
+        self._ended = False
+        self._checking = True
+
+    def __repr__(self) -> str:
+        return f"<shard {self.url}>"
+
+    def _fail(self, problem: str) -> None:
+        self.failed = True
+        raise ShardError(f"corrupt or truncated shard {self.url}: {problem}", self.url)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data and self._checking and not self.failed:
+            self._scan(data)
+        return data
+
+    def _scan(self, data: bytes) -> None:
+        if self._offset == 0 and data.startswith(_COMPRESSED_MAGIC):
+            self._checking = False
+            return
+        start, end = self._offset, self._offset + len(data)
+        self._offset = end
+        while not self._ended:
+            cursor = self._next_header + len(self._header)
+            if cursor >= end:
+                return
+            take = min(TAR_BLOCK_BYTES - len(self._header), end - cursor)
+            self._header += data[cursor - start: cursor - start + take]
+            if len(self._header) < TAR_BLOCK_BYTES:
+                return
+            block, at = bytes(self._header), self._next_header
+            self._header.clear()
+            if block == _ZERO_BLOCK:
+                self._zero_blocks += 1
+                self._next_header += TAR_BLOCK_BYTES
+                self._ended = self._zero_blocks == 2
+                continue
+            if self._zero_blocks:
+                self._fail(f"member header at byte {at} after an end-of-archive block")
+            try:
+                stored = tarfile.nti(block[148:156])
+                # unsigned sum with the checksum field read as spaces (fast path of tarfile.calc_chksums)
+                checksum_ok = stored == sum(block) - sum(block[148:156]) + 256 or stored in tarfile.calc_chksums(
+                    block)
+                size = tarfile.nti(block[124:136])
+            except tarfile.HeaderError:
+                checksum_ok, size = False, 0
+            if not checksum_ok or size < 0:
+                self._fail(f"damaged tar header at byte {at}")
+            self._next_header += TAR_BLOCK_BYTES + math.ceil(size / TAR_BLOCK_BYTES) * TAR_BLOCK_BYTES
+
+    def finish(self) -> None:
+        """Read what tarfile left unread, check the end-of-archive marker, close the stream."""
+        try:
+            if self._checking and not self.failed:
+                while self.read(_DRAIN_CHUNK_BYTES):
+                    pass
+                if not self._ended:
+                    where = "inside a member" if self._offset < self._next_header else "between members"
+                    self._fail(f"ends at byte {self._offset} ({where}) without the tar end-of-archive "
+                               "marker: truncated")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            try:
+                close()  # a pipe: (curl, cat) reports its exit status here
+            except Exception as error:  # noqa: BLE001
+                if not self.failed:
+                    self._fail(f"reading it failed: {error}")
+
+
+class _ShardSamples:
+    """Pipeline stage: {url} dicts -> raw samples {__key__, __url__, png, cls}, enforcing on_corrupt.
+
+    Uses WebDataset's own opener (gopen: files, pipe:, http via curl), tar expander and key grouping;
+    adds the tar framing check and turns any read error into ShardError naming the shard.
+    """
+
+    def __init__(self, on_corrupt: str, stats: LoaderStats, max_failures_in_a_row: int | None = None) -> None:
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt (data.on_corrupt) must be one of {', '.join(ON_CORRUPT)}, "
+                             f"got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt
+        self.stats = stats
+        self.max_failures_in_a_row = max_failures_in_a_row  # None: finite stream, no limit needed
+        self._current: _CheckedTarStream | None = None
+        self._failures_in_a_row = 0
+
+    def __call__(self, urls: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        files = tariterators.tar_file_expander(self._open(urls), handler=self._handle)
+        return tariterators.group_by_keys(self._end_of_shard(files), handler=self._handle)
+
+    def _open(self, urls: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for item in urls:
+            url = item["url"]
+            self._current = None
+            try:
+                stream = wds.gopen(url)
+            except Exception as error:  # noqa: BLE001
+                self._handle(ShardError(f"cannot open shard {url}: {type(error).__name__}: {error}", url))
+                continue
+            self._current = _CheckedTarStream(stream, url)
+            yield {"url": url, "stream": self._current}
+
+    def _end_of_shard(self, files: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for item in files:
+            if item == {}:  # tar_file_expander's end-of-shard marker
+                if self._current is not None:
+                    try:
+                        self._current.finish()
+                    except ShardError as error:
+                        self._handle(error)
+            else:
+                self._failures_in_a_row = 0
+            yield item
+
+    def _handle(self, error: BaseException) -> bool:
+        """WebDataset exception handler: raise ShardError (on_corrupt=raise) or warn, count, go on."""
+        current = self._current
+        if isinstance(error, ShardError):
+            url, message = error.url, str(error.args[0]).split(" @ ")[0]
+        else:
+            url = current.url if current is not None else next(
+                (a for a in reversed(error.args) if isinstance(a, str)), "?")
+            reason = str(error.args[0]).split(" @ ")[0] if error.args else ""
+            message = f"corrupt or truncated shard {url}: {type(error).__name__}: {reason}"
+        this_shard = current is not None and current.url == url
+        repeat = this_shard and current.reported  # one broken read can raise more than once: count it once
+        if this_shard:
+            current.reported = True
+        if self.on_corrupt == "raise":
+            raise ShardError(f"{message} (data.on_corrupt=warn skips such shards; `gan-dist prepare-data` "
+                             "rewrites damaged local shards)", url) from error
+        if not repeat:
+            self.stats.skipped_shards += 1
+            self._failures_in_a_row += 1
+            warnings.warn(f"skipping the rest of shard {url} (data.on_corrupt=warn): {message}",
+                          RuntimeWarning, stacklevel=2)
+        if self.max_failures_in_a_row is not None and self._failures_in_a_row > self.max_failures_in_a_row:
+            raise ShardError(f"{self._failures_in_a_row} shard reads in a row failed (last: {message}); "
+                             "no readable shard among the data urls", url) from error
+        return True
+
+    def decode(self, sample: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+        """(image uint8 (1, 28, 28), label int64 ()) of a raw sample; None if dropped (on_corrupt=warn)."""
+        try:
+            png, cls = sample.get("png"), sample.get("cls")
+            if png is None or cls is None:
+                raise ValueError(f"has {sorted(k for k in sample if not k.startswith('__'))}, needs png and cls")
+            with Image.open(io.BytesIO(png)) as image:
+                if image.mode != "L" or image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                    raise ValueError(f"image is {image.mode} {image.size}, expected L (28, 28)")
+                pixels = np.array(image, dtype=np.uint8)  # (28, 28), a writable copy
+            label = int(cls)
+            if not 0 <= label < NUM_CLASSES:
+                raise ValueError(f"label {label} outside 0..9")
+        except Exception as error:  # noqa: BLE001 - PIL raises many types
+            message = (f"corrupt sample {sample.get('__key__')} in shard {sample.get('__url__')}: "
+                       f"{type(error).__name__}: {error}")
+            if self.on_corrupt == "raise":
+                raise ShardError(message, sample.get("__url__")) from error
+            self.stats.skipped_samples += 1
+            warnings.warn(f"{message} (skipped: data.on_corrupt=warn)", RuntimeWarning, stacklevel=2)
+            return None
+        return torch.from_numpy(pixels).unsqueeze(0), torch.tensor(label, dtype=torch.int64)
+
+
+class _WorkerShuffle:
+    """Sample shuffle buffer inside a worker, seeded per (epoch seed, worker id)."""
+
+    def __init__(self, buffer_size: int, seed: int) -> None:
+        self.buffer_size, self.seed = buffer_size, seed
+
+    def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        if self.buffer_size < 1:
+            return samples
+        return wds.shuffle(self.buffer_size, seed=_derive_seed(self.seed, _worker_id()))(samples)
+
+
+class _DecodeUnlessSkipped:
+    """Decode each sample, except the ones a resumed epoch skips anyway (their positions in this
+    worker's output are in `skip[worker id]`): those become cheap placeholders that are dropped later."""
+
+    def __init__(self, reader: _ShardSamples, skip: dict[int, frozenset[int]]) -> None:
+        self.reader, self.skip = reader, skip
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple[Tensor, Tensor]]:
+        skip = self.skip.get(_worker_id(), frozenset())
+        placeholder = (torch.zeros(1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8), torch.tensor(-1))
+        position = 0
+        for sample in samples:
+            if position in skip:
+                yield placeholder
+                position += 1
+                continue
+            decoded = self.reader.decode(sample)
+            if decoded is not None:
+                yield decoded
+                position += 1
+
+
+class _AttachStats:
+    """Append the counts skipped since the last batch, so they reach the training process from workers."""
+
+    def __init__(self, stats: LoaderStats) -> None:
+        self.stats = stats
+
+    def __call__(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        sent = (0, 0)
+        for images, labels in batches:
+            now = (self.stats.skipped_shards, self.stats.skipped_samples)
+            yield images, labels, torch.tensor([now[0] - sent[0], now[1] - sent[1]], dtype=torch.int64)
+            sent = now
+
+
+class _CollectStats:
+    """Training-process side of _AttachStats: add the counts up, pass (images, labels) on."""
+
+    def __init__(self, stats: LoaderStats) -> None:
+        self.stats = stats
+
+    def __call__(self, batches: Iterable[tuple[Tensor, Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+        for images, labels, skipped in batches:
+            self.stats.skipped_shards += int(skipped[0])
+            self.stats.skipped_samples += int(skipped[1])
+            yield images, labels
+
+
+def _unchanged(items: Iterator[Any]) -> Iterator[Any]:
+    return items
+
+
+def _loader_shuffle(buffer_size: int, seed: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """The training-process shuffle (the same stage is replayed by `_skipped_positions`)."""
+    if buffer_size < 1:
+        return _unchanged
+    return wds.shuffle(buffer_size, seed=seed)
+
+
+def _skipped_positions(num_batches: int, batch_size: int, num_streams: int, loader_shuffle: Callable[
+        [Iterator[Any]], Iterator[Any]]) -> dict[int, frozenset[int]]:
+    """Which (worker, position in that worker's output) samples end up in the first num_batches batches.
+
+    The DataLoader takes in-pipeline batches of batch_size from workers 0, 1, ..., W-1, 0, ... in turn,
+    and the loader shuffle's choices depend only on how many items passed, never on their content:
+    replaying the same shuffle stage on (worker, position) labels gives exactly the samples to skip.
+    """
+    if num_batches == 0:
+        return {}
+
+    def labels() -> Iterator[tuple[int, int]]:
+        for batch_index in itertools.count():
+            worker, round_index = batch_index % num_streams, batch_index // num_streams
+            for i in range(batch_size):
+                yield worker, round_index * batch_size + i
+
+    positions: dict[int, set[int]] = defaultdict(set)
+    for worker, position in itertools.islice(loader_shuffle(labels()), num_batches * batch_size):
+        positions[worker].add(position)
+    return {worker: frozenset(found) for worker, found in positions.items()}
+
+
+def _expand(urls: str) -> list[str]:
+    url_list = wds.shardlists.expand_urls(urls)
+    if not url_list or not all(url_list):
+        raise DataError(f"no shard urls in {urls!r} (data.train_urls / data.test_urls, or the local manifest)")
+    return url_list
+
+
+def epoch_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank: int, world_size: int,
+                  epoch: int, skip_batches: int = 0, *, train_size: int | None = None,
+                  stats: LoaderStats | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Exactly steps_per_epoch - skip_batches training batches of one epoch of this rank.
+
+    Yields (images float32 (B, 1, 28, 28) in [-1, 1], labels int64 (B,)). Skipped batches are not decoded.
+    """
+    size = train_size or split_size(data, "train") or DEFAULT_TRAIN_SIZE
+    steps = steps_per_epoch(size, batch_size, world_size)
+    if not 0 <= skip_batches < steps:
+        raise ValueError(f"skip_batches must be in [0, {steps}), got {skip_batches}")
+    stats = stats if stats is not None else LoaderStats()
+    num_urls = len(_expand(urls))
+    num_streams = max(1, data.num_workers)
+    loader_shuffle = _loader_shuffle(data.shuffle_buffer, _derive_seed(seed, epoch, rank, "loader"))
+    worker_stats = LoaderStats()  # lives in the worker; its counts travel with the batches
+    reader = _ShardSamples(data.on_corrupt, worker_stats, max_failures_in_a_row=10 + 3 * num_urls)
+    dataset = wds.DataPipeline(
+        # endless shard urls, seeded by (seed, epoch, rank) and the worker id
+        wds.ResampledShards(urls, seed=_derive_seed(seed, epoch, rank, "shards"), worker_seed=_worker_id,
+                            deterministic=True),
+        functools.partial(_split_by_rank, rank=rank, world_size=world_size),  # this rank's share
+        wds.split_by_worker,  # this worker's share
+        reader,  # tar -> raw samples (png bytes, cls)
+        _WorkerShuffle(data.shuffle_buffer, _derive_seed(seed, epoch, rank, "samples")),
+        _DecodeUnlessSkipped(reader, _skipped_positions(skip_batches, batch_size, num_streams, loader_shuffle)),
+        wds.batched(batch_size, partial=False),  # (uint8 (B, 1, 28, 28), int64 (B,))
+        _AttachStats(worker_stats),
+    )
+    loader = (wds.WebLoader(dataset, batch_size=None, num_workers=data.num_workers)
+              .compose(_CollectStats(stats))
+              .unbatched()
+              .compose(loader_shuffle)  # mixes the workers' batches
+              .batched(batch_size, partial=False)
+              .with_epoch(steps))
+    for index, (images, labels) in enumerate(loader):
+        if index >= skip_batches:
+            yield _to_unit_range(images), labels  # (B, 1, 28, 28) float32, (B,) int64
+
+
+class TrainBatches(Iterator[tuple[Tensor, Tensor]]):
+    """The endless training stream of one process; see `train_batches`.
+
+    Attributes: steps_per_epoch; step (index of the next batch); stats (LoaderStats, on_corrupt=warn).
+    """
+
+    def __init__(self, data: DataConfig, urls: str, batch_size: int, seed: int, rank: int, world_size: int,
+                 start_step: int = 0, train_size: int | None = None) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
+        self.train_size = train_size or split_size(data, "train") or DEFAULT_TRAIN_SIZE
+        self.steps_per_epoch = steps_per_epoch(self.train_size, batch_size, world_size)
+        self.step = start_step
+        self.stats = LoaderStats()
+        self._args = (data, urls, batch_size, seed, rank, world_size)
+        self._batches = self._generate()
+
+    def _generate(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        while True:
+            yield from epoch_batches(*self._args, epoch=epoch, skip_batches=skip, train_size=self.train_size,
+                                     stats=self.stats)
+            epoch, skip = epoch + 1, 0
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        batch = next(self._batches)
+        self.step += 1
+        return batch
+
+    def close(self) -> None:
+        """Stop the DataLoader workers now (they also stop when this object is garbage-collected)."""
+        self._batches.close()
+
+
+def train_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank: int, world_size: int,
+                  start_step: int = 0, *, train_size: int | None = None) -> TrainBatches:
+    """Endless (images float32 (B, 1, 28, 28) in [-1, 1], labels int64 (B,)) for process `rank`.
+
+    batch_size is per process. data.num_workers DataLoader workers decode; data.shuffle_buffer bounds both
+    shuffle buffers. `start_step=s` yields exactly batches s, s+1, ... of a fresh stream (exact resume).
+    train_size (samples per epoch across ranks) defaults to the local manifest's, else 60,000.
+    """
+    return TrainBatches(data, urls, batch_size, seed, rank, world_size, start_step, train_size)
+
+
+class EvalBatches(Iterator[tuple[Any, ...]]):
+    """One exact pass; see `eval_batches`. Attributes: num_samples (yielded so far), stats."""
+
+    def __init__(self, urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str,
+                 with_keys: bool) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        url_list = _expand(urls)
+        if len(url_list) % world_size == 0:  # whole shards per rank
+            self.urls, self.stride, self.offset = url_list[rank::world_size], 1, 0
+        else:  # every rank reads every shard and keeps every world_size-th sample
+            self.urls, self.stride, self.offset = url_list, world_size, rank
+        self.num_samples = 0
+        self.stats = LoaderStats()
+        self._reader = _ShardSamples(on_corrupt, self.stats)
+        self._batch_size, self._with_keys = batch_size, with_keys
+        self._batches = self._generate()
+
+    def _generate(self) -> Iterator[tuple[Any, ...]]:
+        samples = self._reader(dict(url=url) for url in self.urls)
+        images: list[Tensor] = []
+        labels: list[Tensor] = []
+        keys: list[str] = []
+        for sample in itertools.islice(samples, self.offset, None, self.stride):  # select, then decode
+            decoded = self._reader.decode(sample)
+            if decoded is None:
+                continue
+            images.append(decoded[0])
+            labels.append(decoded[1])
+            keys.append(sample["__key__"])
+            if len(images) == self._batch_size:
+                yield self._emit(images, labels, keys)
+                images, labels, keys = [], [], []
+        if images:
+            yield self._emit(images, labels, keys)
+
+    def _emit(self, images: list[Tensor], labels: list[Tensor], keys: list[str]) -> tuple[Any, ...]:
+        self.num_samples += len(images)
+        batch = (_to_unit_range(torch.stack(images)), torch.stack(labels))  # (b, 1, 28, 28), (b,)
+        return (*batch, keys) if self._with_keys else batch
+
+    def __next__(self) -> tuple[Any, ...]:
+        return next(self._batches)
+
+
+def eval_batches(urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str = "raise", *,
+                 with_keys: bool = False) -> EvalBatches:
+    """One exact, non-resampled pass in a fixed order; across ranks every sample comes exactly once.
+
+    Yields (images float32 (b, 1, 28, 28) in [-1, 1], labels int64 (b,)) [+ keys list[str] with
+    with_keys], b = batch_size except for the last batch. When world_size divides the number of shards,
+    each rank reads whole shards (shard i goes to rank i % world_size); otherwise every rank reads all
+    shards and keeps samples rank, rank + world_size, ... (decoding only those). Per-rank counts can
+    differ (by one sample in the second case): gather with padding, not per-batch collectives.
+    """
+    return EvalBatches(urls, batch_size, rank, world_size, on_corrupt, with_keys)
