@@ -140,7 +140,12 @@ class Trainer:
 
     def __init__(self, config: Config) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+        from accelerate.utils import (
+            DistributedDataParallelKwargs,
+            InitProcessGroupKwargs,
+            ProjectConfiguration,
+            set_seed,
+        )
 
         self.config = config
         train_cfg = config.train
@@ -151,6 +156,8 @@ class Trainer:
             mixed_precision=mixed_precision,
             gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
             log_with=None if config.log.tracker == "none" else config.log.tracker,
+            # tensorboard wants a folder now; the run folder is known (and set) once the ranks agree on it.
+            project_config=ProjectConfiguration(project_dir=config.run.out_dir, logging_dir=config.run.out_dir),
             kwargs_handlers=[
                 DistributedDataParallelKwargs(broadcast_buffers=config.dist.broadcast_buffers,
                                               find_unused_parameters=config.dist.find_unused_parameters),
@@ -250,7 +257,7 @@ class Trainer:
         return Path(run_cfg.out_dir).expanduser() / name
 
     def _prepare_run_dir(self) -> None:
-        self.accelerator.project_configuration.set_directories(str(self.run_dir))  # tensorboard's folder
+        self.accelerator.project_configuration.logging_dir = str(self.run_dir)  # tensorboard's folder
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "samples").mkdir(exist_ok=True)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from gan_dist.checkpoint import complete_checkpoints, find_resume_checkpoint
 from gan_dist.cli import main as cli_main
 from gan_dist.config import load_config
+from gan_dist.data.shards import shard_urls
 from gan_dist.train import EXIT_STOPPED_EARLY, Trainer, train
 
 LOG_LINE = re.compile(r"^(\d+) \[D loss: (\S+), acc\.: (\S+)%\] \[G loss: (\S+)\]", re.MULTILINE)
@@ -148,9 +149,9 @@ def test_bf16_autocast_trains_on_cpu(mnist_shards, tmp_path):
 
 def test_trains_from_shards_served_over_http(mnist_shards, tmp_path, http_server):
     base_url = http_server(mnist_shards)
-    manifest = json.loads((mnist_shards / "manifest.json").read_text())
-    num_train_shards = sum(1 for shard in manifest["shards"] if shard["split"] == "train")
-    urls = f"{base_url}/mnist-train-{{000000..{num_train_shards - 1:06d}}}.tar"
+    local_pattern = shard_urls(mnist_shards, "train")  # /cache/mnist-train-{000000..000011}.tar
+    urls = local_pattern.replace(str(mnist_shards), base_url)
+    assert urls.startswith("http://127.0.0.1:")
     config = debug_config(tmp_path / "no-local-shards", tmp_path, "run.name=http", f"data.train_urls={urls}",
                           "train.num_steps=3", "data.auto_prepare=false")
     assert train(config) == 0
