@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,9 @@ class Trainer:
 
         self.config = config
         train_cfg = config.train
+        # torch >= 2.12 deprecates DDP's broadcast_buffers for forward_sync_buffers, which Accelerate's
+        # DistributedDataParallelKwargs cannot pass yet; broadcast_buffers=False is still what we mean.
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
         use_cpu = config.dist.cpu or not torch.cuda.is_available()
         mixed_precision = resolve_mixed_precision(train_cfg.mixed_precision, use_cpu)
         self.accelerator = Accelerator(
@@ -185,6 +189,9 @@ class Trainer:
         if train_cfg.channels_last and self.is_conv:
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
+        if train_cfg.sync_batchnorm and accelerator.num_processes > 1 and accelerator.device.type != "cuda":
+            raise ValueError("train.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm is GPU-only); "
+                             "set it to false on CPUs")
         if train_cfg.sync_batchnorm and accelerator.num_processes > 1:
             G = nn.SyncBatchNorm.convert_sync_batchnorm(G)  # before prepare (DESIGN.md)
             D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
