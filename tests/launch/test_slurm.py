@@ -1,0 +1,110 @@
+"""The sbatch scripts on a real SLURM cluster: the local 2-node test cluster of launch/slurm/test_cluster.sh
+(slurmctld + 2 slurmd on 127.0.0.1). One CPU training process per node, gloo, wandb offline.
+
+Skipped, with the reason, when no cluster answers (`sinfo` fails or SLURM_CONF is not set)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.launch.helpers import wandb_run_ids
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# Small enough for 2 CPU cores; checkpoints only at the end or on preemption, a log line every few steps.
+QUICK = "data.num_workers=0 log.tracker=wandb log.wandb_mode=offline log.sample_every=0 checkpoint.every=0"
+
+
+def overrides(mnist_shards: Path, num_steps: int, log_every: int) -> str:
+    return f"train.num_steps={num_steps} log.log_every={log_every} data.root={mnist_shards} {QUICK}"
+
+
+def only_run_folder(out_dir: Path) -> Path:
+    folders = [path for path in out_dir.iterdir()]
+    assert len(folders) == 1, f"expected one run folder in {out_dir}, found {folders}"
+    return folders[0]
+
+
+def test_multi_node_sbatch_trains_on_two_nodes(submit, tmp_path, mnist_shards):
+    out_dir = tmp_path / "runs"
+    job = submit("launch/slurm/multi_node.sbatch",
+                 {"CONFIG": "configs/debug.yaml", "OUT_DIR": str(out_dir),
+                  "OVERRIDES": overrides(mnist_shards, num_steps=8, log_every=2)},
+                 "--nodes=2", "--time=15", "--job-name=gd_multi")
+    info = job.wait_finished(timeout_s=240)
+    log = job.log_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-6000:]
+    assert info["NodeList"] == "n[1-2]"
+    # One task per node, each with its own machine rank (read on the node, not in the batch shell).
+    assert sorted(re.findall(r"node (n\d): machine_rank (\d)", log)) == [("n1", "0"), ("n2", "1")]
+    run_dir = only_run_folder(out_dir)
+    assert run_dir.name == f"gd_multi-{job.job_id}"  # ${SLURM_JOB_NAME}-${SLURM_JOB_ID}: stable on requeue
+    done = json.loads((run_dir / "done.json").read_text())
+    assert (done["step"], done["num_processes"]) == (8, 2)
+    assert "2 process(es)" in log
+    # Both ranks took part in the checkpoint: accelerate writes one RNG state file per process.
+    final = run_dir / "checkpoints" / "step_00000008"
+    assert (final / "random_states_0.pkl").is_file() and (final / "random_states_1.pkl").is_file()
+    # One wandb run (offline), the one the trainer recorded.
+    assert wandb_run_ids(run_dir) == [done["run_id"]]
+
+
+def test_preempted_job_checkpoints_requeues_resumes_and_finishes(submit, tmp_path, mnist_shards, slurm):
+    """SIGUSR1 to the batch shell (what `--signal=B:USR1@T` does before the time limit): the shell forwards
+    it to the training step, the trainer checkpoints, the job requeues itself and resumes to the exact
+    step count, in the same run folder and the same wandb run."""
+    num_steps = 300
+    out_dir = tmp_path / "runs"
+    job = submit("launch/slurm/multi_node.sbatch",
+                 {"CONFIG": "configs/debug.yaml", "OUT_DIR": str(out_dir),
+                  "OVERRIDES": overrides(mnist_shards, num_steps=num_steps, log_every=10)},
+                 "--nodes=2", "--time=15", "--job-name=gd_preempt")
+    # A first loss line means the trainer is in its loop (its signal handlers are installed).
+    job.wait_for_log(r"^10 \[D loss", timeout_s=180)
+    env = {**os.environ, **slurm}
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job.job_id], env=env, check=True, timeout=30)
+
+    # The requeued job waits for its BeginTime (~10-120 s); start it now.
+    job.wait(lambda info: info.get("Restarts") == "1" and info.get("JobState") == "PENDING", 120,
+             "the job to be requeued")
+    subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"], env=env, check=True,
+                   timeout=30)
+    info = job.wait_finished(timeout_s=240)
+    log = job.log_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), log[-6000:]
+
+    stopped = re.findall(r"preempted.*checkpoint at step (\d+)", log)
+    assert stopped, log[-6000:]
+    stop_step = int(stopped[0])
+    assert 10 <= stop_step < num_steps
+    assert f"requeueing job {job.job_id}" in log
+    assert re.search(rf"resumed from \S*step_{stop_step:08d} at step {stop_step}\b", log), log[-6000:]
+    assert f"steps {stop_step}->{num_steps}" in log
+
+    run_dir = only_run_folder(out_dir)
+    done = json.loads((run_dir / "done.json").read_text())
+    assert (done["step"], done["num_processes"]) == (num_steps, 2)
+    assert done["images_seen"] == num_steps * 8 * 2  # debug.yaml: 8 per process, 2 processes
+    assert (run_dir / "checkpoints" / f"step_{num_steps:08d}").is_dir()
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+    # Two starts, one wandb run: the second start reopened the first one's id.
+    ids = wandb_run_ids(run_dir)
+    assert len(ids) == 2 and set(ids) == {done["run_id"]}, ids
+
+
+def test_single_node_sbatch_runs_two_processes(submit, tmp_path, mnist_shards):
+    out_dir = tmp_path / "runs"
+    job = submit("launch/slurm/single_node.sbatch",
+                 {"CONFIG": "configs/debug.yaml", "OUT_DIR": str(out_dir), "PROCS_PER_NODE": "2",
+                  "OVERRIDES": overrides(mnist_shards, num_steps=6, log_every=2)},
+                 "--time=15", "--job-name=gd_single")
+    info = job.wait_finished(timeout_s=240)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log_text()[-6000:]
+    done = json.loads((only_run_folder(out_dir) / "done.json").read_text())
+    assert (done["step"], done["num_processes"]) == (6, 2)
