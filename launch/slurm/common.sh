@@ -148,12 +148,15 @@ gd_build_command() {
     if ((NNODES > 1)); then
         launch+=(--main_process_ip "$(gd_main_process_ip)")
     fi
+    # gan_dist builds its Accelerator with train.mixed_precision, which beats accelerate launch's
+    # --mixed_precision and the config file's value: set both so they agree.
     if [[ -n $MIXED_PRECISION ]]; then launch+=(--mixed_precision "$MIXED_PRECISION"); fi
     if [[ -n $CPU_THREADS_PER_PROCESS ]]; then
         launch+=(--num_cpu_threads_per_process "$CPU_THREADS_PER_PROCESS")
     fi
     local train=(-m gan_dist train "$CONFIG" "run.out_dir=$OUT_DIR" "run.name=$RUN_NAME")
     if [[ $CPU == 1 ]]; then train+=(dist.cpu=true); fi
+    if [[ -n $MIXED_PRECISION ]]; then train+=("train.mixed_precision=$MIXED_PRECISION"); fi
     local extra=()
     # shellcheck disable=SC2206  # OVERRIDES is a space-separated list of key=value words
     if [[ -n $OVERRIDES ]]; then extra=($OVERRIDES); fi

@@ -108,3 +108,40 @@ def test_single_node_sbatch_runs_two_processes(submit, tmp_path, mnist_shards):
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log_text()[-6000:]
     done = json.loads((only_run_folder(out_dir) / "done.json").read_text())
     assert (done["step"], done["num_processes"]) == (6, 2)
+
+
+def test_scancel_stops_the_job_without_requeue(submit, tmp_path, mnist_shards, slurm):
+    """A user's scancel (SIGTERM to every process of the job) must end the job, not requeue it; the
+    trainer still leaves a complete checkpoint to resume from."""
+    out_dir = tmp_path / "runs"
+    job = submit("launch/slurm/multi_node.sbatch",
+                 {"CONFIG": "configs/debug.yaml", "OUT_DIR": str(out_dir),
+                  "OVERRIDES": overrides(mnist_shards, num_steps=5000, log_every=10)},
+                 "--nodes=2", "--time=15", "--job-name=gd_cancel")
+    job.wait_for_log(r"^10 \[D loss", timeout_s=180)
+    subprocess.run(["scancel", job.job_id], env={**os.environ, **slurm}, check=True, timeout=30)
+    info = job.wait_finished(timeout_s=120)
+    log = job.log_text()
+    assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0"), log[-6000:]
+    assert "requeueing" not in log
+    checkpoints = sorted((only_run_folder(out_dir) / "checkpoints").glob("step_*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "meta.json").is_file(), log[-6000:]
+
+
+def test_time_limit_signal_checkpoints_and_requeues(submit, tmp_path, mnist_shards, slurm):
+    """SLURM's own `--signal=B:USR1@45` with a 1-minute limit: the signal is due 15 s after the start
+    (slurmctld checks every ~30 s, so it comes 15-45 s in); the job checkpoints and requeues itself.
+    If it comes while the trainer is still starting, the batch shell repeats it (every 5 s here)."""
+    out_dir = tmp_path / "runs"
+    job = submit("launch/slurm/multi_node.sbatch",
+                 {"CONFIG": "configs/debug.yaml", "OUT_DIR": str(out_dir), "FORWARD_EVERY_S": "5",
+                  "OVERRIDES": overrides(mnist_shards, num_steps=100000, log_every=10)},
+                 "--nodes=2", "--time=1", "--signal=B:USR1@45", "--job-name=gd_timelimit")
+    job.wait(lambda info: info.get("Restarts") == "1", 120, "the job to requeue itself")
+    log = job.log_text()
+    stopped = re.findall(r"preempted.*checkpoint at step (\d+)", log)
+    assert stopped and int(stopped[0]) > 0, log[-6000:]
+    assert (only_run_folder(out_dir) / "checkpoints" / f"step_{int(stopped[0]):08d}").is_dir()
+    subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"], env={**os.environ, **slurm},
+                   check=True, timeout=30)
+    job.wait_for_log(rf"resumed from \S*step_{int(stopped[0]):08d} at step {stopped[0]}\b", timeout_s=120)
