@@ -13,7 +13,8 @@
 #   GAN_DIST_SLURM_DIR     state folder                          (default /tmp/gan_dist_slurm)
 #   GAN_DIST_SLURM_NODES   number of simulated nodes             (default 2)
 #   GAN_DIST_SLURM_CPUS    CPUs declared per node                (default 4: 1 trainer + launcher + slack)
-#   GAN_DIST_SLURM_PORT    slurmctld port; slurmd nI uses 7817+I (default 6817)
+#   GAN_DIST_SLURM_PORT    slurmctld port                        (default 6817)
+#   GAN_DIST_SLURMD_PORT   slurmd of node nI listens on this + I  (default 7817)
 #
 # Facts this follows (verified on Debian 12, slurm 22.05): munge's default paths fail with "PRNG seed
 # dir is insecure", so munged runs privately with every path under the state folder; Debian's slurmd is
@@ -25,6 +26,7 @@ STATE_DIR=${GAN_DIST_SLURM_DIR:-/tmp/gan_dist_slurm}
 NUM_NODES=${GAN_DIST_SLURM_NODES:-2}
 CPUS_PER_NODE=${GAN_DIST_SLURM_CPUS:-4}
 CTLD_PORT=${GAN_DIST_SLURM_PORT:-6817}
+SLURMD_BASE_PORT=${GAN_DIST_SLURMD_PORT:-7817}
 START_TIMEOUT_S=${GAN_DIST_SLURM_START_TIMEOUT:-60}
 
 CONF=$STATE_DIR/slurm.conf
@@ -122,7 +124,7 @@ write_conf() {
         i=0
         for node in $(node_names); do
             i=$((i + 1))
-            echo "NodeName=$node NodeHostname=$host NodeAddr=127.0.0.1 Port=$((7817 + i)) CPUs=$CPUS_PER_NODE State=UNKNOWN"
+            echo "NodeName=$node NodeHostname=$host NodeAddr=127.0.0.1 Port=$((SLURMD_BASE_PORT + i)) CPUs=$CPUS_PER_NODE State=UNKNOWN"
         done
         echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO"
     } >"$CONF.tmp"

@@ -126,7 +126,6 @@ def test_cpu_config_forms_a_two_rank_gloo_group(tmp_path):
                "--main_process_port", "0", str(Path(__file__).with_name("dist_probe.py"))]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    reports = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
-                     key=lambda r: r["rank"])
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("probe-rank*.json"))]
     assert [(r["rank"], r["world_size"], r["backend"], r["rank_sum"]) for r in reports] == [
         (0, 2, "gloo", 3.0), (1, 2, "gloo", 3.0)]
