@@ -343,8 +343,9 @@ class Trainer:
     @torch.no_grad()
     def write_samples(self, step: int) -> None:
         """Main process: a grid from the fixed noise, as PNG under the run folder and to the tracker."""
-        if not self.accelerator.is_main_process:
+        if not self.accelerator.is_main_process or getattr(self, "_last_sample_step", None) == step:
             return
+        self._last_sample_step = step
         G, _ = self.sampling_generator()
         was_training = G.training
         G.eval()
@@ -405,8 +406,12 @@ class Trainer:
         if not config.data.train_urls:
             with accelerator.local_main_process_first():
                 ensure_shards(config.data)
-        self.tracker = make_tracker(accelerator, config, self.run_dir, self.state.run_id)
         start_step = self.state.step
+        if start_step >= num_steps and (self.run_dir / DONE).is_file():
+            # A requeued or repeated job of a finished run: nothing to do, nothing to rewrite.
+            accelerator.print(f"run {self.run_dir} already finished at step {start_step}; nothing to do")
+            return 0
+        self.tracker = make_tracker(accelerator, config, self.run_dir, self.state.run_id)
         global_batch = config.train.batch_size_per_process * accelerator.num_processes * accumulation
         accelerator.print(
             f"run {self.run_dir} | {config.model.name} | {accelerator.num_processes} process(es) on "

@@ -130,6 +130,12 @@ def test_resume_auto_ignores_partial_checkpoints(mnist_shards, tmp_path):
     finally:
         resumed.close()
     assert json.loads((run_dir / "done.json").read_text())["step"] == 6
+    # A repeated (e.g. requeued) start of the finished run does nothing and rewrites nothing.
+    final_meta = run_dir / "checkpoints" / "step_00000006" / "meta.json"
+    written_at = final_meta.stat().st_mtime_ns
+    assert train(debug_config(mnist_shards, tmp_path, "run.name=r", "train.num_steps=6",
+                              "checkpoint.resume=auto")) == 0
+    assert final_meta.stat().st_mtime_ns == written_at
 
 
 def test_bf16_autocast_trains_on_cpu(mnist_shards, tmp_path):
