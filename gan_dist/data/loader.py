@@ -25,6 +25,7 @@ import io
 import itertools
 import math
 import tarfile
+import traceback
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -78,9 +79,18 @@ def _split_by_rank(urls: Iterable[dict[str, Any]], rank: int, world_size: int) -
     return itertools.islice(urls, rank, None, world_size)
 
 
-def _to_unit_range(images: Tensor) -> Tensor:
-    """uint8 (B, 1, 28, 28) -> float32 x / 127.5 - 1 in [-1, 1]."""
-    return images.to(torch.float32).div_(127.5).sub_(1.0)
+def _to_unit_range(images: np.ndarray) -> Tensor:
+    """uint8 (B, 1, 28, 28) -> float32 tensor x / 127.5 - 1 in [-1, 1]."""
+    return torch.from_numpy(images).to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def _stack(samples: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Collate (image (1, 28, 28) uint8, label) samples into (images (B, 1, 28, 28) uint8, labels (B,) int64).
+
+    Samples stay numpy arrays until the final batch: small arrays cross from the DataLoader workers
+    pickled through the pipe, cheaper than one shared-memory tensor each.
+    """
+    return np.stack([image for image, _ in samples]), np.array([label for _, label in samples], dtype=np.int64)
 
 
 class _CheckedTarStream:
@@ -89,14 +99,17 @@ class _CheckedTarStream:
     Python's tarfile, in the streaming mode WebDataset uses, ends an archive silently at a damaged
     header, or at a cut that falls between members (a copy killed on a 4 KiB boundary does exactly
     that with these shards): the shard would just look shorter. This wrapper checks each header's
-    checksum and member size as the bytes pass, and in `finish()` that the stream ends with the
-    end-of-archive marker. Compressed tars are passed through unchecked (gzip/bz2/xz catch cuts).
+    checksum and member size as the bytes pass and remembers the first problem; `finish()` (at the
+    end of the shard) reads the rest, checks the end-of-archive marker and raises ShardError. Problems
+    are reported at the end because tarfile reads ahead: raising at once would lose the good samples
+    before the damage. Compressed tars are passed through unchecked (gzip/bz2/xz catch cuts).
     """
 
     def __init__(self, stream: Any, url: str) -> None:
         self._stream = stream
         self.url = url
-        self.failed = False  # the framing check found a problem
+        self.problem: str | None = None  # first framing problem seen, reported by finish()
+        self.failed = False  # finish() or close() raised for this shard
         self.reported = False  # the problem of this shard read was already handled (counted once)
         self._offset = 0  # bytes read so far
         self._next_header = 0  # offset of the next header block
@@ -114,7 +127,7 @@ class _CheckedTarStream:
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
-        if data and self._checking and not self.failed:
+        if data and self._checking and self.problem is None:
             self._scan(data)
         return data
 
@@ -140,7 +153,8 @@ class _CheckedTarStream:
                 self._ended = self._zero_blocks == 2
                 continue
             if self._zero_blocks:
-                self._fail(f"member header at byte {at} after an end-of-archive block")
+                self.problem = f"member header at byte {at} after an end-of-archive block"
+                return
             try:
                 stored = tarfile.nti(block[148:156])
                 # unsigned sum with the checksum field read as spaces (fast path of tarfile.calc_chksums)
@@ -150,15 +164,18 @@ class _CheckedTarStream:
             except tarfile.HeaderError:
                 checksum_ok, size = False, 0
             if not checksum_ok or size < 0:
-                self._fail(f"damaged tar header at byte {at}")
+                self.problem = f"damaged tar header at byte {at}"
+                return
             self._next_header += TAR_BLOCK_BYTES + math.ceil(size / TAR_BLOCK_BYTES) * TAR_BLOCK_BYTES
 
     def finish(self) -> None:
         """Read what tarfile left unread, check the end-of-archive marker, close the stream."""
         try:
-            if self._checking and not self.failed:
+            if self._checking:
                 while self.read(_DRAIN_CHUNK_BYTES):
                     pass
+                if self.problem is not None:
+                    self._fail(self.problem)
                 if not self._ended:
                     where = "inside a member" if self._offset < self._next_header else "between members"
                     self._fail(f"ends at byte {self._offset} ({where}) without the tar end-of-archive "
@@ -224,6 +241,9 @@ class _ShardSamples:
     def _handle(self, error: BaseException) -> bool:
         """WebDataset exception handler: raise ShardError (on_corrupt=raise) or warn, count, go on."""
         current = self._current
+        if getattr(error, "handled", False):  # raised by this handler already, passing outwards
+            error.args = error.args[:1]  # drop the (stream, url) that tar_file_expander appended
+            raise error
         if isinstance(error, ShardError):
             url, message = error.url, str(error.args[0]).split(" @ ")[0]
         else:
@@ -236,8 +256,10 @@ class _ShardSamples:
         if this_shard:
             current.reported = True
         if self.on_corrupt == "raise":
-            raise ShardError(f"{message} (data.on_corrupt=warn skips such shards; `gan-dist prepare-data` "
-                             "rewrites damaged local shards)", url) from error
+            raised = ShardError(f"{message} (data.on_corrupt=warn skips such shards; `gan-dist prepare-data` "
+                                "rewrites damaged local shards)", url)
+            raised.handled = True  # type: ignore[attr-defined]
+            raise raised from error
         if not repeat:
             self.stats.skipped_shards += 1
             self._failures_in_a_row += 1
@@ -248,8 +270,8 @@ class _ShardSamples:
                              "no readable shard among the data urls", url) from error
         return True
 
-    def decode(self, sample: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
-        """(image uint8 (1, 28, 28), label int64 ()) of a raw sample; None if dropped (on_corrupt=warn)."""
+    def decode(self, sample: dict[str, Any]) -> tuple[np.ndarray, int] | None:
+        """(image uint8 (1, 28, 28), label) of a raw sample; None if dropped (on_corrupt=warn)."""
         try:
             png, cls = sample.get("png"), sample.get("cls")
             if png is None or cls is None:
@@ -269,7 +291,7 @@ class _ShardSamples:
             self.stats.skipped_samples += 1
             warnings.warn(f"{message} (skipped: data.on_corrupt=warn)", RuntimeWarning, stacklevel=2)
             return None
-        return torch.from_numpy(pixels).unsqueeze(0), torch.tensor(label, dtype=torch.int64)
+        return pixels[None], label
 
 
 class _WorkerShuffle:
@@ -291,9 +313,9 @@ class _DecodeUnlessSkipped:
     def __init__(self, reader: _ShardSamples, skip: dict[int, frozenset[int]]) -> None:
         self.reader, self.skip = reader, skip
 
-    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple[Tensor, Tensor]]:
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple[np.ndarray, int]]:
         skip = self.skip.get(_worker_id(), frozenset())
-        placeholder = (torch.zeros(1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8), torch.tensor(-1))
+        placeholder = (np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8), -1)
         position = 0
         for sample in samples:
             if position in skip:
@@ -312,11 +334,12 @@ class _AttachStats:
     def __init__(self, stats: LoaderStats) -> None:
         self.stats = stats
 
-    def __call__(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def __call__(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
         sent = (0, 0)
         for images, labels in batches:
             now = (self.stats.skipped_shards, self.stats.skipped_samples)
-            yield images, labels, torch.tensor([now[0] - sent[0], now[1] - sent[1]], dtype=torch.int64)
+            yield images, labels, (now[0] - sent[0], now[1] - sent[1])
             sent = now
 
 
@@ -326,10 +349,11 @@ class _CollectStats:
     def __init__(self, stats: LoaderStats) -> None:
         self.stats = stats
 
-    def __call__(self, batches: Iterable[tuple[Tensor, Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
-        for images, labels, skipped in batches:
-            self.stats.skipped_shards += int(skipped[0])
-            self.stats.skipped_samples += int(skipped[1])
+    def __call__(self, batches: Iterable[tuple[np.ndarray, np.ndarray, tuple[int, int]]]
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for images, labels, (skipped_shards, skipped_samples) in batches:
+            self.stats.skipped_shards += skipped_shards
+            self.stats.skipped_samples += skipped_samples
             yield images, labels
 
 
@@ -400,24 +424,46 @@ def epoch_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank:
         reader,  # tar -> raw samples (png bytes, cls)
         _WorkerShuffle(data.shuffle_buffer, _derive_seed(seed, epoch, rank, "samples")),
         _DecodeUnlessSkipped(reader, _skipped_positions(skip_batches, batch_size, num_streams, loader_shuffle)),
-        wds.batched(batch_size, partial=False),  # (uint8 (B, 1, 28, 28), int64 (B,))
+        wds.batched(batch_size, collation_fn=_stack, partial=False),  # (uint8 (B, 1, 28, 28), int64 (B,))
         _AttachStats(worker_stats),
     )
-    loader = (wds.WebLoader(dataset, batch_size=None, num_workers=data.num_workers)
+    # Own generator: DataLoader otherwise draws its base seed from the global torch RNG at every
+    # iterator creation, which would shift the training RNG (dropout) after an exact resume.
+    loader_rng = torch.Generator().manual_seed(_derive_seed(seed, epoch, rank, "dataloader"))
+    # collate_fn=_unchanged keeps the numpy batches: no shared-memory tensor per small array
+    loader = (wds.WebLoader(dataset, batch_size=None, num_workers=data.num_workers, generator=loader_rng,
+                            collate_fn=_unchanged)
               .compose(_CollectStats(stats))
               .unbatched()
               .compose(loader_shuffle)  # mixes the workers' batches
-              .batched(batch_size, partial=False)
+              .batched(batch_size, collation_fn=_stack, partial=False)
               .with_epoch(steps))
-    for index, (images, labels) in enumerate(loader):
-        if index >= skip_batches:
-            yield _to_unit_range(images), labels  # (B, 1, 28, 28) float32, (B,) int64
+    try:
+        for index, (images, labels) in enumerate(loader):
+            if index >= skip_batches:
+                yield _to_unit_range(images), torch.from_numpy(labels)  # (B, 1, 28, 28) float32, (B,) int64
+    except Exception as error:
+        # An error re-raised from a worker keeps the DataLoader iterator in a reference cycle
+        # (exception -> traceback -> frames); the cyclic GC's tear-down of it then waits 5 s per worker.
+        traceback.clear_frames(error.__traceback__)
+        raise
+
+
+def _endless(args: tuple[Any, ...], start_step: int, steps: int, train_size: int,
+             stats: LoaderStats) -> Iterator[tuple[Tensor, Tensor]]:
+    epoch, skip = divmod(start_step, steps)
+    while True:
+        yield from epoch_batches(*args, epoch=epoch, skip_batches=skip, train_size=train_size, stats=stats)
+        epoch, skip = epoch + 1, 0
 
 
 class TrainBatches(Iterator[tuple[Tensor, Tensor]]):
     """The endless training stream of one process; see `train_batches`.
 
     Attributes: steps_per_epoch; step (index of the next batch); stats (LoaderStats, on_corrupt=warn).
+    Dropping the last reference (or `close()`) stops the DataLoader workers at once: the generator
+    does not refer back to this object, so no reference cycle leaves them to the cyclic GC (whose
+    tear-down of a DataLoader iterator waits 5 s per worker).
     """
 
     def __init__(self, data: DataConfig, urls: str, batch_size: int, seed: int, rank: int, world_size: int,
@@ -432,15 +478,8 @@ class TrainBatches(Iterator[tuple[Tensor, Tensor]]):
         self.steps_per_epoch = steps_per_epoch(self.train_size, batch_size, world_size)
         self.step = start_step
         self.stats = LoaderStats()
-        self._args = (data, urls, batch_size, seed, rank, world_size)
-        self._batches = self._generate()
-
-    def _generate(self) -> Iterator[tuple[Tensor, Tensor]]:
-        epoch, skip = divmod(self.step, self.steps_per_epoch)
-        while True:
-            yield from epoch_batches(*self._args, epoch=epoch, skip_batches=skip, train_size=self.train_size,
-                                     stats=self.stats)
-            epoch, skip = epoch + 1, 0
+        self._batches = _endless((data, urls, batch_size, seed, rank, world_size), start_step,
+                                 self.steps_per_epoch, self.train_size, self.stats)
 
     def __next__(self) -> tuple[Tensor, Tensor]:
         batch = next(self._batches)
@@ -448,7 +487,7 @@ class TrainBatches(Iterator[tuple[Tensor, Tensor]]):
         return batch
 
     def close(self) -> None:
-        """Stop the DataLoader workers now (they also stop when this object is garbage-collected)."""
+        """Stop the DataLoader workers now."""
         self._batches.close()
 
 
@@ -463,6 +502,31 @@ def train_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank:
     return TrainBatches(data, urls, batch_size, seed, rank, world_size, start_step, train_size)
 
 
+def _exact_pass(reader: _ShardSamples, urls: list[str], offset: int, stride: int, batch_size: int,
+                with_keys: bool) -> Iterator[tuple[Any, ...]]:
+    decoded_samples: list[tuple[np.ndarray, int]] = []
+    keys: list[str] = []
+
+    def emit() -> tuple[Any, ...]:
+        images, labels = _stack(decoded_samples)
+        batch = (_to_unit_range(images), torch.from_numpy(labels))  # (b, 1, 28, 28) float32, (b,) int64
+        return (*batch, list(keys)) if with_keys else batch
+
+    samples = reader(dict(url=url) for url in urls)
+    for sample in itertools.islice(samples, offset, None, stride):  # select, then decode
+        decoded = reader.decode(sample)
+        if decoded is None:
+            continue
+        decoded_samples.append(decoded)
+        keys.append(sample["__key__"])
+        if len(decoded_samples) == batch_size:
+            yield emit()
+            decoded_samples.clear()
+            keys.clear()
+    if decoded_samples:
+        yield emit()
+
+
 class EvalBatches(Iterator[tuple[Any, ...]]):
     """One exact pass; see `eval_batches`. Attributes: num_samples (yielded so far), stats."""
 
@@ -474,40 +538,18 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         url_list = _expand(urls)
         if len(url_list) % world_size == 0:  # whole shards per rank
-            self.urls, self.stride, self.offset = url_list[rank::world_size], 1, 0
+            self.urls, stride, offset = url_list[rank::world_size], 1, 0
         else:  # every rank reads every shard and keeps every world_size-th sample
-            self.urls, self.stride, self.offset = url_list, world_size, rank
+            self.urls, stride, offset = url_list, world_size, rank
         self.num_samples = 0
         self.stats = LoaderStats()
-        self._reader = _ShardSamples(on_corrupt, self.stats)
-        self._batch_size, self._with_keys = batch_size, with_keys
-        self._batches = self._generate()
-
-    def _generate(self) -> Iterator[tuple[Any, ...]]:
-        samples = self._reader(dict(url=url) for url in self.urls)
-        images: list[Tensor] = []
-        labels: list[Tensor] = []
-        keys: list[str] = []
-        for sample in itertools.islice(samples, self.offset, None, self.stride):  # select, then decode
-            decoded = self._reader.decode(sample)
-            if decoded is None:
-                continue
-            images.append(decoded[0])
-            labels.append(decoded[1])
-            keys.append(sample["__key__"])
-            if len(images) == self._batch_size:
-                yield self._emit(images, labels, keys)
-                images, labels, keys = [], [], []
-        if images:
-            yield self._emit(images, labels, keys)
-
-    def _emit(self, images: list[Tensor], labels: list[Tensor], keys: list[str]) -> tuple[Any, ...]:
-        self.num_samples += len(images)
-        batch = (_to_unit_range(torch.stack(images)), torch.stack(labels))  # (b, 1, 28, 28), (b,)
-        return (*batch, keys) if self._with_keys else batch
+        self._batches = _exact_pass(_ShardSamples(on_corrupt, self.stats), self.urls, offset, stride, batch_size,
+                                    with_keys)
 
     def __next__(self) -> tuple[Any, ...]:
-        return next(self._batches)
+        batch = next(self._batches)
+        self.num_samples += len(batch[1])
+        return batch
 
 
 def eval_batches(urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str = "raise", *,

@@ -35,7 +35,6 @@ from gan_dist.data.sources import (
     _report,
     load_mnist,
     sha256_file,
-    verify_arrays,
 )
 
 MANIFEST_NAME = "manifest.json"
@@ -227,8 +226,7 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
         _report(f"{out / MANIFEST_NAME} lists {manifest['samples_per_shard']} samples per shard; rewriting "
                 f"all shards with {samples_per_shard}")
     arrays = load_mnist(source, data_root=out, cache_dir=cache_dir,
-                        verify_official_counts=verify_official_counts)
-    verify_arrays(arrays, verify_official_counts)
+                        verify_official_counts=verify_official_counts)  # verified inside
     if manifest is not None and any(manifest["splits"][s]["num_samples"] != len(arrays.split(s)[1])
                                     for s in SPLITS):
         reuse = {}  # the old shards hold another data set (e.g. a test set): re-encode everything

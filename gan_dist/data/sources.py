@@ -111,7 +111,7 @@ def verify_arrays(arrays: MnistArrays, verify_official_counts: bool = True) -> N
     """Raise SourceError unless shapes, dtypes, label range (and the official label counts) are right."""
     for split in SPLITS:
         images, labels = arrays.split(split)
-        where = f"{arrays.source} {split} split"
+        where = f"{arrays.source}: {split} split"
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
             raise SourceError(f"{where}: images must be a uint8 array, got {getattr(images, 'dtype', type(images))}")
         if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or images.shape[0] == 0:
