@@ -1,0 +1,42 @@
+"""Run by tests/metrics/test_evaluate.py under 1 or 2 real processes (torchrun, gloo on CPU).
+
+argv: SHARDS_DIR CACHE_DIR OUT_JSON NUM_SAMPLES BATCH_SIZE. Evaluates a freshly initialised keras_dcgan
+G (seeded, identical on every rank) and writes, from the main process, the metrics, the floor and a
+permutation-invariant fingerprint of the gathered features.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from accelerate import Accelerator
+
+from gan_dist.config import load_config
+from gan_dist.metrics.evaluate import Evaluator
+from gan_dist.models import build_models
+
+
+def main() -> None:
+    shards, cache, out, num_samples, batch_size = sys.argv[1:6]
+    config = load_config(None, [f"data.root={shards}", f"eval.num_samples={num_samples}",
+                                f"eval.batch_size={batch_size}"])
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    G, _ = build_models(config.model)
+    evaluator = Evaluator(config, accelerator, cache_dir=cache)
+    metrics = evaluator.evaluate(G, seed=123)
+    features, _ = evaluator.generated_features(G, seed=123)  # (N, D) gathered on every rank
+    all_ranks = accelerator.gather(torch.tensor([metrics["fid"]]))  # every rank returned the same dict
+    if accelerator.is_main_process:
+        metrics.pop("eval_seconds")
+        record = {"world_size": accelerator.num_processes, "metrics": metrics, "floor": evaluator.floor(),
+                  "fid_per_rank": all_ranks.tolist(), "num_features": len(features),
+                  "sorted_norms": features.double().norm(dim=1).sort().values.tolist()}
+        with open(out, "w") as handle:
+            json.dump(record, handle)
+
+
+if __name__ == "__main__":
+    main()
