@@ -17,6 +17,7 @@ _EXPORTS = {
     "DataError": "sources", "SourceError": "sources", "MnistArrays": "sources", "load_mnist": "sources",
     "ShardError": "shards", "prepare_data": "shards", "ensure_shards": "shards", "verify_shards": "shards",
     "write_shards": "shards", "read_manifest": "shards", "train_urls": "shards", "test_urls": "shards",
+    "shard_urls": "shards", "split_size": "shards",
     "train_batches": "loader", "eval_batches": "loader", "epoch_batches": "loader",
     "steps_per_epoch": "loader", "LoaderStats": "loader", "TrainBatches": "loader", "EvalBatches": "loader",
     "bench_data": "bench",

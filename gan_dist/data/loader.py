@@ -287,7 +287,8 @@ class _ShardSamples:
             message = (f"corrupt sample {sample.get('__key__')} in shard {sample.get('__url__')}: "
                        f"{type(error).__name__}: {error}")
             if self.on_corrupt == "raise":
-                raise ShardError(message, sample.get("__url__")) from error
+                raise ShardError(f"{message} (data.on_corrupt=warn skips such samples; `gan-dist prepare-data` "
+                                 "rewrites damaged local shards)", sample.get("__url__")) from error
             self.stats.skipped_samples += 1
             warnings.warn(f"{message} (skipped: data.on_corrupt=warn)", RuntimeWarning, stacklevel=2)
             return None
@@ -496,8 +497,10 @@ def train_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank:
     """Endless (images float32 (B, 1, 28, 28) in [-1, 1], labels int64 (B,)) for process `rank`.
 
     batch_size is per process. data.num_workers DataLoader workers decode; data.shuffle_buffer bounds both
-    shuffle buffers. `start_step=s` yields exactly batches s, s+1, ... of a fresh stream (exact resume).
+    shuffle buffers. `start_step=s` yields exactly batches s, s+1, ... of a fresh stream (exact resume;
+    with data.on_corrupt=warn, only as long as no single undecodable sample was dropped before s).
     train_size (samples per epoch across ranks) defaults to the local manifest's, else 60,000.
+    Never pass it through accelerator.prepare (DESIGN.md); move batches to the device yourself.
     """
     return TrainBatches(data, urls, batch_size, seed, rank, world_size, start_step, train_size)
 

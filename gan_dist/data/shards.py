@@ -227,6 +227,7 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
                 f"all shards with {samples_per_shard}")
     arrays = load_mnist(source, data_root=out, cache_dir=cache_dir,
                         verify_official_counts=verify_official_counts)  # verified inside
+    _report(f"writing MNIST shards ({samples_per_shard} samples each) to {out} from {arrays.source}")
     if manifest is not None and any(manifest["splits"][s]["num_samples"] != len(arrays.split(s)[1])
                                     for s in SPLITS):
         reuse = {}  # the old shards hold another data set (e.g. a test set): re-encode everything
@@ -250,8 +251,9 @@ def ensure_shards(data: DataConfig) -> Path:
     """The shard folder for `data`, prepared from data.source first if missing or damaged.
 
     Cheap when the shards are there (manifest + file sizes; `prepare_data` does the full sha256 check).
-    When data.train_urls and data.test_urls are both set, the shards live elsewhere and nothing is
-    checked. With several processes per node, call it on the local main process first
+    Shards of another samples_per_shard are re-written only when data.auto_prepare is true (else used
+    as they are). When data.train_urls and data.test_urls are both set, the shards live elsewhere and
+    nothing is checked. With several processes per node, call it on the local main process first
     (accelerator.main_process_first()); concurrent calls are safe, only wasteful.
     """
     directory = resolved_data_dir(data)

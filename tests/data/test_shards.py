@@ -123,6 +123,7 @@ def test_prepare_is_idempotent_and_rewrites_a_damaged_shard(tmp_path, synthetic_
     assert report == [
         f"gan_dist.data: shard {tampered}: sha256 does not match manifest.json (modified or corrupt); rewriting it",
         f"gan_dist.data: shard {out / 'mnist-test-000001.tar'}: missing; rewriting it",
+        f"gan_dist.data: writing MNIST shards (50 samples each) to {out} from idx:{synthetic_idx_dir}",
     ]
     assert verify_shards(out) == []
     after = file_ids(out)
