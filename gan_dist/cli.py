@@ -151,12 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="FID / IS / precision-recall / coverage of a trained generator")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", default=None)
-    source.add_argument("--checkpoint", default=None)
-    p.add_argument("--num", type=int, default=10000)
-    p.add_argument("--out", default=None, help="JSON output (default: next to the checkpoint)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=500)
+    source.add_argument("--run", default=None, help="run folder (uses its newest exported generator)")
+    source.add_argument("--checkpoint", default=None, help="checkpoint folder or generator.safetensors")
+    p.add_argument("--num", type=int, default=10000,
+                   help="generated images, split across processes (the floor uses as many real train images)")
+    p.add_argument("--out", default=None,
+                   help="JSON output (default: RUN/eval_step_N.json, or beside the checkpoint)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: same samples for any process count")
+    p.add_argument("--batch-size", type=int, default=500, help="generation / feature batch per process")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("train-classifier", help="train the MNIST feature network used by the metrics")

@@ -62,3 +62,30 @@ def test_missing_record_names_the_regenerating_command(weights_copy):
     weights_copy.with_suffix(".json").unlink()
     with pytest.raises(FileNotFoundError, match="gan-dist train-classifier"):
         load_feature_network(weights_copy)
+
+
+def test_packaged_network_reaches_the_recorded_accuracy_on_the_test_split(mnist_shards):
+    from gan_dist.config import DataConfig
+    from gan_dist.data.shards import test_urls
+    from gan_dist.metrics.classifier import accuracy, load_split
+
+    net, record = load_feature_network()
+    images, labels = load_split(test_urls(DataConfig(root=str(mnist_shards))))
+    measured = accuracy(net, images, labels)
+    assert measured >= MIN_TEST_ACCURACY
+    assert measured == pytest.approx(record["test_accuracy"], abs=1e-3)
+
+
+def test_train_classifier_command_writes_loadable_weights_and_record(tiny_shards, tmp_path):
+    from gan_dist.config import load_config
+    from gan_dist.metrics.classifier import train_classifier_command
+
+    config = load_config(None, [f"data.root={tiny_shards}", "data.samples_per_shard=50", "data.auto_prepare=false"])
+    out = tmp_path / "net.safetensors"
+    test_accuracy = train_classifier_command(config, out=str(out), num_epochs=1, seed=3)
+    record = verify_weights(out)
+    assert record["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-6)
+    assert record["num_train"] == 300 and record["num_test"] == 100
+    assert record["command"] == "gan-dist train-classifier --epochs 1 --seed 3"
+    net, _ = load_feature_network(out)
+    assert net.feature_dim == FEATURE_DIM
