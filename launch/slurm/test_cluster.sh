@@ -105,6 +105,10 @@ write_conf() {
         echo "SelectType=select/cons_tres"
         echo "SelectTypeParameters=CR_Core"
         echo "SchedulerType=sched/backfill"
+        # A requeued job becomes startable at its BeginTime (cred_expire + 1 s), but nothing starts it
+        # until the next scheduling pass: every bf_interval (default 30 s) / sched_interval (60 s).
+        # Measured here: requeue to restart 23-40 s with the defaults, 11-12 s with these.
+        echo "SchedulerParameters=bf_interval=2,sched_interval=2"
         echo "AccountingStorageType=accounting_storage/none"
         echo "JobAcctGatherType=jobacct_gather/none"
         echo "JobCompType=jobcomp/none"
