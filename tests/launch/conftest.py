@@ -27,9 +27,14 @@ def slurm() -> dict[str, str]:
         pytest.skip(f"no SLURM cluster: SLURM_CONF is not set and {DEFAULT_SLURM_DIR}/slurm.conf does not exist; {START_HINT}")
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         pytest.skip(f"no SLURM client (sinfo/sbatch) on PATH; launch/slurm/test_cluster.sh install; {START_HINT}")
+    if not Path(conf).is_file():
+        pytest.skip(f"no SLURM cluster: SLURM_CONF={conf} does not exist; {START_HINT}")
     env = {**os.environ, "SLURM_CONF": conf}
-    result = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    try:
+        result = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True, text=True,
+                                timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"SLURM cluster not answering within 15 s (SLURM_CONF={conf}); {START_HINT}")
     if result.returncode != 0:
         pytest.skip(f"SLURM cluster not reachable with SLURM_CONF={conf}: {result.stderr.strip()}; {START_HINT}")
     usable = [line for line in result.stdout.splitlines() if re.search(r" (idle|mix|alloc)$", line)]
