@@ -5,7 +5,7 @@
 #
 #   launch/slurm/test_cluster.sh install   # Debian packages (root; seconds)
 #   launch/slurm/test_cluster.sh start     # idempotent; waits until every node is idle
-#   export SLURM_CONF=/tmp/gan_dist_slurm/slurm.conf   # printed by `start`
+#   export SLURM_CONF=/tmp/gan_dist_slurm/slurm.conf   # printed by `start`; or: source /tmp/gan_dist_slurm/env.sh
 #   launch/slurm/test_cluster.sh status
 #   launch/slurm/test_cluster.sh stop      # kills only the daemons it started (pid files)
 #
@@ -208,6 +208,8 @@ cmd_start() {
     start_slurmctld
     for node in $(node_names); do start_slurmd "$node"; done
     wait_idle
+    # For scripts: `source $STATE_DIR/env.sh` points the SLURM commands at this cluster.
+    export_line >"$STATE_DIR/env.sh"
     SLURM_CONF=$CONF sinfo -N
     cat <<MSG
 test_cluster: up: $NUM_NODES nodes x $CPUS_PER_NODE CPUs, state in $STATE_DIR
