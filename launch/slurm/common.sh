@@ -9,6 +9,8 @@
 #   a signal sent to the steps only (no `B:`) would reach python but leave the shell unaware.
 # - The trap forwards it with `scancel --signal=USR1 $SLURM_JOB_ID`, which signals every process of the
 #   job's steps (not the batch shell): bash wrapper, accelerate/torchrun launcher, trainer processes.
+#   It repeats it every FORWARD_EVERY_S until the step ends: a trainer that is still starting has no
+#   handler yet and ignores it (seen on the test cluster, where the signal came 1 s after the start).
 # - accelerate launch / torchrun do not handle SIGUSR1, and its default action kills the process, so
 #   the launcher must ignore it: the step runs `bash -c 'trap "" USR1 TERM; exec accelerate launch ...'`.
 #   An ignored signal stays ignored across exec and fork (python keeps SIG_IGN for signals it does not
