@@ -356,10 +356,13 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """FID & co of G_ema (or G) on every rank; the main process logs; the best FID gets a checkpoint."""
-        if self.evaluator is None:
-            from gan_dist.metrics.evaluate import Evaluator
+        from gan_dist.metrics.evaluate import Evaluator, format_table
 
+        if self.evaluator is None:
             self.evaluator = Evaluator(self.config, self.accelerator)
+            # The real-data floor (train vs test images), once, beside the generated results.
+            self.tracker.log_scalars({f"eval_floor/{key}": value for key, value in self.evaluator.floor().items()},
+                                     step)
         G, _ = self.sampling_generator()
         _sync_buffers([G])
         was_training = G.training
@@ -367,8 +370,9 @@ class Trainer:
         metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
         G.train(was_training)
         self.tracker.log_scalars({f"eval/{key}": value for key, value in metrics.items()}, step)
-        self.accelerator.print(
-            f"eval step {step}: " + ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+        self.accelerator.print(f"eval at step {step} ({self.config.eval.num_samples} samples, "
+                               f"{'G_ema' if self.G_ema is not None else 'G'}):\n"
+                               + format_table(metrics, self.evaluator.floor()))
         fid = metrics.get("fid")
         if fid is not None and fid < self.state.best_fid:
             self.state.best_fid = fid
