@@ -36,7 +36,7 @@ from gan_dist.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
-from gan_dist.config import Config, to_yaml
+from gan_dist.config import Config, ConfigError, to_yaml
 from gan_dist.losses import discriminator_loss, generator_loss
 from gan_dist.models import build_models
 from gan_dist.tracking import make_tracker, new_run_id, save_grid_png
@@ -63,7 +63,7 @@ def resolve_mixed_precision(mode: str, use_cpu: bool) -> str:
             return "bf16" if cpu_supports_bf16() else "no"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if mode == "fp16" and use_cpu:
-        raise ValueError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (or auto) on CPUs")
+        raise ConfigError("key 'train.mixed_precision': fp16 needs a CUDA GPU; use bf16 (or auto) on CPUs")
     return mode
 
 
@@ -74,6 +74,24 @@ def peak_rss_mb() -> dict[str, float]:
     kib = 1024.0  # ru_maxrss is in KiB on Linux
     return {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
             "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib}
+
+
+def precision_with_launcher(configured: str) -> str:
+    """train.mixed_precision, reconciled with `accelerate launch --mixed_precision` / its config file.
+
+    The launcher exports ACCELERATE_MIXED_PRECISION. An Accelerator given an explicit precision ignores
+    it, so a user's `--mixed_precision bf16` would silently train in fp32: instead, the launcher's choice
+    is taken when the config leaves the default ("no"), and a real disagreement is an error.
+    """
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher in ("no", "") or launcher == configured:
+        return configured
+    if configured == "no":
+        print(f"train.mixed_precision: using {launcher} from accelerate launch (ACCELERATE_MIXED_PRECISION)",
+              file=sys.stderr)
+        return launcher
+    raise ConfigError(f"train.mixed_precision={configured} but accelerate launch asked for {launcher} "
+                     "(--mixed_precision / its config file): make them agree")
 
 
 class StopRequest:
@@ -154,6 +172,7 @@ class Trainer:
         # DistributedDataParallelKwargs cannot pass yet; broadcast_buffers=False is still what we mean.
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
         use_cpu = config.dist.cpu or not torch.cuda.is_available()
+        train_cfg.mixed_precision = precision_with_launcher(train_cfg.mixed_precision)
         mixed_precision = resolve_mixed_precision(train_cfg.mixed_precision, use_cpu)
         self.accelerator = Accelerator(
             cpu=use_cpu,
@@ -190,7 +209,7 @@ class Trainer:
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
         if train_cfg.sync_batchnorm and accelerator.num_processes > 1 and accelerator.device.type != "cuda":
-            raise ValueError("train.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm is GPU-only); "
+            raise ConfigError("key 'train.sync_batchnorm': true needs CUDA GPUs (PyTorch's SyncBatchNorm is GPU-only); "
                              "set it to false on CPUs")
         if train_cfg.sync_batchnorm and accelerator.num_processes > 1:
             G = nn.SyncBatchNorm.convert_sync_batchnorm(G)  # before prepare (DESIGN.md)
@@ -223,7 +242,7 @@ class Trainer:
             accelerator.register_for_checkpointing(self.G_ema)
         if self.resume_from is not None:
             accelerator.load_state(str(self.resume_from))
-            accelerator.print(f"resumed from {self.resume_from} at step {self.state.step}")
+            self.print_main(f"resumed from {self.resume_from} at step {self.state.step}")
         # Per-rank RNG for dropout, different on each rank; restored from the checkpoint on resume.
         if self.resume_from is None:
             set_seed(config.run.seed, device_specific=True)
@@ -239,6 +258,11 @@ class Trainer:
         self.tracker = None
 
     # -- setup helpers ------------------------------------------------------------------------------
+    def print_main(self, *args: Any) -> None:
+        """Console output from the main process only (accelerator.print prints once per node)."""
+        if self.accelerator.is_main_process:
+            print(*args, flush=True)
+
     def _broadcast(self, value: Any) -> Any:
         """The main process's value on every rank (collective)."""
         from accelerate.utils import broadcast_object_list
@@ -257,7 +281,7 @@ class Trainer:
             return Path(resume).expanduser().resolve().parent.parent
         if not name:
             if resume == "auto":
-                self.accelerator.print("checkpoint.resume=auto with no run.name: starting a new run "
+                self.print_main("checkpoint.resume=auto with no run.name: starting a new run "
                                        "(set run.name to resume a run)")
             name = self._broadcast(f"{datetime.now():%Y%m%d-%H%M%S}-{self.config.model.name}")
             self.config.run.name = name
@@ -370,7 +394,7 @@ class Trainer:
         metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
         G.train(was_training)
         self.tracker.log_scalars({f"eval/{key}": value for key, value in metrics.items()}, step)
-        self.accelerator.print(f"eval at step {step} ({self.config.eval.num_samples} samples, "
+        self.print_main(f"eval at step {step} ({self.config.eval.num_samples} samples, "
                                f"{'G_ema' if self.G_ema is not None else 'G'}):\n"
                                + format_table(metrics, self.evaluator.floor()))
         fid = metrics.get("fid")
@@ -413,11 +437,11 @@ class Trainer:
         start_step = self.state.step
         if start_step >= num_steps and (self.run_dir / DONE).is_file():
             # A requeued or repeated job of a finished run: nothing to do, nothing to rewrite.
-            accelerator.print(f"run {self.run_dir} already finished at step {start_step}; nothing to do")
+            self.print_main(f"run {self.run_dir} already finished at step {start_step}; nothing to do")
             return 0
         self.tracker = make_tracker(accelerator, config, self.run_dir, self.state.run_id)
         global_batch = config.train.batch_size_per_process * accelerator.num_processes * accumulation
-        accelerator.print(
+        self.print_main(
             f"run {self.run_dir} | {config.model.name} | {accelerator.num_processes} process(es) on "
             f"{accelerator.device} | mixed precision {accelerator.mixed_precision} | global batch {global_batch} "
             f"| steps {start_step}->{num_steps} | tracker {self.tracker.description}")
@@ -451,7 +475,7 @@ class Trainer:
                     # Collective (mean over ranks): every rank runs it.
                     means = accelerator.reduce(
                         torch.stack([stat_sums[k] for k in sorted(stat_sums)]) / steps_in_interval, "mean")
-                    values = dict(zip(sorted(stat_sums), means.tolist()))
+                    values = dict(zip(sorted(stat_sums), means.tolist(), strict=True))
                     elapsed_s = time.perf_counter() - interval_start
                     images_per_s = (self.state.images_seen - images_at_interval_start) / max(elapsed_s, 1e-9)
                     values.update({"images_per_s": images_per_s, "images_seen": self.state.images_seen,
@@ -464,7 +488,7 @@ class Trainer:
                     if progress is not None:
                         progress.write(line)
                     else:
-                        accelerator.print(line)
+                        self.print_main(line)
                     stat_sums, steps_in_interval = {}, 0
                     interval_start = time.perf_counter()
                     images_at_interval_start = self.state.images_seen
@@ -483,7 +507,7 @@ class Trainer:
             loop_s = time.perf_counter() - loop_start
             if stopped_early:
                 path = self.save_checkpoint(step)
-                accelerator.print(f"preempted ({self.stop_request.signal_name or 'signal on another rank'}): "
+                self.print_main(f"preempted ({self.stop_request.signal_name or 'signal on another rank'}): "
                                   f"checkpoint at step {step} in {path}")
                 return EXIT_STOPPED_EARLY
             self.write_samples(step)
@@ -501,20 +525,34 @@ class Trainer:
                     "loop_s": loop_s,
                     "images_per_s": steps_this_start * global_batch / loop_s if steps_this_start else None,
                     "peak_rss_mb": peak_rss_mb()})
-                accelerator.print(f"done: {step} steps, {self.state.images_seen} images, run {self.run_dir}")
+                self.print_main(f"done: {step} steps, {self.state.images_seen} images, run {self.run_dir}")
             return 0
         finally:
             self.stop_request.uninstall()
             if progress is not None:
                 progress.close()
 
-    def close(self) -> None:
-        """Finish the trackers (main process) and destroy the process group; safe on the error path."""
+    def close(self, succeeded: bool = True) -> None:
+        """Finish the trackers (main process), then wait for every rank, then destroy the process group.
+
+        The main process must finish wandb before the others exit: torchrun answers a rank's non-zero
+        exit (75 after preemption) by sending SIGTERM to the ranks still running. On the error path
+        there is no barrier (a failed rank would never reach it).
+        """
         from accelerate.state import AcceleratorState, GradientState
 
-        self.accelerator.end_training()
+        accelerator = self.accelerator
+        for tracker in accelerator.trackers:
+            try:
+                tracker.finish()
+            except Exception as error:  # e.g. wandb's service killed by SLURM's SIGTERM to the whole step
+                print(f"warning: closing the {tracker.name} tracker failed: {error!r}", file=sys.stderr)
+        accelerator.trackers = []
         if self.tracker is not None:
             self.tracker.finish()
+        if succeeded and accelerator.num_processes > 1:
+            accelerator.wait_for_everyone()
+        accelerator.end_training()
         # Accelerate keeps process-wide singleton state that refuses a second Accelerator with other
         # settings (e.g. `gan-dist bench` running fp32 then bf16 trainers in one process); clear it.
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -524,7 +562,10 @@ class Trainer:
 def train(config: Config) -> int:
     """`gan-dist train`: build the Trainer, run it, close trackers on every exit path."""
     trainer = Trainer(config)
+    succeeded = False
     try:
-        return trainer.fit()
+        status = trainer.fit()
+        succeeded = True
+        return status
     finally:
-        trainer.close()
+        trainer.close(succeeded)

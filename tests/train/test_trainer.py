@@ -189,3 +189,16 @@ def test_tensorboard_tracker_writes_events(mnist_shards, tmp_path):
     assert train(debug_config(mnist_shards, tmp_path, "run.name=tb", "log.tracker=tensorboard",
                               "train.num_steps=4")) == 0
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_precision_from_accelerate_launch_is_honoured_or_refused(monkeypatch):
+    from gan_dist.config import ConfigError
+    from gan_dist.train import precision_with_launcher
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert precision_with_launcher("no") == "bf16"  # the config left the default: the launcher decides
+    assert precision_with_launcher("bf16") == "bf16"
+    with pytest.raises(ConfigError, match="train.mixed_precision=fp16"):
+        precision_with_launcher("fp16")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert precision_with_launcher("bf16") == "bf16"  # the launcher's default is not a choice
