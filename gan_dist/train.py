@@ -192,8 +192,8 @@ class Trainer:
         if accelerator.num_processes != expected_world_size:
             raise RuntimeError(
                 f"WORLD_SIZE={expected_world_size} but the process group has {accelerator.num_processes} "
-                "process(es): the processes are running alone. On machines without a GPU launch with "
-                "`accelerate launch --cpu` (or set dist.cpu=true / ACCELERATE_USE_CPU=1).")
+                "process(es): the processes are running alone. Launch with `accelerate launch --multi_gpu "
+                "--num_processes N` (see launch/accelerate/); on CPUs also set dist.cpu=true or ACCELERATE_USE_CPU=1.")
         if config.run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
