@@ -279,10 +279,15 @@ def eval_command(run_dir: str | None = None, checkpoint: str | None = None, num_
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, num_samples=num_images,
                                                                  batch_size=batch_size))
     accelerator = Accelerator(cpu=config.dist.cpu or not torch.cuda.is_available())
-    G = G.to(accelerator.device)
-    evaluator = Evaluator(config, accelerator)
-    metrics = evaluator.evaluate(G, seed=seed)
-    floor = evaluator.floor()
+    try:
+        G = G.to(accelerator.device)
+        evaluator = Evaluator(config, accelerator)
+        metrics = evaluator.evaluate(G, seed=seed)
+        floor = evaluator.floor()
+    finally:
+        # Every rank destroys the process group before it exits (a gloo rank leaving with the group
+        # still set up can abort with "terminate called without an active exception").
+        accelerator.end_training()
     result = {"step": step, "run_dir": run_dir, "checkpoint": checkpoint, "num_images": num_images, "seed": seed,
               "num_processes": accelerator.num_processes,
               "feature_network_sha256": evaluator.weights_record["sha256"], "metrics": metrics, "floor": floor,

@@ -36,6 +36,9 @@ def main() -> None:
                   "sorted_norms": features.double().norm(dim=1).sort().values.tolist()}
         with open(out, "w") as handle:
             json.dump(record, handle)
+    # Destroy the process group before exit: a rank leaving with gloo still set up can abort
+    # ("terminate called without an active exception").
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
