@@ -158,6 +158,8 @@ def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmu
                       f"{row['bare_images_per_s']:>10.1f} {row['ratio']:>6.3f}", flush=True)
     for num_processes in process_counts:
         rows.append(bench_processes(config, num_processes))
+        if out_json:
+            Path(out_json).write_text(json.dumps(rows, indent=2) + "\n")
     if out_json:
         Path(out_json).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
@@ -175,12 +177,14 @@ def bench_processes(config: Config, num_processes: int, num_steps: int = 200) ->
                            log__log_every=50, log__sample_every=0, eval__eval_every=-1, checkpoint__every=0)
         config_path = out_dir / "config.yaml"
         config_path.write_text(to_yaml(variant))
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+        # `--cpu` with several processes starts only one (it is not the multi-CPU path); --multi_gpu plus
+        # dist.cpu=true forms the gloo group (see launch/accelerate/cpu_multi_process.yaml).
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         if processes > 1:
             command.append("--multi_gpu")
         command += ["-m", "gan_dist", "train", str(config_path)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ACCELERATE_USE_CPU": "1"}
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
         done = json.loads((out_dir / "run" / "done.json").read_text())
         results[f"{processes}x{threads}"] = done
