@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gan_dist.config import Config, config_from_yaml, to_yaml
+from gan_dist.config import Config, ConfigError, config_from_yaml, to_yaml
 
 CHECKPOINTS = "checkpoints"
 GENERATOR_WEIGHTS = "generator.safetensors"
@@ -78,7 +79,7 @@ def find_resume_checkpoint(run_dir: Path, resume: str) -> Path | None:
         return checkpoints[-1][1] if checkpoints else None
     path = Path(resume).expanduser()
     if not (path / META).is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"checkpoint.resume={resume}: {path} is not a complete checkpoint folder (no {META}); "
             f"use 'auto' or one of RUN_DIR/{CHECKPOINTS}/step_*")
     return path
@@ -114,17 +115,26 @@ def save_checkpoint(accelerator: Any, run_dir: Path, step: int, export: tuple[nn
         export_generator(G, config, tmp_dir, step, is_ema)
         write_json_atomic(tmp_dir / META, {**meta, "step": step, "num_processes": accelerator.num_processes})
     accelerator.wait_for_everyone()
-    if accelerator.is_local_main_process:
-        # On a filesystem shared by several nodes, the first local main renames; the others find it done.
-        if final_dir.exists() and tmp_dir.exists():
+    if accelerator.is_main_process:
+        # Checkpoints live on a filesystem every node sees (the model files come from the main process).
+        if final_dir.exists():
             shutil.rmtree(final_dir)  # an older checkpoint of the same step (re-run after a resume)
-        try:
-            os.replace(tmp_dir, final_dir)
-        except FileNotFoundError:
-            if not final_dir.is_dir():
-                raise
+        os.replace(tmp_dir, final_dir)
     accelerator.wait_for_everyone()
     return final_dir
+
+
+def set_aside_newer_checkpoints(run_dir: Path, resumed_step: int) -> list[Path]:
+    """Resuming an older checkpoint explicitly starts a new trajectory: rename the newer checkpoints of the
+    abandoned one to `abandoned-...` (kept, never resumed by 'auto' nor deleted by retention). Main only."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for step, path in complete_checkpoints(run_dir):
+        if step > resumed_step:
+            target = path.with_name(f"abandoned-{stamp}-{path.name}")
+            os.replace(path, target)
+            moved.append(target)
+    return moved
 
 
 def apply_retention(run_dir: Path, keep_last: int) -> list[Path]:

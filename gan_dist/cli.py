@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"gan-dist {args.command}: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except FileNotFoundError as error:  # a run folder, checkpoint or weights file that is not there
+        print(f"gan-dist {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

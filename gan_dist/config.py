@@ -237,6 +237,8 @@ def validate(config: Config, origin: str = "config") -> None:
                                config.eval, config.checkpoint, config.run)
     require(d.source in DATA_SOURCES or (d.source.startswith("idx:") and len(d.source) > 4), "data.source",
             f"{d.source!r} is not one of auto, idx:DIR, torchvision, wheel")
+    require(not any(char in d.root for char in "{}$"), "data.root",
+            f"{d.root!r}: braces and '$' would be read as a WebDataset URL pattern; choose another folder")
     require(d.samples_per_shard > 0, "data.samples_per_shard", "must be > 0")
     require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
@@ -270,7 +272,8 @@ def validate(config: Config, origin: str = "config") -> None:
             f"{lg.num_samples} is not a positive square number (25 gives a 5x5 grid)")
 
     require(e.eval_every >= -1, "eval.eval_every", "must be >= -1 (-1 = never, 0 = at the end)")
-    require(e.num_samples > 0, "eval.num_samples", "must be > 0")
+    # The k-NN metrics need more samples than their k (5 for density/coverage).
+    require(e.num_samples > 5, "eval.num_samples", "must be > 5")
     require(e.batch_size > 0, "eval.batch_size", "must be > 0")
 
     require(c.every >= 0, "checkpoint.every", "must be >= 0")

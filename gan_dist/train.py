@@ -34,6 +34,7 @@ from gan_dist.checkpoint import (
     mark_best,
     read_best,
     save_checkpoint,
+    set_aside_newer_checkpoints,
     write_json_atomic,
 )
 from gan_dist.config import Config, ConfigError, to_yaml
@@ -122,26 +123,39 @@ class StopRequest:
 
 
 class TrainState:
-    """Counters and the noise RNG, saved in every checkpoint via accelerator.register_for_checkpointing."""
+    """Counters saved in every checkpoint via accelerator.register_for_checkpointing.
 
-    def __init__(self, seed: int, process_index: int) -> None:
+    Accelerate writes registered objects from the main process only and loads that one file on every
+    rank, so everything here must be identical on all ranks (it is: the ranks step in lockstep).
+    Per-rank randomness is therefore derived, not stored: see `noise_generator`.
+    """
+
+    def __init__(self) -> None:
         self.step = 0
+        self.micro_steps = 0
         self.images_seen = 0
         self.run_id = ""
         self.best_fid = math.inf
-        # z for training is drawn on the CPU from this generator so it is identical on any device.
-        self.noise_rng = torch.Generator().manual_seed(seed * 1000 + process_index + 1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "images_seen": self.images_seen, "run_id": self.run_id,
-                "best_fid": self.best_fid, "noise_rng": self.noise_rng.get_state()}
+        return {"step": self.step, "micro_steps": self.micro_steps, "images_seen": self.images_seen,
+                "run_id": self.run_id, "best_fid": self.best_fid}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        self.micro_steps = int(state["micro_steps"])
         self.images_seen = int(state["images_seen"])
         self.run_id = str(state["run_id"])
         self.best_fid = float(state["best_fid"])
-        self.noise_rng.set_state(state["noise_rng"])
+
+
+def noise_generator(seed: int, rank: int, micro_step: int) -> torch.Generator:
+    """The CPU generator for z of one micro-step of one rank: a pure function of (seed, rank, micro-step),
+    so z is identical on any device, differs across ranks, and needs no state to resume exactly."""
+    import numpy as np
+
+    mixed_seed = int(np.random.SeedSequence([seed, rank, micro_step]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(mixed_seed)
 
 
 def _sync_buffers(modules: list[nn.Module]) -> None:
@@ -174,6 +188,11 @@ class Trainer:
         use_cpu = config.dist.cpu or not torch.cuda.is_available()
         train_cfg.mixed_precision = precision_with_launcher(train_cfg.mixed_precision)
         mixed_precision = resolve_mixed_precision(train_cfg.mixed_precision, use_cpu)
+        if mixed_precision == "fp16" and train_cfg.gradient_accumulation_steps > 1:
+            # One GradScaler serves both optimizers and updates its scale at opt_d.step(), in the middle
+            # of G's accumulation window: G's gradient would mix loss scales.
+            raise ConfigError("train.mixed_precision=fp16 with train.gradient_accumulation_steps > 1 is not "
+                              "supported (one shared GradScaler); use bf16 or no accumulation")
         self.accelerator = Accelerator(
             cpu=use_cpu,
             mixed_precision=mixed_precision,
@@ -236,13 +255,17 @@ class Trainer:
                                        use_buffers=True)
             self.G_ema.requires_grad_(False)
 
-        self.state = TrainState(config.run.seed, accelerator.process_index)
+        self.state = TrainState()
         accelerator.register_for_checkpointing(self.state)
         if self.G_ema is not None:
             accelerator.register_for_checkpointing(self.G_ema)
         if self.resume_from is not None:
             accelerator.load_state(str(self.resume_from))
             self.print_main(f"resumed from {self.resume_from} at step {self.state.step}")
+            explicit = config.checkpoint.resume not in ("", "auto")
+            if explicit and accelerator.is_main_process:
+                for moved in set_aside_newer_checkpoints(self.run_dir, self.state.step):
+                    self.print_main(f"newer checkpoint of the abandoned trajectory set aside: {moved}")
         # Per-rank RNG for dropout, different on each rank; restored from the checkpoint on resume.
         if self.resume_from is None:
             set_seed(config.run.seed, device_specific=True)
@@ -319,7 +342,8 @@ class Trainer:
         config = self.config
         batch_size = real.shape[0]
         if z is None:
-            z = torch.randn(batch_size, config.model.latent_dim, generator=self.state.noise_rng)
+            z = torch.randn(batch_size, config.model.latent_dim, generator=noise_generator(
+                config.run.seed, accelerator.process_index, self.state.micro_steps))
         z = z.to(accelerator.device, non_blocking=True)
         real = real.to(accelerator.device, non_blocking=True)
         if self.config.train.channels_last and self.is_conv:
@@ -354,6 +378,7 @@ class Trainer:
             if self.G_ema is not None:
                 self.G_ema.update_parameters(self.G_raw)
             self.state.step += 1
+        self.state.micro_steps += 1
         self.state.images_seen += batch_size * accelerator.num_processes
         return {**d_stats, **g_stats}
 
@@ -410,7 +435,9 @@ class Trainer:
         if getattr(self, "_last_saved_step", None) == step:
             return self._last_saved_path
         G_export = self.sampling_generator()
-        _sync_buffers([self.G_raw, self.D_raw] + ([self.G_ema] if self.G_ema is not None else []))
+        # G_ema.module, not G_ema: AveragedModel.n_averaged lives on the CPU (NCCL cannot broadcast it)
+        # and is the same on every rank.
+        _sync_buffers([self.G_raw, self.D_raw] + ([self.G_ema.module] if self.G_ema is not None else []))
         meta = {"images_seen": self.state.images_seen, "run_id": self.state.run_id,
                 "model": self.config.model.name, "saved_at": datetime.now().isoformat(timespec="seconds")}
         path = save_checkpoint(self.accelerator, self.run_dir, step, G_export, self.config, meta)

@@ -7,8 +7,10 @@ from gan_dist.checkpoint import (
     complete_checkpoints,
     find_resume_checkpoint,
     mark_best,
+    set_aside_newer_checkpoints,
     step_dir_name,
 )
+from gan_dist.config import ConfigError
 
 
 def _fake_checkpoint(run_dir, step, complete=True):
@@ -35,5 +37,16 @@ def test_incomplete_folders_are_never_resumed_from(tmp_path):
     assert find_resume_checkpoint(tmp_path, "auto").name == "step_00000100"
     assert find_resume_checkpoint(tmp_path, "") is None
     assert find_resume_checkpoint(tmp_path / "elsewhere", "auto") is None
-    with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
+    with pytest.raises(ConfigError, match="checkpoint.resume"):
         find_resume_checkpoint(tmp_path, str(tmp_path / "checkpoints" / "step_00000200"))
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
+    """Else a later --resume auto (a SLURM requeue) would jump back to the abandoned trajectory."""
+    for step in (1000, 1500, 2000):
+        _fake_checkpoint(tmp_path, step)
+    moved = set_aside_newer_checkpoints(tmp_path, 1000)
+    assert [p.name.split("-")[-1] for p in moved] == ["step_00001500", "step_00002000"]
+    assert all(p.is_dir() for p in moved)
+    assert find_resume_checkpoint(tmp_path, "auto").name == "step_00001000"
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [1000]

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from gan_dist.config import ConfigError, load_config, to_yaml, config_from_yaml
+from gan_dist.config import ConfigError, config_from_yaml, load_config, to_yaml
 
 
 def test_defaults_are_the_seed_settings():
