@@ -24,6 +24,7 @@ import hashlib
 import io
 import itertools
 import math
+import signal
 import tarfile
 import traceback
 import warnings
@@ -392,6 +393,19 @@ def _skipped_positions(num_batches: int, batch_size: int, num_streams: int, load
     return {worker: frozenset(found) for worker, found in positions.items()}
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGUSR1.
+
+    SLURM (scancel, preemption, the time-limit warning) and `timeout` signal every process of the job
+    step or process group, workers included. A worker killed by SIGTERM makes the training process
+    raise "DataLoader worker ... is killed by signal" in the middle of a step, before the trainer can
+    finish the step and write its checkpoint. Workers stop with the training process anyway (their
+    queues close; SLURM's SIGKILL follows its SIGTERM).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def _expand(urls: str) -> list[str]:
     url_list = wds.shardlists.expand_urls(urls)
     if not url_list or not all(url_list):
@@ -433,6 +447,7 @@ def epoch_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank:
     loader_rng = torch.Generator().manual_seed(_derive_seed(seed, epoch, rank, "dataloader"))
     # collate_fn=_unchanged keeps the numpy batches: no shared-memory tensor per small array
     loader = (wds.WebLoader(dataset, batch_size=None, num_workers=data.num_workers, generator=loader_rng,
+                            worker_init_fn=ignore_stop_signals if data.num_workers > 0 else None,
                             collate_fn=_unchanged)
               .compose(_CollectStats(stats))
               .unbatched()
