@@ -18,7 +18,6 @@ expect small differences elsewhere, and a new sha256 in the JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gan_dist.data.sources import sha256_file
 
 if TYPE_CHECKING:
     from gan_dist.config import Config
@@ -70,14 +71,6 @@ class MnistNet(nn.Module):
         """Both outputs in one pass (the metrics need features for FID & co and logits for IS & classes)."""
         f = self.features(x)
         return f, self.head(f)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @torch.no_grad()

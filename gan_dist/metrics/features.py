@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from gan_dist.metrics.classifier import WEIGHTS_DIR, WEIGHTS_NAME, MnistNet, sha256_file
+from gan_dist.data.sources import sha256_file
+from gan_dist.metrics.classifier import WEIGHTS_DIR, WEIGHTS_NAME, MnistNet
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / WEIGHTS_NAME
 REGENERATE = "gan-dist train-classifier --epochs 5 --seed 0"
