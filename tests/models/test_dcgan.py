@@ -9,20 +9,9 @@ from torch import nn
 from gan_dist.config import ModelConfig
 from gan_dist.models import build_models
 from gan_dist.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from tests.models.shapes import output_shapes
 
 BN_TYPES = nn.modules.batchnorm._BatchNorm
-
-
-def output_shapes(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape)))
-               for n in names]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return shapes
 
 
 def test_layer_shapes() -> None:

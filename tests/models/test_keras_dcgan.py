@@ -16,6 +16,7 @@ from gan_dist.models.keras_dcgan import (
     KerasDCGANGenerator,
     keras_same_padding,
 )
+from tests.models.shapes import output_shapes
 
 BN_TYPES = nn.modules.batchnorm._BatchNorm
 
@@ -29,18 +30,6 @@ def keras_count(module: nn.Module) -> int:
     running = sum(b.numel() for name, b in module.named_buffers()
                   if name.endswith(("running_mean", "running_var")))
     return trainable_count(module) + running
-
-
-def output_shapes(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape)))
-               for n in names]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return shapes
 
 
 def test_parameter_counts_equal_keras_summary() -> None:

@@ -6,6 +6,7 @@ Writes the final G and D parameters (rank 0) and, per step, whether all ranks he
 parameters.
 """
 
+import os
 import sys
 
 import torch
@@ -15,7 +16,7 @@ from gan_dist.train import Trainer
 
 
 def main(out_path: str, model_name: str, global_batch: int, num_steps: int, *overrides: str) -> None:
-    world_size = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = load_config("configs/debug.yaml", [
         f"model.name={model_name}", f"train.batch_size_per_process={global_batch // world_size}",
         "log.tracker=none", "run.name=ddp", f"run.out_dir={out_path}.runs", "dist.cpu=true", *overrides])

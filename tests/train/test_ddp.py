@@ -1,5 +1,9 @@
 """DDP correctness with real gloo process groups on CPU."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -33,9 +37,6 @@ def test_keras_dcgan_ranks_hold_identical_parameters_after_every_step(tmp_path):
 def test_accelerate_launch_multi_gpu_on_a_cpu_machine_forms_a_gloo_group(mnist_shards, tmp_path):
     """The users' command, `accelerate launch --multi_gpu --num_processes 2 -m gan_dist train`, on a
     machine without a GPU: both processes join one group (not two silent copies) and train the run."""
-    import json
-    import subprocess
-    import sys
 
     from tests.distributed import REPO_ROOT, free_port
 
@@ -44,7 +45,7 @@ def test_accelerate_launch_multi_gpu_on_a_cpu_machine_forms_a_gloo_group(mnist_s
                "--main_process_port", str(free_port()), "-m", "gan_dist", "train", "configs/debug.yaml",
                f"data.root={mnist_shards}", f"run.out_dir={tmp_path}", "run.name=launched", "train.num_steps=4"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     done = json.loads((tmp_path / "launched" / "done.json").read_text())
     assert done["num_processes"] == 2
