@@ -8,6 +8,8 @@ file), raised before anything is written. Code downstream receives `Config` obje
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +19,24 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 MODEL_NAMES = ("keras_dcgan", "dcgan", "mlp")
+DATASET_NAMES = ("mnist", "fashion_mnist", "folder")
+CONDITIONING_MODES = ("none", "concat", "acgan", "projection")
+G_NORMS = ("batch", "none")
+D_NORMS = ("batch", "layer", "none")
+LOSS_NAMES = ("ns", "lsgan", "wgan_gp", "hinge")
+ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+LOADERS = ("stream", "memory")
 MIXED_PRECISION_MODES = ("no", "fp16", "bf16", "auto")
 TRACKERS = ("wandb", "tensorboard", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 ON_CORRUPT = ("raise", "warn")
-DATA_SOURCES = ("auto", "torchvision", "wheel")  # plus "idx:DIR"
+DATA_SOURCES = ("auto", "torchvision", "wheel")  # plus "idx:DIR" and "folder:DIR"
+# Upper bounds that keep a hostile or mistyped config (e.g. a shared generator.yaml) from allocating
+# absurd models: far above anything these architectures are used at.
+MAX_WIDTH = 4096
+MAX_LATENT_DIM = 4096
+MAX_IMAGE_SIZE = 1024
+MAX_CLASSES = 100_000
 
 
 class ConfigError(ValueError):
@@ -30,11 +45,22 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # Folder holding the MNIST shards and manifest.json. "" means $GAN_DIST_DATA_DIR, else
-    # ~/.cache/gan_dist/mnist (see `resolved_data_dir`).
+    # Which dataset: mnist | fashion_mnist | folder (your own images, data.source=folder:DIR).
+    # gan_dist/data/datasets.py declares each one (sources, checks, shape, classes, feature network).
+    dataset: str = "mnist"
+    # Folder holding the shards and manifest.json. "" means $GAN_DIST_DATA_DIR/<dataset>, else
+    # ~/.cache/gan_dist/<dataset> (see `resolved_data_dir`).
     root: str = ""
-    # Where `prepare-data` reads MNIST from when shards are missing: auto | idx:DIR | torchvision | wheel.
+    # Where `prepare-data` reads the dataset from when shards are missing: auto | idx:DIR | torchvision |
+    # wheel (MNIST only) | folder:DIR (data.dataset=folder).
     source: str = "auto"
+    # data.dataset=folder only: images are converted once, at shard time, to this many channels (1 or 3)
+    # and to image_size x image_size pixels (shorter side resized to image_size, then a center crop).
+    # None means the dataset's own (28 x 28 x 1 for mnist and fashion_mnist; for a folder: 3 and 32).
+    channels: int | None = None
+    image_size: int | None = None
+    # data.dataset=folder only: the share of images held out as the test split (deterministic by file name).
+    test_fraction: float = 0.1
     # WebDataset URL patterns of the shards. "" means the shards under `root`. Any WebDataset URL
     # works: a brace pattern on a shared filesystem, `pipe:curl -s http://host/mnist-train-{000000..000011}.tar`,
     # or http(s)://.
@@ -50,6 +76,11 @@ class DataConfig:
     on_corrupt: str = "raise"
     # Write the shards with prepare-data when `train` finds them missing.
     auto_prepare: bool = True
+    # stream: WebDataset shards decoded by DataLoader workers (any size, any URL) | memory: the train
+    # split read once through the same verified reader and kept on the device as uint8 (fast; small data).
+    loader: str = "stream"
+    # data.loader=memory refuses data whose uint8 copy per process would exceed this many MiB.
+    memory_max_mb: int = 4096
 
 
 @dataclass
@@ -64,8 +95,32 @@ class ModelConfig:
     d_width: int | None = None
     # Dropout probability in D (keras_dcgan: 0.25 after each conv block; mlp: 0.3 in hidden layers).
     d_dropout: float | None = None
-    # BatchNorm in G and D (keras_dcgan and dcgan). False removes it.
-    batch_norm: bool = True
+    # Normalization in G: batch | none; in D: batch | layer (GroupNorm with one group: the WGAN-GP
+    # paper's replacement for BatchNorm in a critic) | none. The conv models only; mlp has none.
+    g_norm: str = "batch"
+    d_norm: str = "batch"
+    # Spectral normalization of every weight of D (Miyato et al. 2018; SNGAN, BigGAN).
+    spectral_norm: bool = False
+    # Class conditioning: none | concat (CGAN: one-hot label into G's input and D's input) | acgan (D also
+    # classifies, loss.acgan_weight) | projection (Miyato & Koyama 2018). Needs a labeled dataset.
+    conditioning: str = "none"
+
+
+@dataclass
+class LossConfig:
+    # The adversarial objective: ns (non-saturating BCE, the seed) | lsgan (least squares, Mao et al. 2017)
+    # | wgan_gp (Wasserstein critic with gradient penalty, Gulrajani et al. 2017) | hinge (SNGAN / BigGAN).
+    name: str = "ns"
+    # ns only: one-sided label smoothing, D's target for real images is 1 - label_smoothing (0 = off).
+    label_smoothing: float = 0.0
+    # wgan_gp: weight of the penalty (||grad D(x_hat)|| - 1)^2 on real/fake interpolates.
+    gp_weight: float = 10.0
+    # R1 penalty gamma / 2 * ||grad D(x_real)||^2 for any objective (0 = off), applied every r1_every
+    # D steps and scaled by r1_every (lazy regularization, StyleGAN2).
+    r1_gamma: float = 0.0
+    r1_every: int = 1
+    # model.conditioning=acgan: weight of the class cross-entropy in both phases.
+    acgan_weight: float = 1.0
 
 
 @dataclass
@@ -76,16 +131,18 @@ class OptimConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     weight_decay: float = 0.0
-    # One-sided label smoothing: D's target for real images is 1 - label_smoothing (0 = off).
-    label_smoothing: float = 0.0
     # Clip each model's gradient norm to this value (0 = off).
     grad_clip_norm: float = 0.0
+    # Adam's kernels: auto (fused where the device supports it, else foreach) | fused | foreach | for_loop.
+    implementation: str = "auto"
 
 
 @dataclass
 class TrainConfig:
-    # Optimizer steps (one D phase + one G phase each). The seed runs 4000 iterations.
+    # Optimizer steps of G (each after train.d_steps_per_g D steps). The seed runs 4000 iterations.
     num_steps: int = 4000
+    # D (critic) steps per G step, each on its own real batch (WGAN-GP uses 5).
+    d_steps_per_g: int = 1
     # Real images per process per micro-step. The global batch is this x processes x accumulation.
     batch_size_per_process: int = 32
     gradient_accumulation_steps: int = 1
@@ -97,6 +154,9 @@ class TrainConfig:
     channels_last: bool = False
     # torch.compile G and D.
     compile: bool = False
+    # Capture the whole D+G step in one CUDA graph and replay it (CUDA, data.loader=memory, no fp16
+    # scaler, no accumulation, no gradient penalty: refused otherwise).
+    cuda_graph: bool = False
     # Convert BatchNorm to SyncBatchNorm before prepare (multi-process only).
     sync_batchnorm: bool = False
 
@@ -115,6 +175,9 @@ class LogConfig:
     sample_every: int = 50
     # Images in the sample grid (a square number; 25 gives the seed's 5x5 grid).
     num_samples: int = 25
+    # Each grid pixel becomes a block of this many pixels per side (nearest neighbour: sharp, readable in a
+    # dashboard); 0 = auto, the smallest factor that makes an image >= 96 pixels wide (4 for 28x28).
+    grid_pixel_scale: int = 0
     # tqdm progress bar on the main process.
     progress_bar: bool = True
 
@@ -127,6 +190,9 @@ class EvalConfig:
     num_samples: int = 10000
     # Generation / feature batch size per process.
     batch_size: int = 500
+    # Feature network for the metrics: "" = the dataset's packaged one (mnist, fashion_mnist) or the one
+    # `gan-dist train-classifier` wrote for a folder dataset; else a .safetensors path (with its .json record).
+    feature_net: str = ""
 
 
 @dataclass
@@ -166,6 +232,7 @@ class RunConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -223,8 +290,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return config
 
 
+def _non_finite_floats(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every float field that is inf or nan (omegaconf accepts both for float fields)."""
+    keys = []
+    for item in dataclasses.fields(node):
+        value = getattr(node, item.name)
+        key = f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            keys += _non_finite_floats(value, f"{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            keys.append(key)
+    return keys
+
+
 def validate(config: Config, origin: str = "config") -> None:
-    """Check values that types cannot: positive sizes, known names. Raises ConfigError naming the key."""
+    """Check values that types cannot: finite numbers, positive sizes, known names, combinations that
+    cannot work. Raises ConfigError naming the key(s)."""
 
     def require(ok: bool, key: str, message: str) -> None:
         if not ok:
@@ -233,41 +314,84 @@ def validate(config: Config, origin: str = "config") -> None:
     def one_of(value: str, choices: tuple[str, ...], key: str) -> None:
         require(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
 
-    d, m, o, t, lg, e, c, r = (config.data, config.model, config.optim, config.train, config.log,
-                               config.eval, config.checkpoint, config.run)
-    require(d.source in DATA_SOURCES or (d.source.startswith("idx:") and len(d.source) > 4), "data.source",
-            f"{d.source!r} is not one of auto, idx:DIR, torchvision, wheel")
+    for key in _non_finite_floats(config):
+        raise ConfigError(f"{origin}: key '{key}': must be a finite number, got {_lookup(config, key)}")
+
+    validate_model(config.model, origin)
+    d, m, lo, o, t, lg, e, c, r = (config.data, config.model, config.loss, config.optim, config.train,
+                                   config.log, config.eval, config.checkpoint, config.run)
+    one_of(d.dataset, DATASET_NAMES, "data.dataset")
+    require(d.source in DATA_SOURCES or (d.source.startswith(("idx:", "folder:")) and len(d.source.split(":", 1)[1]) > 0),
+            "data.source", f"{d.source!r} is not one of auto, idx:DIR, folder:DIR, torchvision, wheel")
+    require(not (d.source.startswith("folder:") and d.dataset != "folder"), "data.source",
+            f"{d.source!r} needs data.dataset=folder (got data.dataset={d.dataset})")
+    require(not (d.dataset == "folder" and (d.source.startswith("idx:") or d.source in ("torchvision", "wheel"))),
+            "data.source", f"data.dataset=folder reads images with data.source=folder:DIR, not {d.source!r}")
+    require(not (d.source == "wheel" and d.dataset != "mnist"), "data.source",
+            f"the wheel source holds MNIST only (data.dataset={d.dataset})")
+    if d.dataset != "folder":
+        require(d.channels in (None, 1), "data.channels", f"{d.dataset} is grayscale (1 channel); "
+                "data.channels applies to data.dataset=folder")
+        require(d.image_size in (None, 28), "data.image_size", f"{d.dataset} images are 28x28; "
+                "data.image_size applies to data.dataset=folder")
+    require(d.channels in (None, 1, 3), "data.channels", f"must be 1 or 3, got {d.channels}")
+    require(d.image_size is None or 8 <= d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
+            f"must be in [8, {MAX_IMAGE_SIZE}], got {d.image_size}")
+    require(0.0 < d.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
     require(not any(char in d.root for char in "{}$"), "data.root",
             f"{d.root!r}: braces and '$' would be read as a WebDataset URL pattern; choose another folder")
     require(d.samples_per_shard > 0, "data.samples_per_shard", "must be > 0")
     require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
     one_of(d.on_corrupt, ON_CORRUPT, "data.on_corrupt")
+    one_of(d.loader, LOADERS, "data.loader")
+    require(d.memory_max_mb > 0, "data.memory_max_mb", "must be > 0")
 
-    one_of(m.name, MODEL_NAMES, "model.name")
-    require(m.latent_dim > 0, "model.latent_dim", "must be > 0")
-    require(m.g_width is None or m.g_width > 0, "model.g_width", "must be > 0")
-    require(m.d_width is None or m.d_width > 0, "model.d_width", "must be > 0")
-    require(m.d_dropout is None or 0.0 <= m.d_dropout < 1.0, "model.d_dropout", "must be in [0, 1)")
+    one_of(lo.name, LOSS_NAMES, "loss.name")
+    require(0.0 <= lo.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)")
+    require(lo.label_smoothing == 0.0 or lo.name == "ns", "loss.label_smoothing",
+            f"applies to loss.name=ns only (loss.name={lo.name})")
+    require(lo.gp_weight > 0, "loss.gp_weight", "must be > 0")
+    require(lo.r1_gamma >= 0, "loss.r1_gamma", "must be >= 0")
+    require(lo.r1_every >= 1, "loss.r1_every", "must be >= 1")
+    require(lo.acgan_weight > 0, "loss.acgan_weight", "must be > 0")
+    penalized = lo.name == "wgan_gp" or lo.r1_gamma > 0
+    if penalized and m.name != "mlp" and m.d_norm == "batch":
+        keys = "loss.name=wgan_gp" if lo.name == "wgan_gp" else f"loss.r1_gamma={lo.r1_gamma}"
+        raise ConfigError(f"{origin}: keys '{keys.split('=')[0]}' and 'model.d_norm': {keys} penalizes the "
+                          "gradient of D for each sample, but BatchNorm in D mixes the samples of a batch; "
+                          "set model.d_norm=layer (the WGAN-GP paper's choice) or model.d_norm=none")
 
     require(o.lr_g > 0, "optim.lr_g", "must be > 0")
     require(o.lr_d > 0, "optim.lr_d", "must be > 0")
     require(0.0 <= o.beta1 < 1.0, "optim.beta1", "must be in [0, 1)")
     require(0.0 <= o.beta2 < 1.0, "optim.beta2", "must be in [0, 1)")
     require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    require(0.0 <= o.label_smoothing < 0.5, "optim.label_smoothing", "must be in [0, 0.5)")
     require(o.grad_clip_norm >= 0, "optim.grad_clip_norm", "must be >= 0")
+    one_of(o.implementation, ADAM_IMPLEMENTATIONS, "optim.implementation")
 
     require(t.num_steps > 0, "train.num_steps", "must be > 0")
+    require(t.d_steps_per_g >= 1, "train.d_steps_per_g", "must be >= 1")
     require(t.batch_size_per_process > 0, "train.batch_size_per_process", "must be > 0")
     require(t.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps", "must be > 0")
     one_of(t.mixed_precision, MIXED_PRECISION_MODES, "train.mixed_precision")
     require(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+    if t.cuda_graph:
+        require(d.loader == "memory", "train.cuda_graph", "needs data.loader=memory (a graph replays fixed "
+                "device buffers; the stream loader's batches come from the host)")
+        require(t.gradient_accumulation_steps == 1, "train.cuda_graph",
+                "needs train.gradient_accumulation_steps=1")
+        require(not penalized, "train.cuda_graph", "cannot capture the double backward of a gradient penalty "
+                "(loss.name=wgan_gp or loss.r1_gamma > 0); use train.compile instead")
+        require(t.mixed_precision != "fp16", "train.cuda_graph", "cannot capture fp16's GradScaler (its "
+                "inf checks sync with the host); use bf16")
+        require(not t.compile, "train.cuda_graph", "and train.compile are alternatives; choose one")
 
     one_of(lg.tracker, TRACKERS, "log.tracker")
     one_of(lg.wandb_mode, WANDB_MODES, "log.wandb_mode")
     require(lg.log_every > 0, "log.log_every", "must be > 0")
     require(lg.sample_every >= 0, "log.sample_every", "must be >= 0")
+    require(0 <= lg.grid_pixel_scale <= 16, "log.grid_pixel_scale", "must be in [0, 16] (0 = auto)")
     require(lg.num_samples > 0 and round(lg.num_samples**0.5) ** 2 == lg.num_samples, "log.num_samples",
             f"{lg.num_samples} is not a positive square number (25 gives a 5x5 grid)")
 
@@ -283,14 +407,40 @@ def validate(config: Config, origin: str = "config") -> None:
     require("/" not in r.name and r.name not in (".", ".."), "run.name", f"{r.name!r} must be a plain folder name")
 
 
+def validate_model(m: ModelConfig, origin: str = "config") -> None:
+    """The model section alone (also for the model section of a shared generator.yaml): known names and
+    bounded sizes, so that no file can make `build_models` allocate an absurd network."""
+
+    def require(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{origin}: key '{key}': {message}")
+
+    require(m.name in MODEL_NAMES, "model.name", f"{m.name!r} is not one of {', '.join(MODEL_NAMES)}")
+    require(0 < m.latent_dim <= MAX_LATENT_DIM, "model.latent_dim", f"must be in [1, {MAX_LATENT_DIM}]")
+    require(m.g_width is None or 0 < m.g_width <= MAX_WIDTH, "model.g_width", f"must be in [1, {MAX_WIDTH}]")
+    require(m.d_width is None or 0 < m.d_width <= MAX_WIDTH, "model.d_width", f"must be in [1, {MAX_WIDTH}]")
+    require(m.d_dropout is None or (math.isfinite(m.d_dropout) and 0.0 <= m.d_dropout < 1.0), "model.d_dropout",
+            "must be in [0, 1)")
+    require(m.g_norm in G_NORMS, "model.g_norm", f"{m.g_norm!r} is not one of {', '.join(G_NORMS)}")
+    require(m.d_norm in D_NORMS, "model.d_norm", f"{m.d_norm!r} is not one of {', '.join(D_NORMS)}")
+    require(m.conditioning in CONDITIONING_MODES, "model.conditioning",
+            f"{m.conditioning!r} is not one of {', '.join(CONDITIONING_MODES)}")
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
 def resolved_data_dir(data: DataConfig) -> Path:
-    """Where the shards live: data.root, else $GAN_DIST_DATA_DIR, else ~/.cache/gan_dist/mnist."""
-    if data.root:
-        return Path(data.root).expanduser()
-    if os.environ.get("GAN_DIST_DATA_DIR"):
-        return Path(os.environ["GAN_DIST_DATA_DIR"]).expanduser()
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache_home / "gan_dist" / "mnist"
+    """Where the shards live: data.root, else $GAN_DIST_DATA_DIR/<dataset>, else ~/.cache/gan_dist/<dataset>.
+
+    Keyed by data.dataset so that two datasets never share a cache folder (a folder dataset is further
+    keyed by its source folder and settings). The rule lives in gan_dist.data.datasets.dataset_dir."""
+    from gan_dist.data.datasets import dataset_dir
+
+    return dataset_dir(data)
 
 
 def to_yaml(config: Config) -> str:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +17,7 @@ def test_defaults_are_the_seed_settings():
     assert (config.log.sample_every, config.log.num_samples) == (50, 25)
 
 
-@pytest.mark.parametrize("path", ["configs/mnist_dcgan.yaml", "configs/mnist_mlp.yaml",
-                                  "configs/mnist_radford_dcgan.yaml", "configs/debug.yaml"])
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
 def test_shipped_configs_load(path):
     config = load_config(path)
     assert config_from_yaml(to_yaml(config)) == config
@@ -41,6 +41,26 @@ def test_overrides_win_over_the_file(tmp_path):
     (["model.name=resnet"], "model.name"),
     (["log.num_samples=24"], "log.num_samples"),
     (["train.mixed_precision=fp8"], "train.mixed_precision"),
+    (["optim.lr_g=inf"], "optim.lr_g"),
+    (["optim.lr_d=nan"], "optim.lr_d"),
+    (["loss.gp_weight=-inf"], "loss.gp_weight"),
+    (["train.ema_decay=nan"], "train.ema_decay"),
+    (["loss.name=wgan"], "loss.name"),
+    (["loss.name=wgan_gp"], "model.d_norm"),  # a BatchNorm critic cannot take a per-sample penalty
+    (["loss.r1_gamma=10"], "model.d_norm"),
+    (["loss.label_smoothing=0.1", "loss.name=hinge"], "loss.label_smoothing"),
+    (["model.conditioning=cgan"], "model.conditioning"),
+    (["model.d_norm=instance"], "model.d_norm"),
+    (["model.g_width=100000"], "model.g_width"),
+    (["data.dataset=cifar"], "data.dataset"),
+    (["data.image_size=64"], "data.image_size"),  # mnist is 28x28
+    (["data.dataset=folder", "data.source=wheel"], "data.source"),
+    (["data.source=folder:/x"], "data.source"),  # needs data.dataset=folder
+    (["data.loader=ram"], "data.loader"),
+    (["train.d_steps_per_g=0"], "train.d_steps_per_g"),
+    (["train.cuda_graph=true"], "train.cuda_graph"),  # needs data.loader=memory
+    (["train.cuda_graph=true", "data.loader=memory", "loss.name=wgan_gp", "model.d_norm=layer"], "train.cuda_graph"),
+    (["optim.implementation=apex"], "optim.implementation"),
 ])
 def test_bad_override_names_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -59,6 +79,8 @@ def test_bad_file_key_names_key_and_file(tmp_path):
     ("train.unknown=1", "train.unknown"),
     ("train.num_steps=ten", "train.num_steps"),
     ("train.batch_size_per_process=0", "train.batch_size_per_process"),
+    ("optim.lr_g=inf", "optim.lr_g"),
+    ("loss.name=wgan_gp", "model.d_norm"),
 ])
 def test_cli_refuses_bad_config_with_exit_2_and_writes_nothing(tmp_path, override, key):
     out_dir = tmp_path / "runs"
