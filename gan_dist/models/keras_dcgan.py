@@ -2,8 +2,8 @@
 
 Faithful where it changes what is learned or counted (see DESIGN.md, "Reference shapes"):
 - parameter counts equal Keras's: G 855,809 trainable, D 392,833 trainable at the default widths
-  (G 128, D 32) and latent 100; adding BN running mean/var gives Keras's totals (G 856,193, D 393,729).
-  Convolutions keep their biases even when followed by BN, as in Keras.
+  (G 128, D 32), latent 100 and MNIST's 28x28x1; adding BN running mean/var gives Keras's totals
+  (G 856,193, D 393,729). Convolutions keep their biases even when followed by BN, as in Keras.
 - Keras `BatchNormalization(momentum=0.8)` keeps 0.8 of the old running statistic, i.e. PyTorch
   `momentum=0.2`; Keras's epsilon is 1e-3 (PyTorch's default is 1e-5).
 - Keras 'same' padding follows TensorFlow: output size ceil(in / stride), and an odd total padding puts
@@ -13,12 +13,23 @@ Faithful where it changes what is learned or counted (see DESIGN.md, "Reference 
 - Kernels are glorot-uniform, biases zero (Keras defaults); BN gamma 1, beta 0.
 - UpSampling2D is nearest-neighbour x2; LeakyReLU slope 0.2; Dropout 0.25 after each D block.
 
+Other image sizes (the tutorial is MNIST-only; at 28x28 the layers below are exactly the tutorial's):
+- G: Dense to width x b x b, then n (nearest x2 upsample, 3x3 conv, BN, ReLU) stages with width,
+  width/2, ..., width/2**(n-1) channels, then a 3x3 conv to C channels and tanh; H = b * 2**n, with
+  (n, b) from `base.conv_stages` (28: 2 stages from 7x7; 32: 3 from 4x4; 64: 4 from 4x4).
+- D: 3x3 stride-2 'same' conv blocks (width x1, x2, x4, ...) until the map is at most 4 px (28: 14, 7, 4;
+  32: 16, 8, 4; 64: 32, 16, 8, 4), then one stride-1 block that doubles the channels again, then Dense(1).
+  Where a stride-2 block's output is odd and another stride-2 block follows, the tutorial's
+  ZeroPadding2D(((0, 1), (0, 1))) is inserted (at 28x28: after the second conv, 7 -> 8); BN on every
+  block but the first.
+
 Deliberate differences:
-- D returns a logit (Keras: Dense(1, sigmoid)); the loss applies the sigmoid (losses.py).
+- D returns a logit (Keras: Dense(1, sigmoid)); the loss applies the sigmoid.
 - Memory layout: Keras is NHWC, so its `Reshape((7, 7, 128))` after G's Dense and its `Flatten()` before
   D's Dense order the units as (h, w, c); here they are (c, h, w). Training is unaffected (the same
   weights, permuted); to load Keras weights, permute the Dense kernel rows/columns accordingly and
   transpose conv kernels from (kh, kw, in, out) to (out, in, kh, kw).
+- d_norm=layer uses GroupNorm(1, C) with Keras's epsilon 1e-3 (Keras LayerNormalization's default).
 """
 
 from __future__ import annotations
@@ -29,7 +40,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_SIZE = 28  # MNIST, pixels per side
+from gan_dist.config import ConfigError
+from gan_dist.models.base import (
+    MIN_BASE_SIZE,
+    DiscriminatorBase,
+    GeneratorBase,
+    apply_spectral_norm,
+    conv_stages,
+    dropout_layer,
+    norm_2d,
+)
+
+MNIST_SHAPE = (1, 28, 28)
 # Keras BatchNormalization(momentum=0.8): running = 0.8 * running + 0.2 * batch -> PyTorch momentum 0.2.
 KERAS_BN_MOMENTUM = 0.2
 KERAS_BN_EPS = 1e-3
@@ -65,89 +87,118 @@ class Conv2dSame(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride)
 
 
-def _batch_norm(channels: int, enabled: bool) -> nn.Module:
-    """Keras-equivalent BatchNorm2d, or nothing when BN is off (batch_norm=False)."""
-    if not enabled:
-        return nn.Identity()
-    return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
-
-
-def _dropout(p: float) -> nn.Module:
-    # Identity at p=0: no RNG draw, so runs without dropout are deterministic and bitwise reproducible.
-    return nn.Dropout(p) if p > 0 else nn.Identity()
+def _norm(kind: str, channels: int) -> nn.Module:
+    """Keras-equivalent BatchNorm2d (or GroupNorm(1, C) with Keras's epsilon, or nothing)."""
+    return norm_2d(kind, channels, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
 
 
 def keras_init_(module: nn.Module) -> None:
-    """Keras defaults: glorot-uniform kernels, zero biases (BN keeps gamma 1, beta 0)."""
+    """Keras defaults: glorot-uniform kernels (and projection embedding), zero biases; norms keep 1 / 0."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             # xavier_uniform_ uses fan_in = in * kh * kw and fan_out = out * kh * kw, as Keras's glorot.
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.xavier_uniform_(m.weight)  # (K, F): bound sqrt(6 / (F + K))
 
 
-class KerasDCGANGenerator(nn.Module):
-    """z (B, latent_dim) -> images (B, 1, 28, 28) in [-1, 1].
+def downsampling_plan(size: int) -> list[tuple[int, bool]]:
+    """D's stride-2 blocks for a side of `size` px: [(output size, zero-padded after), ...].
 
-    Dense(relu) to width x 7 x 7, then two (nearest upsample x2, 3x3 conv, BN, ReLU) blocks with
-    width and width/2 channels, then a 3x3 conv to 1 channel and tanh.
+    Keras 'same' stride 2 gives ceil(s / 2); blocks continue while the map is larger than 4 px, and an odd
+    output followed by another stride-2 block is padded by one row/column (28: 14, 7 -> 8, 4).
+    """
+    plan = []
+    while size > MIN_BASE_SIZE:
+        size = math.ceil(size / 2)
+        padded = size % 2 == 1 and size > MIN_BASE_SIZE
+        plan.append((size, padded))
+        size += padded
+    return plan
+
+
+class KerasDCGANGenerator(GeneratorBase):
+    """z (B, latent_dim) [, labels (B,)] -> images (B, C, H, W) in [-1, 1].
+
+    At 28x28x1: Dense(relu) to width x 7 x 7, then two (nearest upsample x2, 3x3 conv, BN, ReLU) blocks
+    with width and width/2 channels, then a 3x3 conv to 1 channel and tanh. Layers: fc, conv{i}/bn{i}
+    for i = 1..num_stages, conv_out (bn{i} is Identity with norm="none").
     """
 
-    def __init__(self, latent_dim: int, width: int, batch_norm: bool = True) -> None:
-        super().__init__()
-        if width < 2:
-            raise ValueError(f"keras_dcgan generator width must be >= 2 (it uses width // 2), got {width}")
-        self.latent_dim = latent_dim
+    def __init__(self, latent_dim: int, width: int, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+                 num_classes: int = 0, conditioning: str = "none", norm: str = "batch") -> None:
+        super().__init__(latent_dim, image_shape, num_classes, conditioning)
+        self.num_stages, self.base_size = conv_stages(self.image_shape, "keras_dcgan")
+        if width >> (self.num_stages - 1) < 1:
+            raise ConfigError(f"key 'model.g_width': keras_dcgan's generator halves its width at each of its "
+                              f"{self.num_stages} stages, so the width must be >= {2 ** (self.num_stages - 1)}, "
+                              f"got {width}")
         self.width = width
-        self.base_size = IMAGE_SIZE // 4  # 7: two x2 upsamplings reach 28
-        self.fc = nn.Linear(latent_dim, width * self.base_size**2)
-        self.conv1 = Conv2dSame(width, width, 3)
-        self.bn1 = _batch_norm(width, batch_norm)
-        self.conv2 = Conv2dSame(width, width // 2, 3)
-        self.bn2 = _batch_norm(width // 2, batch_norm)
-        self.conv_out = Conv2dSame(width // 2, 1, 3)
+        self.fc = nn.Linear(self.input_dim, width * self.base_size**2)
+        channels = width
+        for i in range(1, self.num_stages + 1):
+            out_channels = width >> (i - 1)  # width, width/2, width/4, ...
+            setattr(self, f"conv{i}", Conv2dSame(channels, out_channels, 3))
+            setattr(self, f"bn{i}", _norm(norm, out_channels))
+            channels = out_channels
+        self.conv_out = Conv2dSame(channels, self.image_shape[0], 3)
         keras_init_(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.fc(z))  # (B, 128*7*7)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.relu(self.fc(self.latent_input(z, labels)))  # (B, 128*7*7)
         x = x.view(-1, self.width, self.base_size, self.base_size)  # (B, 128, 7, 7); Keras: (B, 7, 7, 128)
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, 128, 14, 14)
-        x = F.relu(self.bn1(self.conv1(x)))  # (B, 128, 14, 14)
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, 128, 28, 28)
-        x = F.relu(self.bn2(self.conv2(x)))  # (B, 64, 28, 28)
-        return torch.tanh(self.conv_out(x))  # (B, 1, 28, 28)
+        for i in range(1, self.num_stages + 1):
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, c, 2s, 2s): 7 -> 14 -> 28
+            x = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))  # c -> width / 2**(i-1)
+        return torch.tanh(self.conv_out(x))  # (B, C, H, W)
 
 
-class KerasDCGANDiscriminator(nn.Module):
-    """images (B, 1, 28, 28) -> logits (B,).
+class KerasDCGANDiscriminator(DiscriminatorBase):
+    """images (B, C, H, W) [, labels (B,)] -> logits (B,) (acgan: and class logits (B, K)).
 
-    Four 3x3 conv blocks (width x1, x2, x4, x8 channels; strides 2, 2, 2, 1), LeakyReLU(0.2) and dropout,
-    BN on all but the first, a ZeroPadding2D(((0, 1), (0, 1))) after the second conv, then Dense(1).
+    At 28x28x1: four 3x3 conv blocks (width x1, x2, x4, x8 channels; strides 2, 2, 2, 1), LeakyReLU(0.2)
+    and dropout, BN on all but the first, a ZeroPadding2D(((0, 1), (0, 1))) after the second conv, then
+    Dense(1) on the flattened (B, 8 width * 4 * 4) features. Layers: conv{i}, pad{i} (where padded),
+    bn{i} (i >= 2; BatchNorm2d, GroupNorm or Identity per `norm`), drop{i}, fc.
     """
 
-    def __init__(self, width: int, dropout: float = 0.25, batch_norm: bool = True) -> None:
-        super().__init__()
-        self.conv1 = Conv2dSame(1, width, 3, stride=2)
-        self.drop1 = _dropout(dropout)
-        self.conv2 = Conv2dSame(width, width * 2, 3, stride=2)
-        self.pad2 = nn.ZeroPad2d((0, 1, 0, 1))  # (left, right, top, bottom): Keras ((0, 1), (0, 1))
-        self.bn2 = _batch_norm(width * 2, batch_norm)
-        self.drop2 = _dropout(dropout)
-        self.conv3 = Conv2dSame(width * 2, width * 4, 3, stride=2)
-        self.bn3 = _batch_norm(width * 4, batch_norm)
-        self.drop3 = _dropout(dropout)
-        self.conv4 = Conv2dSame(width * 4, width * 8, 3, stride=1)
-        self.bn4 = _batch_norm(width * 8, batch_norm)
-        self.drop4 = _dropout(dropout)
-        self.fc = nn.Linear(width * 8 * 4 * 4, 1)
+    def __init__(self, width: int, dropout: float = 0.25, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+                 num_classes: int = 0, conditioning: str = "none", norm: str = "batch",
+                 spectral_norm: bool = False) -> None:
+        super().__init__(image_shape, num_classes, conditioning)
+        conv_stages(self.image_shape, "keras_dcgan")  # the same size rule as G
+        self._blocks: list[tuple[str, str | None, str | None, str]] = []  # (conv, pad, norm, dropout) names
+        channels, size = self.input_channels, self.image_shape[1]
+        plan = [(stride2_size, padded, 2) for stride2_size, padded in downsampling_plan(size)]
+        plan.append((plan[-1][0], False, 1))  # the stride-1 block, at the last stride-2 block's size
+        for i, (size, padded, stride) in enumerate(plan, start=1):
+            out_channels = width << (i - 1)  # width, 2 width, 4 width, ...
+            setattr(self, f"conv{i}", Conv2dSame(channels, out_channels, 3, stride=stride))
+            if padded:  # (left, right, top, bottom): Keras ((0, 1), (0, 1))
+                setattr(self, f"pad{i}", nn.ZeroPad2d((0, 1, 0, 1)))
+                size += 1
+            if i > 1:
+                setattr(self, f"bn{i}", _norm(norm, out_channels))
+            setattr(self, f"drop{i}", dropout_layer(dropout))
+            self._blocks.append((f"conv{i}", f"pad{i}" if padded else None, f"bn{i}" if i > 1 else None, f"drop{i}"))
+            channels = out_channels
+        self.fc = nn.Linear(channels * size * size, 1)
+        self.add_conditioning_heads(self.fc.in_features)
         keras_init_(self)
+        if spectral_norm:
+            apply_spectral_norm(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop1(F.leaky_relu(self.conv1(x), LEAKY_SLOPE))  # (B, 32, 14, 14)
-        x = self.pad2(self.conv2(x))  # (B, 64, 7, 7) -> (B, 64, 8, 8), zeros at bottom/right
-        x = self.drop2(F.leaky_relu(self.bn2(x), LEAKY_SLOPE))  # (B, 64, 8, 8)
-        x = self.drop3(F.leaky_relu(self.bn3(self.conv3(x)), LEAKY_SLOPE))  # (B, 128, 4, 4)
-        x = self.drop4(F.leaky_relu(self.bn4(self.conv4(x)), LEAKY_SLOPE))  # (B, 256, 4, 4)
-        x = x.flatten(1)  # (B, 256*4*4) in (c, h, w) order; Keras flattens (h, w, c)
-        return self.fc(x).squeeze(1)  # (B,) logits
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, pad, norm, drop in self._blocks:
+            x = getattr(self, conv)(x)  # 28x28: (B, 32, 14, 14), (B, 64, 7, 7), (B, 128, 4, 4), (B, 256, 4, 4)
+            if pad is not None:
+                x = getattr(self, pad)(x)  # (B, 64, 7, 7) -> (B, 64, 8, 8), zeros at bottom/right
+            if norm is not None:
+                x = getattr(self, norm)(x)
+            x = getattr(self, drop)(F.leaky_relu(x, LEAKY_SLOPE))
+        return x.flatten(1)  # (B, 256*4*4) in (c, h, w) order; Keras flattens (h, w, c)
+
+    def logit(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(h).squeeze(1)  # (B,) logits

@@ -1,4 +1,5 @@
-"""keras_dcgan against the Keras tutorial: parameter counts, layer shapes, padding, BN and init semantics."""
+"""keras_dcgan against the Keras tutorial: parameter counts, layer shapes, padding, BN and init semantics;
+then its adaptation to other image sizes."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from gan_dist.config import ModelConfig
+from gan_dist.config import ConfigError, ModelConfig
 from gan_dist.models import build_models
 from gan_dist.models.keras_dcgan import (
     Conv2dSame,
     KerasDCGANDiscriminator,
     KerasDCGANGenerator,
+    downsampling_plan,
     keras_same_padding,
 )
 from tests.models.shapes import output_shapes
@@ -40,8 +42,8 @@ def test_parameter_counts_equal_keras_summary() -> None:
     assert keras_count(d) == 393_729
 
 
-def test_batch_norm_false_removes_bn_and_keeps_conv_biases() -> None:
-    g, d = build_models(ModelConfig(name="keras_dcgan", batch_norm=False))
+def test_norm_none_removes_bn_and_keeps_conv_biases() -> None:
+    g, d = build_models(ModelConfig(name="keras_dcgan", g_norm="none", d_norm="none"))
     assert not any(isinstance(m, BN_TYPES) for m in [*g.modules(), *d.modules()])
     # BN params (gamma, beta) gone: G 2 x (128 + 64), D 2 x (64 + 128 + 256).
     assert trainable_count(g) == 855_809 - 2 * (128 + 64)
@@ -177,3 +179,59 @@ def test_dropout_follows_config() -> None:
     assert len(drops) == 4 and all(m.p == 0.25 for m in drops)
     _, d = build_models(ModelConfig(name="keras_dcgan", d_dropout=0.0))
     assert not any(isinstance(m, nn.Dropout) for m in d.modules())
+
+
+# Other image sizes (the tutorial is MNIST-only; these follow the rule documented in keras_dcgan.py).
+
+def test_layer_shapes_at_32x32x3() -> None:
+    g = KerasDCGANGenerator(latent_dim=100, width=128, image_shape=(3, 32, 32))
+    shapes = output_shapes(g, torch.randn(2, 100), ["fc", "conv1", "conv2", "conv3", "conv_out"])
+    assert shapes == {"fc": (2, 128 * 4 * 4), "conv1": (2, 128, 8, 8), "conv2": (2, 64, 16, 16),
+                      "conv3": (2, 32, 32, 32), "conv_out": (2, 3, 32, 32)}
+    d = KerasDCGANDiscriminator(width=32, image_shape=(3, 32, 32))
+    shapes = output_shapes(d, torch.randn(2, 3, 32, 32), ["conv1", "conv2", "conv3", "conv4", "fc"])
+    assert shapes == {"conv1": (2, 32, 16, 16), "conv2": (2, 64, 8, 8), "conv3": (2, 128, 4, 4),
+                      "conv4": (2, 256, 4, 4), "fc": (2, 1)}
+    assert not any(isinstance(m, nn.ZeroPad2d) for m in d.modules())  # no odd map to pad
+    # Parameters by hand: Dense, 3 conv stages (128, 64, 32) + BN, conv to RGB.
+    g_expected = (100 * 128 * 16 + 128 * 16) + (128 * 128 * 9 + 128) + (128 * 64 * 9 + 64) + (64 * 32 * 9 + 32) \
+        + 2 * (128 + 64 + 32) + (32 * 3 * 9 + 3)
+    assert trainable_count(g) == g_expected == 448_003
+
+
+def test_layer_shapes_at_64x64x3() -> None:
+    g = KerasDCGANGenerator(latent_dim=100, width=128, image_shape=(3, 64, 64))
+    shapes = output_shapes(g, torch.randn(2, 100), ["fc", "conv1", "conv4", "conv_out"])
+    assert shapes == {"fc": (2, 128 * 4 * 4), "conv1": (2, 128, 8, 8), "conv4": (2, 16, 64, 64),
+                      "conv_out": (2, 3, 64, 64)}
+    d = KerasDCGANDiscriminator(width=32, image_shape=(3, 64, 64))
+    shapes = output_shapes(d, torch.randn(2, 3, 64, 64), ["conv1", "conv4", "conv5", "fc"])
+    assert shapes == {"conv1": (2, 32, 32, 32), "conv4": (2, 256, 4, 4), "conv5": (2, 512, 4, 4), "fc": (2, 1)}
+    assert [m.num_features for m in d.modules() if isinstance(m, BN_TYPES)] == [64, 128, 256, 512]
+    with pytest.raises(ConfigError, match="model.g_width"):  # 4 stages halve the width 3 times
+        KerasDCGANGenerator(latent_dim=100, width=4, image_shape=(3, 64, 64))
+
+
+@pytest.mark.parametrize(("size", "plan"), [
+    (28, [(14, False), (7, True), (4, False)]),  # the tutorial: ZeroPadding2D after the second conv
+    (32, [(16, False), (8, False), (4, False)]),
+    (64, [(32, False), (16, False), (8, False), (4, False)]),
+    (20, [(10, False), (5, True), (3, False)]),
+    (36, [(18, False), (9, True), (5, True), (3, False)]),
+])
+def test_discriminator_downsampling_plan(size: int, plan: list[tuple[int, bool]]) -> None:
+    assert downsampling_plan(size) == plan
+    d = KerasDCGANDiscriminator(width=2, image_shape=(1, size, size), dropout=0.0)
+    pads = [name for name, m in d.named_modules() if isinstance(m, nn.ZeroPad2d)]
+    assert pads == [f"pad{i}" for i, (_, padded) in enumerate(plan, start=1) if padded]
+    last = plan[-1][0]
+    assert d.fc.in_features == 2 * 2 ** len(plan) * last * last
+    assert d(torch.randn(2, 1, size, size)).shape == (2,)
+
+
+def test_layer_norm_uses_keras_epsilon() -> None:
+    _, d = build_models(ModelConfig(name="keras_dcgan", d_norm="layer"))
+    groups = [m for m in d.modules() if isinstance(m, nn.GroupNorm)]
+    assert [m.num_channels for m in groups] == [64, 128, 256]
+    assert all(m.num_groups == 1 and m.eps == pytest.approx(1e-3) for m in groups)
+    assert trainable_count(d) == 392_833  # GroupNorm's gamma/beta replace BN's, one pair per channel

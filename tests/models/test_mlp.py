@@ -21,9 +21,10 @@ def test_layer_sizes_and_parameter_counts() -> None:
     assert sum(p.numel() for p in d.parameters()) == 1_460_225
 
 
-def test_no_batch_norm_even_when_config_asks() -> None:
-    model = ModelConfig(name="mlp", batch_norm=True)
-    assert resolve_model_config(model).batch_norm is False
+def test_no_normalization_even_when_config_asks() -> None:
+    model = ModelConfig(name="mlp", g_norm="batch", d_norm="layer")
+    resolved = resolve_model_config(model)
+    assert (resolved.g_norm, resolved.d_norm) == ("none", "none")
     g, d = build_models(model)
     norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
     assert not any(isinstance(m, norms) for m in [*g.modules(), *d.modules()])
@@ -50,3 +51,11 @@ def test_without_dropout_training_is_deterministic_and_draws_no_random_numbers()
     first, second = d(g(z)), d(g(z))
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(first, second)
+
+
+def test_layer_sizes_for_rgb_32x32() -> None:
+    g, d = build_models(ModelConfig(name="mlp"), (3, 32, 32))
+    assert linear_shapes(g) == [(100, 256), (256, 512), (512, 1024), (1024, 3 * 32 * 32)]
+    assert linear_shapes(d) == [(3 * 32 * 32, 1024), (1024, 512), (512, 256), (256, 1)]
+    images = g(torch.randn(2, 100))
+    assert images.shape == (2, 3, 32, 32) and d(images).shape == (2,)

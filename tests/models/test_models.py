@@ -1,5 +1,6 @@
-"""All architectures through the registry: defaults, shapes, ranges, autocast, channels_last,
-torch.compile and SyncBatchNorm conversion."""
+"""All architectures through the registry: defaults, shapes and ranges at every image shape and
+conditioning, the image-size rule, normalization choices, autocast, channels_last, torch.compile and
+SyncBatchNorm conversion."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from gan_dist.config import MODEL_NAMES, ModelConfig
-from gan_dist.losses import discriminator_loss, generator_loss
+from gan_dist.config import CONDITIONING_MODES, MODEL_NAMES, ConfigError, ModelConfig
 from gan_dist.models import (
     ARCHITECTURES,
     IMAGE_SHAPE,
@@ -19,6 +20,7 @@ from gan_dist.models import (
     build_models,
     resolve_model_config,
 )
+from gan_dist.models.base import conv_stages
 
 # (name, g_width, d_width): the defaults and a small and a non-power-of-two width each.
 CASES = [
@@ -27,11 +29,29 @@ CASES = [
     ("mlp", None, None), ("mlp", 16, 16), ("mlp", 10, 7),
 ]
 SMALL = {"keras_dcgan": (16, 8), "dcgan": (8, 8), "mlp": (16, 16)}
+SHAPES = [(1, 28, 28), (3, 32, 32), (1, 64, 64), (3, 64, 64)]
+NUM_CLASSES = 10
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def small_models(name: str, **kwargs) -> tuple[nn.Module, nn.Module]:
+def small_models(name: str, image_shape: tuple[int, int, int] = IMAGE_SHAPE, num_classes: int = 0,
+                 **kwargs) -> tuple[nn.Module, nn.Module]:
     g_width, d_width = SMALL[name]
-    return build_models(ModelConfig(name=name, g_width=g_width, d_width=d_width, **kwargs))
+    return build_models(ModelConfig(name=name, g_width=g_width, d_width=d_width, **kwargs), image_shape, num_classes)
+
+
+def d_loss_ns(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating BCE of D on logits (autocast runs it in float32)."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def g_loss_ns(fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def test_registry_covers_config_names() -> None:
@@ -45,8 +65,10 @@ def test_resolve_fills_defaults_and_keeps_explicit_values() -> None:
         resolved = resolve_model_config(model)
         assert (resolved.g_width, resolved.d_width, resolved.d_dropout) == (g_width, d_width, dropout)
         assert model.g_width is None  # the input is not modified
-    explicit = resolve_model_config(ModelConfig(name="dcgan", g_width=3, d_width=5, d_dropout=0.1))
+    explicit = resolve_model_config(ModelConfig(name="dcgan", g_width=3, d_width=5, d_dropout=0.1,
+                                                g_norm="none", d_norm="layer"))
     assert (explicit.g_width, explicit.d_width, explicit.d_dropout) == (3, 5, 0.1)
+    assert (explicit.g_norm, explicit.d_norm) == ("none", "layer")
     with pytest.raises(ValueError, match="model.name"):
         resolve_model_config(ModelConfig(name="wgan"))
 
@@ -72,6 +94,100 @@ def test_shapes_and_ranges(name: str, g_width: int | None, d_width: int | None) 
     assert logits.max() > 1 and logits.min() < 0
 
 
+@pytest.mark.parametrize("conditioning", CONDITIONING_MODES)
+@pytest.mark.parametrize("image_shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_family_builds_for_every_shape_and_conditioning(name: str, image_shape: tuple[int, int, int],
+                                                              conditioning: str) -> None:
+    torch.manual_seed(0)
+    g, d = small_models(name, image_shape, NUM_CLASSES, conditioning=conditioning)
+    conditional = conditioning != "none"
+    assert (g.latent_dim, g.image_shape, d.image_shape) == (100, image_shape, image_shape)
+    assert g.num_classes == d.num_classes == (NUM_CLASSES if conditional else 0)
+    assert d.conditioning == conditioning
+    labels = torch.arange(6) % NUM_CLASSES
+    images = g(torch.randn(6, 100) * 3, labels)
+    assert images.shape == (6, *image_shape) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0
+    out = d(images, labels)
+    logits, class_logits = out if conditioning == "acgan" else (out, None)
+    assert logits.shape == (6,) and logits.isfinite().all()
+    if conditioning == "acgan":
+        assert class_logits.shape == (6, NUM_CLASSES) and class_logits.isfinite().all()
+    assert d.features(images, labels).shape == (6, d.feature_dim)
+    (logits.sum() + (0 if class_logits is None else class_logits.sum())).backward()
+    assert all(p.grad is not None for p in d.parameters())  # every D parameter is used (no DDP unused params)
+
+
+# Parameter counts at the default widths and latent 100, unconditional: G, D. 28x28x1 is the seed's.
+DEFAULT_COUNTS = {
+    ("keras_dcgan", (1, 28, 28)): (855_809, 392_833),
+    ("keras_dcgan", (3, 32, 32)): (448_003, 393_409),
+    ("keras_dcgan", (3, 64, 64)): (452_227, 1_578_689),
+    ("dcgan", (1, 28, 28)): (1_781_505, 138_689),
+    ("dcgan", (3, 32, 32)): (3_448_579, 663_361),
+    ("dcgan", (3, 64, 64)): (12_658_435, 2_765_633),
+    ("mlp", (1, 28, 28)): (1_486_352, 1_460_225),
+    ("mlp", (3, 32, 32)): (3_831_552, 3_803_137),
+    ("mlp", (3, 64, 64)): (13_277_952, 13_240_321),
+}
+
+
+@pytest.mark.parametrize(("name", "image_shape"), list(DEFAULT_COUNTS))
+def test_parameter_counts_at_default_widths(name: str, image_shape: tuple[int, int, int]) -> None:
+    g, d = build_models(ModelConfig(name=name), image_shape)
+    assert (parameter_count(g), parameter_count(d)) == DEFAULT_COUNTS[name, image_shape]
+
+
+@pytest.mark.parametrize("name", ["keras_dcgan", "dcgan"])
+@pytest.mark.parametrize("image_shape", [(1, 30, 30), (1, 12, 12), (3, 8, 8), (3, 32, 28), (1, 27, 27)])
+def test_conv_models_refuse_sizes_outside_the_rule(name: str, image_shape: tuple[int, int, int]) -> None:
+    for build in (build_generator, build_discriminator):
+        with pytest.raises(ConfigError, match="data.image_size"):
+            build(ModelConfig(name=name), image_shape)
+
+
+@pytest.mark.parametrize(("size", "stages", "base"), [(16, 2, 4), (20, 2, 5), (28, 2, 7), (32, 3, 4),
+                                                      (48, 3, 6), (64, 4, 4), (96, 4, 6), (128, 5, 4)])
+def test_conv_stage_rule(size: int, stages: int, base: int) -> None:
+    assert conv_stages((1, size, size), "dcgan") == (stages, base)
+    assert base * 2**stages == size
+    g, d = small_models("dcgan", (1, size, size))
+    assert (g.num_stages, g.base_size, d.num_stages) == (stages, base, stages)
+    with torch.no_grad():
+        assert d(g(torch.randn(2, 100))).shape == (2,)
+
+
+def test_mlp_builds_for_any_shape() -> None:
+    g, d = small_models("mlp", (3, 30, 18))
+    images = g(torch.randn(2, 100))
+    assert images.shape == (2, 3, 30, 18) and d(images).shape == (2,)
+
+
+@pytest.mark.parametrize("name", ["keras_dcgan", "dcgan"])
+def test_d_norm_layer_has_no_batch_norm_and_no_running_buffers(name: str) -> None:
+    g, d = small_models(name, (3, 32, 32), d_norm="layer", d_dropout=0.0)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in d.modules())
+    assert list(d.buffers()) == []
+    groups = [m for m in d.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(groups) == (3 if name == "keras_dcgan" else 2)  # every block but the first
+    assert all(m.num_groups == 1 and m.affine for m in groups)  # normalizes each sample over (C, H, W)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in g.modules())  # g_norm is separate
+    # Per-sample: in training mode a sample's logit does not depend on the rest of its batch.
+    d.train()
+    x = torch.rand(5, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(d(x)[:2], d(x[:2]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_norm_none_has_no_normalization_layers(name: str) -> None:
+    g, d = small_models(name, (1, 32, 32), g_norm="none", d_norm="none")
+    assert not any(isinstance(m, NORM_TYPES) for m in [*g.modules(), *d.modules()])
+    g, d = small_models(name, (1, 32, 32), g_norm="none", d_norm="batch")
+    assert not any(isinstance(m, NORM_TYPES) for m in g.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in d.modules()) == (name != "mlp")
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_single_builders_match_build_models(name: str) -> None:
     torch.manual_seed(1)
@@ -83,15 +199,22 @@ def test_single_builders_match_build_models(name: str) -> None:
         assert torch.equal(a, b)
 
 
+# The plain seed models, and a conditional one with spectral norm (each family).
+VARIANTS = [{}, {"conditioning": "projection", "spectral_norm": True}, {"conditioning": "concat"}]
+VARIANT_IDS = ["plain", "projection_sn", "concat"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_forward_backward_under_bf16_autocast(name: str) -> None:
+def test_forward_backward_under_bf16_autocast(name: str, variant: dict) -> None:
     torch.manual_seed(0)
-    g, d = small_models(name)
+    g, d = small_models(name, num_classes=NUM_CLASSES, **variant)
     real = torch.rand(6, *IMAGE_SHAPE) * 2 - 1
+    y = torch.arange(6) % NUM_CLASSES
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fake = g(torch.randn(6, g.latent_dim))
-        d_loss, _ = discriminator_loss(d(real), d(fake.detach()))
-        g_loss, _ = generator_loss(d(fake))
+        fake = g(torch.randn(6, g.latent_dim), y)
+        d_loss = d_loss_ns(d(real, y), d(fake.detach(), y))
+        g_loss = g_loss_ns(d(fake, y))
     assert fake.dtype == torch.bfloat16  # the autocast region really ran in bf16
     assert d_loss.dtype == torch.float32 and g_loss.dtype == torch.float32
     (d_loss + g_loss).backward()
@@ -101,39 +224,48 @@ def test_forward_backward_under_bf16_autocast(name: str) -> None:
         assert any(grad.abs().sum() > 0 for grad in grads)
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_channels_last_matches_contiguous(name: str) -> None:
+def test_channels_last_matches_contiguous(name: str, variant: dict) -> None:
     torch.manual_seed(0)
-    g, d = small_models(name)
+    g, d = small_models(name, num_classes=NUM_CLASSES, **variant)
     g.eval()
     d.eval()
     z = torch.randn(4, g.latent_dim)
+    y = torch.tensor([0, 3, 9, 3])
     x = torch.rand(4, *IMAGE_SHAPE) * 2 - 1
     with torch.no_grad():
-        expected_images, expected_logits = g(z), d(x)
+        expected_images, expected_logits = g(z, y), d(x, y)
         g.to(memory_format=torch.channels_last)
         d.to(memory_format=torch.channels_last)
-        images = g(z)
-        logits = d(x.contiguous(memory_format=torch.channels_last))
+        images = g(z, y)
+        logits = d(x.contiguous(memory_format=torch.channels_last), y)
     torch.testing.assert_close(images, expected_images, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", VARIANTS[:2], ids=VARIANT_IDS[:2])
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_torch_compile_full_graph_matches_eager(name: str) -> None:
-    """aot_eager traces forward and backward (graph breaks fail with fullgraph) without needing a C compiler."""
+def test_torch_compile_full_graph_matches_eager(name: str, variant: dict) -> None:
+    """aot_eager traces forward and backward (graph breaks fail with fullgraph) without needing a C compiler.
+
+    With spectral norm, eval mode: each training-mode forward advances the power iteration, so eager and
+    compiled calls in training mode would see different u, v."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    g, d = small_models(name, d_dropout=0.0)
+    g, d = small_models(name, num_classes=NUM_CLASSES, d_dropout=0.0, **variant)
+    if variant:
+        d.eval()
     z = torch.randn(4, g.latent_dim)
-    eager = d(g(z))
+    y = torch.tensor([1, 2, 3, 1])
+    eager = d(g(z, y), y)
     eager.sum().backward()
     eager_grads = [p.grad.clone() for p in g.parameters()]
     g.zero_grad()
     d.zero_grad()
     g_c = torch.compile(g, backend="aot_eager", fullgraph=True)
     d_c = torch.compile(d, backend="aot_eager", fullgraph=True)
-    compiled = d_c(g_c(z))
+    compiled = d_c(g_c(z, y), y)
     compiled.sum().backward()
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
     for p, expected in zip(g.parameters(), eager_grads, strict=True):
@@ -179,8 +311,8 @@ def test_inductor_compile_keras_dcgan_channels_last_bf16() -> None:
     d.to(memory_format=torch.channels_last)
     z = torch.randn(8, g.latent_dim)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected, _ = generator_loss(d(g(z)))
-        loss, _ = generator_loss(torch.compile(d)(torch.compile(g)(z)))
+        expected = g_loss_ns(d(g(z)))
+        loss = g_loss_ns(torch.compile(d)(torch.compile(g)(z)))
     loss.backward()
     torch.testing.assert_close(loss, expected, atol=2e-2, rtol=2e-2)
     assert all(p.grad is not None and p.grad.isfinite().all() for p in g.parameters())

@@ -1,0 +1,214 @@
+"""What every G and D share: the image-size rule of the conv models, class conditioning (label inputs,
+the ACGAN class head, the projection embedding), normalization choices and spectral normalization.
+
+Conditioning (`model.conditioning`, K = number of classes):
+- G, for every mode but none: the one-hot label is concatenated to z, G's first layer sees
+  (B, latent_dim + K). One-hot concatenation is Mirza & Osindero's CGAN; it equals adding a learned
+  per-class vector (the label's columns of the first weight) to the first layer's pre-activation, i.e. a
+  learned embedding of the first layer's width, with no extra size to choose. Keras-GAN's cgan multiplies z
+  by a latent_dim embedding instead; the concatenation keeps z's scale and needs no new init rule.
+  The projection discriminator's paper (and SNGAN) pairs it with conditional BatchNorm in G; here G is
+  conditioned the same way in concat, acgan and projection, so that the three modes differ only in D and the
+  mlp and g_norm=none generators (which have no BatchNorm to condition) are covered alike.
+- D, concat: the label enters with the image: K constant one-hot maps as extra input channels for the conv
+  models, the one-hot vector after flattening for mlp.
+- D, acgan (Odena et al. 2017): unconditional input; an extra linear head on the features returns K class
+  logits: D(x, y) -> (logits (B,), class_logits (B, K)).
+- D, projection (Miyato & Koyama 2018, eq. 3): logits = fc(h) + <embed(y), h>, with h (B, F) the
+  penultimate features (the vector D's last linear layer reads) and embed an (K, F) table.
+
+So every D is a feature body x -> h (B, F) (`features`), a linear adversarial head h -> (B,) (`logit`), and
+the conditioning heads; with conditioning none it computes exactly what the seed models computed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from gan_dist.config import CONDITIONING_MODES, ConfigError
+
+MIN_BASE_SIZE = 4  # px: the conv models' smallest feature map (DCGAN's 4x4 project-and-reshape)
+
+
+def conv_stages(image_shape: tuple[int, int, int], family: str) -> tuple[int, int]:
+    """(num_stages, base_size) of a conv model for images (C, H, W): H = base_size * 2**num_stages.
+
+    num_stages is the number of times H can be halved leaving an integer >= 4 px: 28 -> (2, 7),
+    32 -> (3, 4), 64 -> (4, 4), 48 -> (3, 6). Images must be square, with a side that is a multiple of 4
+    and at least 16 (two x2 stages at least), else ConfigError naming data.image_size.
+    """
+    channels, height, width = image_shape
+    if channels < 1:
+        raise ConfigError(f"key 'data.channels': images need at least one channel, got {channels}")
+    if height != width:
+        raise ConfigError(f"key 'data.image_size': {family} builds for square images, got {height}x{width}")
+    num_stages, base_size = 0, height
+    while base_size % 2 == 0 and base_size // 2 >= MIN_BASE_SIZE:
+        base_size //= 2
+        num_stages += 1
+    if num_stages < 2:
+        raise ConfigError(f"key 'data.image_size': {family} needs a side that is a multiple of 4 and at least "
+                          f"16 (two x2 stages from a base of at least {MIN_BASE_SIZE} px), got {height}; "
+                          "choose another data.image_size, or model.name=mlp (any size)")
+    return num_stages, base_size
+
+
+def conditioned_classes(conditioning: str, num_classes: int) -> int:
+    """K for a model with `conditioning` on a dataset of `num_classes` classes: 0 when unconditional.
+
+    Raises ConfigError naming model.conditioning when it is unknown, or conditional on unlabeled data.
+    """
+    if conditioning not in CONDITIONING_MODES:
+        raise ConfigError(f"key 'model.conditioning': {conditioning!r} is not one of {', '.join(CONDITIONING_MODES)}")
+    if conditioning == "none":
+        return 0
+    if num_classes < 1:
+        raise ConfigError(f"keys 'model.conditioning' and 'data.dataset': model.conditioning={conditioning} needs "
+                          "class labels, but the dataset has none (0 classes: e.g. a folder without one "
+                          "subfolder per class); set model.conditioning=none or use a labeled dataset")
+    return num_classes
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B,) int64 class indices -> (B, K) one-hot in `dtype`.
+
+    A comparison with arange rather than F.one_hot: no range check, so no host sync on an accelerator
+    (an out-of-range label gives an all-zero row here, and an index error in the projection embedding).
+    """
+    classes = torch.arange(num_classes, device=labels.device)  # (K,)
+    return (labels.unsqueeze(1) == classes).to(dtype)  # (B, K)
+
+
+def require_labels(model: nn.Module, labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    """The labels of a conditional model's batch, checked for presence, integer dtype and shape (B,)."""
+    name = type(model).__name__
+    if labels is None:
+        raise ValueError(f"{name} is class-conditional (model.conditioning={model.conditioning}, "
+                         f"{model.num_classes} classes): call it with labels, a (B,) int64 tensor of class indices")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"{name}: labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (batch_size,):
+        raise ValueError(f"{name}: labels must have shape ({batch_size},) for a batch of {batch_size}, "
+                         f"got {tuple(labels.shape)}")
+    return labels
+
+
+def norm_2d(kind: str, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.Module:
+    """The normalization after a conv: batch (BatchNorm2d), layer (GroupNorm with one group: normalizes
+    each sample over (C, H, W), the WGAN-GP paper's replacement for BatchNorm in a critic, no running
+    statistics), or none (Identity)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels, eps=eps)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalization {kind!r}; choose batch, layer or none (model.g_norm / model.d_norm)")
+
+
+def dropout_layer(p: float) -> nn.Module:
+    """nn.Dropout(p), or Identity at p=0: no RNG draw, so a model without dropout is deterministic."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+SPECTRAL_NORM_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)
+
+
+def apply_spectral_norm(module: nn.Module) -> None:
+    """Spectral normalization (Miyato et al. 2018) of every conv, linear and embedding weight in `module`.
+
+    torch.nn.utils.parametrizations.spectral_norm: W / sigma(W), sigma estimated by one power iteration
+    per training-mode forward (u, v are buffers; eval mode reuses them). Registering draws u and v from the
+    global RNG (then runs 15 power iterations), so seed identically on every rank before building. The
+    state_dict then holds `<layer>.parametrizations.weight.original`, `...weight.0._u` and `...weight.0._v` instead of
+    `<layer>.weight`.
+    """
+    for layer in [m for m in module.modules() if isinstance(m, SPECTRAL_NORM_TYPES)]:
+        parametrizations.spectral_norm(layer)
+
+
+class GeneratorBase(nn.Module):
+    """z (B, latent_dim) [, labels (B,)] -> images (B, C, H, W) in [-1, 1].
+
+    Attributes: latent_dim, num_classes (0 = unconditional), conditioning, image_shape (C, H, W), and
+    input_dim (latent_dim + num_classes: the width of G's first layer's input).
+    """
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_classes: int,
+                 conditioning: str) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.image_shape = tuple(image_shape)
+        self.conditioning = conditioning
+        self.num_classes = conditioned_classes(conditioning, num_classes)
+        self.input_dim = latent_dim + self.num_classes
+
+    def latent_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """(B, latent_dim) -> (B, latent_dim + K): z, then the one-hot label when conditional.
+
+        An unconditional G ignores labels (callers may pass a batch's labels whatever the conditioning).
+        """
+        if not self.num_classes:
+            return z
+        labels = require_labels(self, labels, z.shape[0])
+        return torch.cat([z, one_hot(labels, self.num_classes, z.dtype)], dim=1)  # (B, latent_dim + K)
+
+
+class DiscriminatorBase(nn.Module):
+    """images (B, C, H, W) [, labels (B,)] -> logits (B,), or (logits (B,), class_logits (B, K)) for acgan.
+
+    Subclasses build their layers, then call `add_conditioning_heads(feature_dim)` before their init, and
+    define `body(x) -> h (B, F)` and `logit(h) -> (B,)`. Attributes: num_classes (0 = unconditional),
+    conditioning, image_shape, feature_dim (F), input_channels (C, + K for concat).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, conditioning: str) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.conditioning = conditioning
+        self.num_classes = conditioned_classes(conditioning, num_classes)
+        concat = conditioning == "concat"
+        self.input_channels = self.image_shape[0] + (self.num_classes if concat else 0)
+        self.feature_dim = 0  # set by add_conditioning_heads
+
+    def add_conditioning_heads(self, feature_dim: int) -> None:
+        """The ACGAN class head Linear(F, K), or the projection embedding (K, F); nothing otherwise."""
+        self.feature_dim = feature_dim
+        if self.conditioning == "acgan":
+            self.class_head = nn.Linear(feature_dim, self.num_classes)
+        elif self.conditioning == "projection":
+            self.embed = nn.Embedding(self.num_classes, feature_dim)
+
+    def label_input(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """concat: (B, C, H, W) -> (B, C + K, H, W), the one-hot label as K constant maps."""
+        maps = one_hot(labels, self.num_classes, x.dtype)[:, :, None, None]  # (B, K, 1, 1)
+        return torch.cat([x, maps.expand(-1, -1, *x.shape[2:])], dim=1)  # (B, C + K, H, W)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, input_channels, H, W) -> h (B, F)."""
+        raise NotImplementedError
+
+    def logit(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, F) -> unconditional logits (B,)."""
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The penultimate features h (B, F) (concat: of the image with its label maps)."""
+        if self.conditioning == "concat":
+            x = self.label_input(x, require_labels(self, labels, x.shape[0]))
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (no sigmoid). An unconditional D ignores labels."""
+        if self.num_classes:
+            labels = require_labels(self, labels, x.shape[0])
+        h = self.features(x, labels)  # (B, F)
+        logits = self.logit(h)  # (B,)
+        if self.conditioning == "projection":
+            logits = logits + (self.embed(labels) * h).sum(dim=1)  # + <embed(y), h>
+        if self.conditioning == "acgan":
+            return logits, self.class_head(h)  # (B,), (B, K)
+        return logits
