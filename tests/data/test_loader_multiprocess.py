@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from gan_dist.config import DataConfig
+from gan_dist.data.datasets import resolve_dataset
 from gan_dist.data.loader import epoch_batches
-from gan_dist.data.shards import shard_urls
 from tests.data import loader_worker
 from tests.data.synthetic import sample_indices
 from tests.distributed import REPO_ROOT, run_processes
@@ -27,6 +27,6 @@ def test_two_ranks_get_equal_epochs_different_streams_and_an_exact_eval(tiny_sha
     assert rank_0["eval_keys"] == [f"test-{i:06d}" for i in range(50)]  # 2 shards, 2 ranks: a shard each
     # The stream is a function of (seed, rank, world_size, ...), not of the process it runs in.
     data = DataConfig(root=str(tiny_shards), num_workers=1, shuffle_buffer=64, auto_prepare=False)
-    here = [sample_indices(x) for x, _ in epoch_batches(data, shard_urls(tiny_shards, "train"), loader_worker.BATCH,
+    here = [sample_indices(x) for x, _ in epoch_batches(resolve_dataset(data), data, loader_worker.BATCH,
                                                         loader_worker.SEED, rank=1, world_size=2, epoch=1)]
     assert here == rank_1["train_indices"][10:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import shutil
 import signal
 import tarfile
 import time
@@ -28,7 +29,7 @@ from gan_dist.data.shards import (
     verify_shards,
     write_shards,
 )
-from gan_dist.data.sources import DataError, load_mnist, load_wheel_zip, sha256_file
+from gan_dist.data.sources import DataError, load_arrays, load_wheel_zip, sha256_file
 from tests.data.synthetic import synthetic_arrays, write_idx, write_wheel_style_zip
 
 FORK = multiprocessing.get_context("fork")  # real processes that start instantly (torch is already imported)
@@ -151,7 +152,7 @@ def test_an_interrupted_prepare_leaves_no_valid_looking_shard_and_recovers(tmp_p
                                 index * 50)
         assert (out / shard_name("train", index)).read_bytes() == expected
     assert verify_shards(out) == ["manifest.json"]
-    with pytest.raises(DataError, match=rf"no usable MNIST shards in {out} .*gan-dist prepare-data --out {out}"):
+    with pytest.raises(DataError, match=rf"no usable MNIST shards in {out} .*gan-dist prepare-data --dataset mnist --out {out}`"):
         ensure_shards(DataConfig(root=str(out), auto_prepare=False, samples_per_shard=50))
     kept = file_ids(out)
     write_shards(out, synthetic_mnist, 50)
@@ -218,9 +219,10 @@ def test_ensure_shards_prepares_from_data_source_when_allowed(tmp_path, syntheti
                                                                monkeypatch):
     calls = []
 
-    def recording_prepare(out_dir, source, samples_per_shard):
+    def recording_prepare(out_dir, source, samples_per_shard, **kwargs):
         calls.append((Path(out_dir), source, samples_per_shard))
-        return prepare_data(out_dir, source, samples_per_shard, verify_official_counts=False)
+        assert kwargs["dataset"] == "mnist"
+        return prepare_data(out_dir, source, samples_per_shard, **{**kwargs, "verify_official_counts": False})
 
     monkeypatch.setattr(shards_module, "prepare_data", recording_prepare)
     root = tmp_path / "shards"
@@ -235,8 +237,9 @@ def test_ensure_shards_prepares_from_data_source_when_allowed(tmp_path, syntheti
 
 
 def test_ensure_shards_env_default_and_remote_urls(tmp_path, monkeypatch, tiny_shards):
-    monkeypatch.setenv("GAN_DIST_DATA_DIR", str(tiny_shards))
-    assert ensure_shards(DataConfig(auto_prepare=False, samples_per_shard=50)) == tiny_shards
+    shutil.copytree(tiny_shards, tmp_path / "env" / "mnist")  # $GAN_DIST_DATA_DIR/<dataset>
+    monkeypatch.setenv("GAN_DIST_DATA_DIR", str(tmp_path / "env"))
+    assert ensure_shards(DataConfig(auto_prepare=False, samples_per_shard=50)) == tmp_path / "env" / "mnist"
     remote = DataConfig(root=str(tmp_path / "none"), auto_prepare=False, train_urls="http://h/a.tar",
                         test_urls="http://h/b.tar")
     assert ensure_shards(remote) == tmp_path / "none"  # shards live elsewhere: nothing checked or written
@@ -260,20 +263,34 @@ def test_cli_prepare_data_errors_exit_nonzero_and_write_nothing(tmp_path, synthe
     assert cli_main(["prepare-data", "--source", f"idx:{tmp_path / 'missing'}", "--out", str(out)]) == 1
     # The synthetic set is not MNIST: the official label counts refuse it before anything is written.
     assert cli_main(["prepare-data", "--source", f"idx:{synthetic_idx_dir}", "--out", str(out)]) == 1
+    assert cli_main(["prepare-data", "--dataset", "cifar", "--out", str(out)]) == 2
+    assert cli_main(["prepare-data", "--source", "folder:/x", "--out", str(out)]) == 2
+    assert cli_main(["prepare-data", "--channels", "3", "--out", str(out)]) == 2
     errors = capsys.readouterr().err.splitlines()
-    assert errors[0] == "gan-dist prepare-data: config error: --source 'nope' is not one of auto, idx:DIR, torchvision, wheel"
+    assert errors[0] == ("gan-dist prepare-data: config error: --source 'nope' is not one of auto, idx:DIR, "
+                         "torchvision, wheel, folder:DIR")
     assert errors[1] == "gan-dist prepare-data: config error: --samples-per-shard must be > 0, got 0"
     assert errors[2].startswith(f"gan-dist prepare-data: idx:{tmp_path / 'missing'}: no folder with all four IDX")
     assert errors[3].startswith(f"gan-dist prepare-data: idx:{synthetic_idx_dir}: train split: label counts")
+    assert errors[4] == ("gan-dist prepare-data: config error: --dataset 'cifar' is not one of mnist, "
+                         "fashion_mnist, folder")
+    assert errors[5] == ("gan-dist prepare-data: config error: --source 'folder:/x' does not apply to --dataset "
+                         "mnist (auto | idx:DIR | torchvision | wheel)")
+    assert errors[6] == ("gan-dist prepare-data: config error: --channels and --image-size apply to --dataset "
+                         "folder (mnist is 1x28x28)")
     assert not out.exists()
 
 
-def test_cli_prepare_data_writes_shards(tmp_path, synthetic_mnist, monkeypatch, capsys):
-    monkeypatch.setattr(shards_module, "load_mnist",
-                        lambda source, **kwargs: load_mnist(source, **{**kwargs, "verify_official_counts": False}))
+def test_cli_prepare_data_writes_shards_and_reports_counts_per_class(tmp_path, synthetic_mnist, monkeypatch, capsys):
+    monkeypatch.setattr(shards_module, "load_arrays",
+                        lambda spec, source, **kwargs: load_arrays(spec, source,
+                                                                   **{**kwargs, "verify_official_counts": False}))
     idx = write_idx(tmp_path / "idx", synthetic_mnist, gzipped=False)
     assert cli_main(["prepare-data", "--source", f"idx:{idx}", "--out", str(tmp_path / "out"),
                      "--samples-per-shard", "100"]) == 0
-    assert capsys.readouterr().out == (f"MNIST shards ready in {tmp_path / 'out'}: train 300 samples in 3 shards, "
-                                       f"test 100 samples in 1 shards (source idx:{idx})\n")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"MNIST shards ready in {tmp_path / 'out'}: train 300 samples in 3 shards, "
+                        f"test 100 samples in 1 shards (1x28x28, source idx:{idx})")
+    assert lines[1].split() == ["class", "train", "test"]
+    assert [line.split() for line in lines[2:]] == [[str(d), str(d), "30", "10"] for d in range(10)]
     assert verify_shards(tmp_path / "out") == []

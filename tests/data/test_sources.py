@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gan_dist.data import sources
+from gan_dist.data.datasets import MNIST
 from gan_dist.data.sources import (
-    OFFICIAL_LABEL_COUNTS,
     WHEEL_SHA256,
     SourceError,
     load_idx,
@@ -22,7 +22,7 @@ from gan_dist.data.sources import (
 from tests.data.synthetic import TEST_SIZE, TRAIN_SIZE, write_idx, write_wheel_style_zip
 
 
-def assert_same_arrays(actual: sources.MnistArrays, expected: sources.MnistArrays) -> None:
+def assert_same_arrays(actual: sources.ImageArrays, expected: sources.ImageArrays) -> None:
     for split in ("train", "test"):
         (images, labels), (want_images, want_labels) = actual.split(split), expected.split(split)
         assert images.dtype == np.uint8 and labels.dtype == np.int64
@@ -137,7 +137,7 @@ def test_wheel_source_gives_official_mnist_and_is_cached():
     arrays = load_mnist("wheel")
     assert arrays.train_images.shape == (60000, 28, 28) and arrays.test_images.shape == (10000, 28, 28)
     for split in ("train", "test"):
-        assert tuple(np.bincount(arrays.split(split)[1], minlength=10)) == OFFICIAL_LABEL_COUNTS[split]
+        assert tuple(np.bincount(arrays.split(split)[1], minlength=10)) == MNIST.official_label_counts[split]
     assert arrays.train_labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the well-known first labels
     assert arrays.test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert arrays.train_images.max() == 255 and arrays.train_images.min() == 0

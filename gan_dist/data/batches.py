@@ -1,0 +1,162 @@
+"""What the trainer consumes each micro-step: (real float32 (B, C, H, W) in [-1, 1], labels int64 (B,)) on
+its device. `make_batch_source` picks the implementation from data.loader:
+
+  stream  the WebDataset training stream (gan_dist.data.loader.train_batches): uint8 batches from the
+          DataLoader workers, page-locked when the device is CUDA, copied with non_blocking=True and
+          scaled on the device. Any dataset size, any URL.
+  memory  the train split read once through the same verified reader (eval_batches, every sample exactly
+          once) and kept on the device as uint8 (N, C, H, W); each batch is a gather by indices. No
+          workers, no host-device copies per step. Refused above data.memory_max_mb MiB per process.
+
+Both yield batches forever, all of size B on every rank (DDP needs equal counts), and batch k of rank r
+is a function of (seed, r, world_size, B[, stream settings]): `start_batch=k` resumes exactly.
+
+The memory source's order: one global stream of sample positions in which epoch e is a permutation of the
+N samples drawn from (seed, e), the same on every rank; global batch t covers positions
+[t * B * W, (t + 1) * B * W) and rank r takes its r-th slice of B. So each sample is used exactly once per
+epoch across all ranks (a global batch may straddle two epochs; nothing is dropped or repeated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from gan_dist.config import DataConfig
+from gan_dist.data.datasets import ResolvedDataset
+from gan_dist.data.loader import LoaderStats, split_batches, steps_per_epoch, to_unit_range, train_batches
+from gan_dist.data.sources import DataError
+
+MEMORY_READ_BATCH = 1000  # samples per read while filling the memory source
+
+
+class BatchSource(Protocol):
+    batches_per_epoch: int  # per rank
+    stats: LoaderStats
+
+    def __next__(self) -> tuple[Tensor, Tensor]: ...
+
+    def close(self) -> None: ...
+
+
+def _to_device(images: Tensor, labels: Tensor, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """uint8 (B, C, H, W) on any device -> float32 in [-1, 1] on `device` (copies are asynchronous from
+    page-locked memory)."""
+    images = to_unit_range(images.to(device, non_blocking=True))  # (B, C, H, W) float32
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+class StreamBatches:
+    """data.loader=stream: see the module docstring."""
+
+    def __init__(self, dataset: ResolvedDataset, data: DataConfig, batch_size: int, *, seed: int, rank: int,
+                 world_size: int, start_batch: int, device: torch.device, channels_last: bool = False) -> None:
+        self.device, self.channels_last = torch.device(device), channels_last
+        self._stream = train_batches(dataset, data, batch_size, seed, rank, world_size, start_batch,
+                                     pin_memory=self.device.type == "cuda")
+        self.batches_per_epoch = self._stream.steps_per_epoch
+        self.stats = self._stream.stats
+
+    def __iter__(self) -> StreamBatches:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        images, labels = next(self._stream)  # (B, C, H, W) uint8, (B,) int64 on the host
+        return _to_device(images, labels, self.device, self.channels_last)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(("memory", seed, epoch)).encode()).digest()[:8], "big") >> 1
+
+
+class MemoryBatches:
+    """data.loader=memory: see the module docstring. Attributes: images (N, C, H, W) uint8 and labels (N,)
+    int64 on the device."""
+
+    def __init__(self, dataset: ResolvedDataset, data: DataConfig, batch_size: int, *, seed: int, rank: int,
+                 world_size: int, start_batch: int, device: torch.device, channels_last: bool = False) -> None:
+        if batch_size <= 0 or not 0 <= rank < world_size or start_batch < 0:
+            raise ValueError(f"need batch_size > 0, 0 <= rank < world_size, start_batch >= 0; got {batch_size}, "
+                             f"{rank}, {world_size}, {start_batch}")
+        channels, height, width = dataset.image_shape
+        size_mb = dataset.train_size * channels * height * width / 2**20
+        if size_mb > data.memory_max_mb:
+            raise DataError(f"data.loader=memory: the train split of {dataset.describe()} takes {size_mb:,.1f} MiB "
+                            f"as uint8, over data.memory_max_mb={data.memory_max_mb}; raise it or use "
+                            "data.loader=stream")
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.seed, self.rank, self.world_size, self.batch_size = seed, rank, world_size, batch_size
+        self.stats = LoaderStats()
+        images, labels = [], []
+        reader = split_batches(dataset, "train", MEMORY_READ_BATCH, as_uint8=True)
+        for batch_images, batch_labels in reader:
+            images.append(batch_images)
+            labels.append(batch_labels)
+        self.stats.skipped_shards, self.stats.skipped_samples = reader.stats.skipped_shards, reader.stats.skipped_samples
+        if not images:
+            raise DataError(f"data.loader=memory: no sample could be read from {dataset.train_urls}")
+        self.images = torch.cat(images).to(self.device)  # (N, C, H, W) uint8
+        self.labels = torch.cat(labels).to(self.device)  # (N,) int64
+        self.num_samples = len(self.labels)
+        # Informational (epochs are counted in images): global batches straddle epoch boundaries.
+        self.batches_per_epoch = steps_per_epoch(self.num_samples, batch_size, world_size)
+        self.batch = start_batch  # number of the next batch (the same on every rank)
+        self._generator = torch.Generator(device=self.device)
+        self._permutations: dict[int, Tensor] = {}
+
+    def permutation(self, epoch: int) -> Tensor:
+        """Epoch `epoch`'s order of the N samples (N,), on the device: drawn there from (seed, epoch) (the
+        same on every rank of one device type; no host-device copy). The two latest epochs are kept."""
+        permutation = self._permutations.get(epoch)
+        if permutation is None:
+            self._generator.manual_seed(_epoch_seed(self.seed, epoch))
+            permutation = torch.randperm(self.num_samples, generator=self._generator, device=self.device)
+            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+            self._permutations[epoch] = permutation
+        return permutation
+
+    def indices(self, batch: int) -> Tensor:
+        """Sample indices (B,) of this rank's batch number `batch`: global positions
+        [(batch * W + rank) * B, ... + B) of the epoch-after-epoch stream (Python-int slicing, no host sync)."""
+        position = (batch * self.world_size + self.rank) * self.batch_size
+        epoch, offset = divmod(position, self.num_samples)
+        parts, remaining = [], self.batch_size
+        while remaining:
+            take = min(remaining, self.num_samples - offset)
+            parts.append(self.permutation(epoch)[offset:offset + take])
+            remaining -= take
+            epoch, offset = epoch + 1, 0
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def __iter__(self) -> MemoryBatches:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        index = self.indices(self.batch)  # (B,)
+        self.batch += 1
+        images = to_unit_range(self.images.index_select(0, index))  # (B, C, H, W) float32 in [-1, 1]
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, self.labels.index_select(0, index)
+
+    def close(self) -> None:
+        pass
+
+
+def make_batch_source(dataset: ResolvedDataset, data: DataConfig, batch_size: int, *, seed: int, rank: int,
+                      world_size: int, start_batch: int, device: torch.device | str,
+                      channels_last: bool = False) -> StreamBatches | MemoryBatches:
+    """The batch source data.loader selects (stream | memory); see the module docstring."""
+    source = {"stream": StreamBatches, "memory": MemoryBatches}.get(data.loader)
+    if source is None:
+        raise DataError(f"data.loader must be stream or memory, got {data.loader!r}")
+    return source(dataset, data, batch_size, seed=seed, rank=rank, world_size=world_size, start_batch=start_batch,
+                  device=torch.device(device), channels_last=channels_last)

@@ -1,0 +1,96 @@
+"""make_batch_source: the stream and memory sources give float32 [-1, 1] batches on the device, equal batch
+counts per rank, exact resume; memory refuses data over data.memory_max_mb."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import pytest
+import torch
+
+from gan_dist.config import DataConfig
+from gan_dist.data.batches import MemoryBatches, StreamBatches, make_batch_source
+from gan_dist.data.datasets import resolve_dataset
+from gan_dist.data.loader import train_batches
+from gan_dist.data.sources import DataError
+from tests.data.synthetic import sample_indices
+
+BATCH = 16
+
+
+def tiny(shards, **overrides):
+    data = DataConfig(root=str(shards), num_workers=0, shuffle_buffer=64, auto_prepare=False, samples_per_shard=50,
+                      **overrides)
+    return resolve_dataset(data, prepare=False), data
+
+
+def source(shards, rank=0, world_size=1, start_batch=0, loader="stream", **overrides):
+    dataset, data = tiny(shards, loader=loader, **overrides)
+    return make_batch_source(dataset, data, BATCH, seed=5, rank=rank, world_size=world_size, start_batch=start_batch,
+                             device="cpu")
+
+
+def test_the_stream_source_scales_the_training_stream_on_the_device(tiny_shards):
+    batches = source(tiny_shards)
+    assert isinstance(batches, StreamBatches) and batches.batches_per_epoch == 19
+    dataset, data = tiny(tiny_shards)
+    raw = train_batches(dataset, data, BATCH, 5, 0, 1)
+    for _ in range(3):
+        (x, y), (u8, labels) = next(batches), next(raw)
+        assert x.dtype == torch.float32 and x.shape == (BATCH, 1, 28, 28)
+        assert torch.equal(x, u8.float() / 127.5 - 1) and torch.equal(y, labels)
+    batches.close()
+    last = make_batch_source(dataset, data, BATCH, seed=5, rank=0, world_size=1, start_batch=0, device="cpu",
+                             channels_last=True)
+    assert next(last)[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_the_memory_source_uses_each_sample_once_per_epoch_across_ranks_and_resumes_exactly(
+        tiny_shards, synthetic_mnist, world_size):
+    """300 samples, B=16: global batches of 16 x W; epoch e = positions [300e, 300(e+1)) of the stream,
+    each a permutation (a global batch may straddle two epochs). Pixels equal the source arrays'."""
+    images_u8, labels_all = synthetic_mnist.split("train")
+    num_batches = 3 * 300 // (BATCH * world_size) + 1  # a bit over 3 epochs per rank
+    per_rank = []
+    for rank in range(world_size):
+        batches = source(tiny_shards, rank, world_size, loader="memory")
+        assert isinstance(batches, MemoryBatches)
+        assert batches.images.dtype == torch.uint8 and batches.images.shape == (300, 1, 28, 28)
+        taken = [next(batches) for _ in range(num_batches)]
+        for x, y in taken:
+            index = sample_indices(x)
+            assert x.dtype == torch.float32 and torch.equal(x[:, 0], torch.from_numpy(images_u8[index]) / 127.5 - 1)
+            assert torch.equal(y, torch.from_numpy(labels_all[index]))
+        per_rank.append([sample_indices(x) for x, _ in taken])
+        resumed = source(tiny_shards, rank, world_size, start_batch=5, loader="memory")
+        assert [sample_indices(next(resumed)[0]) for _ in range(4)] == per_rank[-1][5:9]
+    # Interleave the ranks' batches back into the global stream of positions.
+    stream = [i for batch in range(num_batches) for rank in range(world_size) for i in per_rank[rank][batch]]
+    for epoch in range(3):
+        assert sorted(stream[300 * epoch:300 * (epoch + 1)]) == list(range(300)), f"epoch {epoch}"
+    assert stream[:300] != stream[300:600]  # reshuffled per epoch
+
+
+def test_the_memory_source_refuses_data_over_its_limit(tiny_shards):
+    dataset, data = tiny(tiny_shards, loader="memory", memory_max_mb=1)
+    big = dataclasses.replace(dataset, train_size=2_000)  # 2,000 x 784 bytes: 1.5 MiB
+    with pytest.raises(DataError, match=r"takes 1.5 MiB as uint8, over data.memory_max_mb=1; raise it or use "
+                                        "data.loader=stream"):
+        make_batch_source(big, data, BATCH, seed=0, rank=0, world_size=1, start_batch=0, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (pinned memory, device batches)")
+@pytest.mark.parametrize("loader", ["stream", "memory"])
+def test_cuda_batches_are_pinned_on_the_host_and_equal_the_cpu_ones(tiny_shards, loader):
+    dataset, data = tiny(tiny_shards, loader=loader)
+    if loader == "stream":
+        images, labels = next(train_batches(dataset, data, BATCH, 5, 0, 1, pin_memory=True))
+        assert images.is_pinned() and labels.is_pinned() and images.dtype == torch.uint8
+    on_cpu, on_gpu = (make_batch_source(dataset, data, BATCH, seed=5, rank=0, world_size=1, start_batch=3,
+                                        device=device) for device in ("cpu", "cuda"))
+    for _ in range(3):
+        (x, y), (x_gpu, y_gpu) = next(on_cpu), next(on_gpu)
+        assert x_gpu.device.type == "cuda" and y_gpu.device.type == "cuda"
+        assert torch.equal(x_gpu.cpu(), x) and torch.equal(y_gpu.cpu(), y)
