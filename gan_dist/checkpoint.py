@@ -1,55 +1,107 @@
-"""Checkpoints: atomic save, retention, resume discovery, generator export and `gan-dist sample`.
+"""Checkpoints that cannot run code: safetensors and JSON only, verified before use, replaced atomically.
 
 Layout of a run folder:
 
-    RUN_DIR/config.yaml                      the fully resolved config of the run
-    RUN_DIR/checkpoints/step_00000500/       accelerate.save_state (G, D, both optimizers, scaler, RNG
-                                             states per process, registered TrainState and G_ema)
-                                             + generator.safetensors + generator.yaml + meta.json
-    RUN_DIR/checkpoints/.tmp-step_00000500/  a checkpoint being written: never resumed from
-    RUN_DIR/checkpoints/best.json            which step had the best FID (kept by retention)
-    RUN_DIR/generator.safetensors            exported at the end, with generator.yaml
-    RUN_DIR/done.json                        written when the run reached train.num_steps
+    RUN_DIR/config.yaml, RUN_DIR/run.json      the user's config; the resolved run record
+    RUN_DIR/checkpoints/step_00000500/         one complete checkpoint:
+        G.safetensors, D.safetensors           the models' state dicts (unwrapped)
+        G_ema.safetensors                      the EMA of G (when train.ema_decay > 0)
+        optimizer_G.safetensors + .json        Adam's tensors, and its param groups / scalars
+        optimizer_D.safetensors + .json
+        scaler.json                            fp16 GradScaler state (when fp16)
+        rng_rank<R>.safetensors + .json        per-process RNG states (torch CPU/CUDA, the noise generator,
+                                               numpy, python): each rank writes its own
+        train_state.json                       step, images seen, run id, best FID, ...
+        generator.safetensors + generator.yaml the exported generator (G_ema when trained), for sharing
+        meta.json                              the completion marker, written last: size and sha256 of
+                                               every file above
+    RUN_DIR/checkpoints/.tmp-step_*            a checkpoint being written: never resumed from, removed at start
+    RUN_DIR/checkpoints/damaged-*-step_*       a checkpoint that failed verification, set aside (kept)
+    RUN_DIR/checkpoints/abandoned-*-step_*     newer checkpoints of a trajectory abandoned by an explicit resume
+    RUN_DIR/checkpoints/best.json              which step had the best FID (kept by retention)
+    RUN_DIR/generator.safetensors + .yaml      exported at the end
+    RUN_DIR/done.json                          written when the run reached train.num_steps
 
-A checkpoint folder only ever appears under its final name by `os.replace` of a completely written
-temp folder, so a kill at any moment leaves either the previous checkpoints or the new one complete.
+Why not accelerate's save_state/load_state: they pickle registered objects and RNG states and load them
+with `torch.load(weights_only=False)`, so a crafted file in a shared run folder runs code on resume, and
+a failed RNG load is only logged (DESIGN.md). Nothing here is ever unpickled.
+
+Atomicity: files are written into the temp folder and fsynced, the folder is fsynced, meta.json (the
+sizes and sha256 of every file) is written last, and the folder appears under its final name by a
+rename. Replacing an existing step first renames the old folder to `.old-step_N` (restored at the next
+start if a kill came between the two renames). `--resume auto` verifies every file against meta.json and
+falls back to the next older checkpoint, setting a damaged one aside with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from gan_dist.config import Config, ConfigError, config_from_yaml, to_yaml
+from gan_dist.config import MAX_CLASSES, MAX_IMAGE_SIZE, ConfigError, ModelConfig, validate_model
 
 CHECKPOINTS = "checkpoints"
 GENERATOR_WEIGHTS = "generator.safetensors"
-GENERATOR_CONFIG = "generator.yaml"
+GENERATOR_RECORD = "generator.yaml"
 META = "meta.json"
 BEST = "best.json"
 DONE = "done.json"
+TRAIN_STATE = "train_state.json"
+FORMAT_VERSION = 2  # 1: accelerate.save_state (pickles); 2: this module's safetensors + JSON
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is incomplete, damaged or unreadable. The message names the file."""
 
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    with open(tmp_path, "w") as handle:
-        handle.write(text)
+# -- writing files durably ------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable (POSIX: the directory entry is in the directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def write_bytes_durably(path: Path, data: bytes) -> str:
+    """Write `data` to `path` (no temp name: callers write into a temp folder), fsync; returns its sha256."""
+    with open(path, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp_path = path.with_name(f".{path.name}.tmp")
+    write_bytes_durably(tmp_path, text.encode())
     os.replace(tmp_path, path)
 
 
@@ -57,107 +109,154 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     _write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint, oldest first. Temp folders are never listed."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / META).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def find_resume_checkpoint(run_dir: Path, resume: str) -> Path | None:
-    """checkpoint.resume -> a folder to load: '' none, 'auto' the newest complete one (or none), else a path."""
-    if not resume:
-        return None
-    if resume == "auto":
-        checkpoints = complete_checkpoints(run_dir)
-        return checkpoints[-1][1] if checkpoints else None
-    path = Path(resume).expanduser()
-    if not (path / META).is_file():
-        raise ConfigError(
-            f"checkpoint.resume={resume}: {path} is not a complete checkpoint folder (no {META}); "
-            f"use 'auto' or one of RUN_DIR/{CHECKPOINTS}/step_*")
-    return path
+# -- safe (de)serialisation of state dicts ---------------------------------------------------------------
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes of CPU, contiguous copies of `tensors`."""
+    return save_safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
-def export_generator(G: nn.Module, config: Config, out_dir: Path, step: int, is_ema: bool) -> None:
-    """generator.safetensors (+ generator.yaml with the config) for sampling without the trainer."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in G.state_dict().items()}
-    tmp_path = out_dir / f".{GENERATOR_WEIGHTS}.tmp"
-    save_file(state, str(tmp_path), metadata={"step": str(step), "ema": str(is_ema), "model": config.model.name})
-    os.replace(tmp_path, out_dir / GENERATOR_WEIGHTS)
-    _write_text_atomic(out_dir / GENERATOR_CONFIG, to_yaml(config))
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (CPU). Raises CheckpointError naming the file."""
+    try:
+        return load_safetensors_bytes(path.read_bytes())
+    except Exception as error:  # safetensors raises its own error types for bad headers/truncation
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from error
 
 
-def save_checkpoint(accelerator: Any, run_dir: Path, step: int, export: tuple[nn.Module, bool],
-                    config: Config, meta: dict[str, Any]) -> Path:
-    """Write checkpoints/step_N atomically. Called on EVERY rank (save_state writes per-rank RNG states).
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {error})") from error
 
-    export: (the generator to export, whether it is the EMA). meta: numbers recorded in meta.json.
+
+def optimizer_state_files(optimizer: torch.optim.Optimizer) -> tuple[bytes, str]:
+    """(safetensors bytes of the per-parameter tensors, JSON of the param groups and non-tensor state).
+
+    torch.optim state dicts are {"state": {index: {name: value}}, "param_groups": [...]}; tensors go to
+    safetensors under "state.<index>.<name>", everything else (numbers, booleans, lists) to JSON.
     """
-    root = Path(run_dir) / CHECKPOINTS
-    final_dir = root / step_dir_name(step)
-    tmp_dir = root / f".tmp-{step_dir_name(step)}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp_dir.exists():  # left over from a kill during an earlier write of this step
-            shutil.rmtree(tmp_dir)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp_dir))
-    if accelerator.is_main_process:
-        G, is_ema = export
-        export_generator(G, config, tmp_dir, step, is_ema)
-        write_json_atomic(tmp_dir / META, {**meta, "step": step, "num_processes": accelerator.num_processes})
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        # Checkpoints live on a filesystem every node sees (the model files come from the main process).
-        if final_dir.exists():
-            shutil.rmtree(final_dir)  # an older checkpoint of the same step (re-run after a resume)
-        os.replace(tmp_dir, final_dir)
-    accelerator.wait_for_everyone()
-    return final_dir
+    state_dict = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, per_param in state_dict["state"].items():
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    groups = [{key: list(value) if isinstance(value, tuple) else value for key, value in group.items()}
+              for group in state_dict["param_groups"]]
+    record = {"param_groups": groups, "scalar_state": scalars}
+    return tensors_to_bytes(tensors), json.dumps(record, sort_keys=True)
 
 
-def set_aside_newer_checkpoints(run_dir: Path, resumed_step: int) -> list[Path]:
-    """Resuming an older checkpoint explicitly starts a new trajectory: rename the newer checkpoints of the
-    abandoned one to `abandoned-...` (kept, never resumed by 'auto' nor deleted by retention). Main only."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    moved = []
-    for step, path in complete_checkpoints(run_dir):
-        if step > resumed_step:
-            target = path.with_name(f"abandoned-{stamp}-{path.name}")
-            os.replace(path, target)
-            moved.append(target)
-    return moved
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors_path: Path, json_path: Path) -> None:
+    """Inverse of `optimizer_state_files`. Raises CheckpointError naming the file on any mismatch."""
+    tensors = read_tensors(tensors_path)
+    record = read_json(json_path)
+    try:
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+        for index, values in record["scalar_state"].items():
+            state.setdefault(int(index), {}).update(values)
+        groups = [{key: tuple(value) if key == "betas" else value for key, value in group.items()}
+                  for group in record["param_groups"]]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{tensors_path} / {json_path}: optimizer state does not fit this run "
+                              f"({type(error).__name__}: {error})") from error
 
 
-def apply_retention(run_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints, never the best-FID one. Main process only."""
-    checkpoints = complete_checkpoints(run_dir)
-    best_step = read_best(run_dir).get("step")
-    removed = []
-    for step, path in checkpoints[:-keep_last] if keep_last > 0 else checkpoints:
-        if step == best_step:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+def load_module_state(module: nn.Module, path: Path) -> None:
+    try:
+        module.load_state_dict(read_tensors(path), strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit this model (was model.* changed?): "
+                              f"{str(error).splitlines()[0]}") from error
 
 
-def read_best(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / CHECKPOINTS / BEST
-    return json.loads(path.read_text()) if path.is_file() else {}
+# -- the exported generator ------------------------------------------------------------------------------
+
+@dataclass
+class GeneratorInfo:
+    """What an exported generator declares about itself (generator.yaml): enough to build G, nothing else."""
+
+    model: ModelConfig
+    dataset: str
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int  # 0 = unconditional
+    step: int
+    is_ema: bool
 
 
-def mark_best(run_dir: Path, step: int, metrics: dict[str, float]) -> None:
-    write_json_atomic(Path(run_dir) / CHECKPOINTS / BEST,
-                      {"step": step, "checkpoint": step_dir_name(step), "metrics": metrics})
+def generator_record_yaml(info: GeneratorInfo) -> str:
+    from omegaconf import OmegaConf
+
+    record = {"model": dataclasses.asdict(info.model), "dataset": info.dataset,
+              "image_shape": list(info.image_shape), "num_classes": info.num_classes, "step": info.step,
+              "is_ema": info.is_ema}
+    return OmegaConf.to_yaml(OmegaConf.create(record))
+
+
+def read_generator_record(path: Path) -> GeneratorInfo:
+    """Parse and validate a generator.yaml: only the model section and the dataset identity are read,
+    checked like any config (known names, bounded sizes). Unknown sections (e.g. a `data:` with URLs in a
+    shared file) are ignored, never used. Raises ConfigError naming the file and key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    origin = str(path)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as error:
+        raise ConfigError(f"{origin}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise ConfigError(f"{origin}: no 'model' section")
+    try:
+        schema = OmegaConf.structured(ModelConfig)
+        OmegaConf.set_struct(schema, True)
+        model: ModelConfig = OmegaConf.to_object(OmegaConf.merge(schema, raw["model"]))  # type: ignore[assignment]
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{origin}: key 'model.{getattr(error, 'key', '?')}': {str(error).splitlines()[0]}") from error
+    validate_model(model, origin)
+    dataset = raw.get("dataset")
+    shape = raw.get("image_shape")
+    num_classes = raw.get("num_classes", 0)
+    if not isinstance(dataset, str) or not dataset:
+        raise ConfigError(f"{origin}: key 'dataset' must name the dataset the generator was trained on")
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(v, int) for v in shape)
+            or shape[0] not in (1, 3) or not all(1 <= v <= MAX_IMAGE_SIZE for v in shape[1:])):
+        raise ConfigError(f"{origin}: key 'image_shape' must be [C, H, W] with C 1 or 3 and sizes in "
+                          f"[1, {MAX_IMAGE_SIZE}], got {shape!r}")
+    if not isinstance(num_classes, int) or not 0 <= num_classes <= MAX_CLASSES:
+        raise ConfigError(f"{origin}: key 'num_classes' must be an integer in [0, {MAX_CLASSES}]")
+    return GeneratorInfo(model=model, dataset=dataset, image_shape=(shape[0], shape[1], shape[2]),
+                         num_classes=num_classes, step=int(raw.get("step", -1)), is_ema=bool(raw.get("is_ema", False)))
+
+
+def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> dict[str, str]:
+    """generator.safetensors + generator.yaml into out_dir (each atomically); returns {name: sha256}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = tensors_to_bytes(G.state_dict(), metadata={"step": str(info.step), "ema": str(info.is_ema)})
+    digests = {}
+    tmp = out_dir / f".{GENERATOR_WEIGHTS}.tmp"
+    digests[GENERATOR_WEIGHTS] = write_bytes_durably(tmp, weights)
+    os.replace(tmp, out_dir / GENERATOR_WEIGHTS)
+    text = generator_record_yaml(info)
+    _write_text_atomic(out_dir / GENERATOR_RECORD, text)
+    digests[GENERATOR_RECORD] = hashlib.sha256(text.encode()).hexdigest()
+    return digests
 
 
 def _generator_source(run_dir: str | os.PathLike | None, checkpoint: str | os.PathLike | None) -> Path:
@@ -179,54 +278,189 @@ def _generator_source(run_dir: str | os.PathLike | None, checkpoint: str | os.Pa
 
 
 def load_generator(run_dir: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-                   use_ema: bool = True, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Config, int]:
-    """(G in eval mode, its config, training step) from a run folder or a checkpoint.
+                   use_ema: bool = True, map_location: str | torch.device = "cpu") -> tuple[nn.Module, GeneratorInfo]:
+    """(G in eval mode, what it declares) from a run folder, a checkpoint folder or a generator.safetensors.
 
-    The exported weights are G_ema when the run trained one; use_ema=False loads the raw G from the
-    checkpoint's accelerate state instead.
+    Only generator.yaml's model section and dataset identity are read (validated, bounded); the weights are
+    safetensors. The exported weights are G_ema when the run trained one; use_ema=False loads the raw G
+    from a checkpoint folder instead.
     """
-    from gan_dist.models import build_models
+    from gan_dist.models import build_generator
 
     weights_path = _generator_source(run_dir, checkpoint)
-    config = config_from_yaml((weights_path.parent / GENERATOR_CONFIG).read_text())
-    G, _ = build_models(config.model)
-    from safetensors import safe_open
-
-    with safe_open(str(weights_path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    state = load_file(str(weights_path), device=str(map_location))
-    raw_weights = weights_path.parent / "model.safetensors"  # accelerate's name for the first model (G)
-    if not use_ema and metadata.get("ema") == "True":
+    record_path = weights_path.with_name(GENERATOR_RECORD)
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path}: missing (it says which model the weights belong to)")
+    info = read_generator_record(record_path)
+    G = build_generator(info.model, info.image_shape, info.num_classes)
+    if not use_ema and info.is_ema:
+        raw_weights = weights_path.parent / "G.safetensors"
         if not raw_weights.is_file():
             raise FileNotFoundError(f"{weights_path.parent}: the raw G is only kept in checkpoints; "
                                     f"pass a checkpoint folder or drop --no-ema")
-        state = load_file(str(raw_weights), device=str(map_location))
-    G.load_state_dict(state)
+        weights_path = raw_weights
+        info = dataclasses.replace(info, is_ema=False)
+    try:
+        load_module_state(G, weights_path)
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from error
     G.to(map_location).eval()
-    return G, config, int(metadata.get("step", -1))
+    return G, info
 
 
-@torch.no_grad()
-def generate(G: nn.Module, num_images: int, seed: int, batch_size: int = 500,
-             device: str | torch.device = "cpu") -> torch.Tensor:
-    """num_images images (N, 1, 28, 28) in [-1, 1]; image i depends only on (seed, i), not on batch size."""
-    latent_dim = G.latent_dim
-    noise_rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(num_images, latent_dim, generator=noise_rng)  # (N, latent_dim)
-    return torch.cat([G(z[i:i + batch_size].to(device)).float().cpu() for i in range(0, num_images, batch_size)])
+# -- checkpoint folders ---------------------------------------------------------------------------------
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint with a completion marker, oldest first. Temp, damaged and
+    abandoned folders are never listed."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and (child / META).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
 
 
-def sample_command(run_dir: str | None, checkpoint: str | None, num_images: int, out_png: str,
-                   out_npz: str | None, seed: int, use_ema: bool) -> None:
-    """`gan-dist sample`: a grid PNG and optionally the raw uint8 images (N, 28, 28) in an .npz."""
-    import numpy as np
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check every file listed in meta.json (size, sha256); returns meta. Raises CheckpointError naming
+    the first problem (missing marker, older format, missing/truncated/modified file)."""
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: no {META} (an incomplete checkpoint)")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or not isinstance(
+            meta.get("files"), dict):
+        raise CheckpointError(f"{meta_path}: written by an older gan_dist (no file checksums); it cannot be "
+                              "verified or resumed safely")
+    for name, entry in sorted(meta["files"].items()):
+        file_path = path / name
+        if "/" in name or name.startswith("."):
+            raise CheckpointError(f"{meta_path}: lists an invalid file name {name!r}")
+        if not file_path.is_file():
+            raise CheckpointError(f"{file_path}: missing")
+        size = file_path.stat().st_size
+        if size != entry.get("size_bytes"):
+            raise CheckpointError(f"{file_path}: {size} bytes, {META} records {entry.get('size_bytes')} "
+                                  "(truncated or replaced)")
+        if sha256_of(file_path) != entry.get("sha256"):
+            raise CheckpointError(f"{file_path}: sha256 differs from {META} (modified or corrupt)")
+    return meta
 
-    from gan_dist.tracking import images_to_uint8, save_grid_png
 
-    G, config, step = load_generator(run_dir, checkpoint, use_ema=use_ema)
-    images = generate(G, num_images, seed)  # (N, 1, 28, 28)
-    save_grid_png(images, Path(out_png))
-    print(f"wrote {out_png}: {num_images} samples of {config.model.name} at step {step}")
-    if out_npz:
-        np.savez_compressed(out_npz, images=images_to_uint8(images))
-        print(f"wrote {out_npz}: images uint8 (N, 28, 28)")
+def set_aside(path: Path, reason: str, prefix: str = "damaged") -> Path:
+    """Rename a checkpoint out of the resume/retention namespace, keeping it for inspection."""
+    target = path.with_name(f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}")
+    os.replace(path, target)
+    _fsync_dir(path.parent)
+    (target / "SET_ASIDE.txt").write_text(reason + "\n")
+    return target
+
+
+def find_resume_checkpoint(run_dir: Path, resume: str,
+                           report: Callable[[str], None] | None = None) -> Path | None:
+    """checkpoint.resume -> a verified folder to load: '' none; 'auto' the newest checkpoint that verifies
+    (damaged newer ones are set aside with the reason, and the next older one is tried); else that path,
+    which must verify (CheckpointError naming the file otherwise). Main process only (it renames)."""
+    report = report or (lambda message: print(message, file=sys.stderr, flush=True))
+    if not resume:
+        return None
+    if resume == "auto":
+        for step, path in reversed(complete_checkpoints(run_dir)):
+            try:
+                verify_checkpoint(path)
+                return path
+            except CheckpointError as error:
+                moved = set_aside(path, str(error))
+                report(f"checkpoint at step {step} is damaged and was set aside as {moved.name}: {error}; "
+                       "trying the next older one")
+        return None
+    path = Path(resume).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint.resume={resume}: {path} is not a checkpoint folder; use 'auto' or one of "
+                          f"RUN_DIR/{CHECKPOINTS}/step_*")
+    verify_checkpoint(path)
+    return path
+
+
+def clean_interrupted_writes(run_dir: Path) -> list[str]:
+    """At start (main process): remove `.tmp-*` folders of killed writes; for `.old-step_N` (a kill between
+    the two renames of a replacement) restore it when step_N is missing, else remove it."""
+    root = Path(run_dir) / CHECKPOINTS
+    notes: list[str] = []
+    if not root.is_dir():
+        return notes
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".tmp-"):
+            shutil.rmtree(child, ignore_errors=True)
+            notes.append(f"removed the unfinished checkpoint write {child.name}")
+        elif child.name.startswith(".old-"):
+            final = root / child.name[len(".old-"):]
+            if final.exists():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                os.replace(child, final)
+                notes.append(f"restored {final.name} (a replacement of it was interrupted)")
+    _fsync_dir(root)
+    return notes
+
+
+def publish_checkpoint(tmp_dir: Path, final_dir: Path, files: dict[str, str], meta: dict[str, Any]) -> None:
+    """Main process, once every file is in tmp_dir and fsynced: write meta.json (sizes + sha256 of every
+    file), fsync the folder, and rename it into place (moving an existing step aside first)."""
+    entries = {name: {"sha256": digest, "size_bytes": (tmp_dir / name).stat().st_size}
+               for name, digest in sorted(files.items())}
+    write_bytes_durably(tmp_dir / META, (json.dumps(
+        {**meta, "format_version": FORMAT_VERSION, "files": entries}, indent=2, sort_keys=True) + "\n").encode())
+    _fsync_dir(tmp_dir)
+    old_dir = final_dir.with_name(f".old-{final_dir.name}")
+    if final_dir.exists():
+        if old_dir.exists():
+            shutil.rmtree(old_dir)
+        os.replace(final_dir, old_dir)
+    os.replace(tmp_dir, final_dir)
+    _fsync_dir(final_dir.parent)
+    if old_dir.exists():
+        shutil.rmtree(old_dir)
+
+
+def set_aside_newer_checkpoints(run_dir: Path, resumed_step: int) -> list[Path]:
+    """Resuming an older checkpoint explicitly starts a new trajectory: rename the newer checkpoints of the
+    abandoned one to `abandoned-...` (kept, never resumed by 'auto' nor deleted by retention). Main only."""
+    moved = []
+    for step, path in complete_checkpoints(run_dir):
+        if step > resumed_step:
+            moved.append(set_aside(path, f"abandoned: the run was resumed explicitly from step {resumed_step}",
+                                   prefix="abandoned"))
+    return moved
+
+
+def apply_retention(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints, never the best-FID one. Main process only.
+
+    Only called after a new checkpoint was published, and every published checkpoint is finite (the
+    trainer checks before saving), so the newest finite checkpoint always survives."""
+    checkpoints = complete_checkpoints(run_dir)
+    best_step = read_best(run_dir).get("step")
+    removed = []
+    for step, path in checkpoints[:-keep_last] if keep_last > 0 else checkpoints:
+        if step == best_step:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def read_best(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / CHECKPOINTS / BEST
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def mark_best(run_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    write_json_atomic(Path(run_dir) / CHECKPOINTS / BEST,
+                      {"step": step, "checkpoint": step_dir_name(step), "metrics": metrics})

@@ -1,4 +1,4 @@
-"""GAN losses on logits against hand-computed values; label smoothing; accuracy; dtypes under autocast."""
+"""The adversarial losses on logits against hand-computed values; label smoothing; accuracy; dtypes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,22 @@ import math
 import pytest
 import torch
 
-from gan_dist.losses import discriminator_loss, generator_loss, stats_to_floats
+from gan_dist.objectives.adversarial import (
+    hinge_d_loss,
+    lsgan_d_loss,
+    lsgan_g_loss,
+    ns_d_loss,
+    ns_g_loss,
+    wasserstein_d_loss,
+    wasserstein_g_loss,
+)
 
 LOG2 = math.log(2.0)
+discriminator_loss, generator_loss = ns_d_loss, ns_g_loss
+
+
+def stats_to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {key: value.item() for key, value in stats.items()}
 
 
 def softplus(x: float) -> float:
@@ -112,15 +125,40 @@ def test_losses_are_float32_under_bf16_autocast_and_from_half_logits() -> None:
     assert half_loss.dtype == torch.float32
 
 
-def test_stats_are_detached_scalars_and_convert_in_one_call() -> None:
+def test_stats_are_detached_scalars() -> None:
     real = torch.randn(5, requires_grad=True)
     fake = torch.randn(5, requires_grad=True)
     loss, stats = discriminator_loss(real, fake)
     assert loss.requires_grad and loss.ndim == 0
     assert set(stats) == {"d_loss", "d_loss_real", "d_loss_fake", "d_real", "d_fake", "d_accuracy"}
     assert all(v.ndim == 0 and not v.requires_grad for v in stats.values())
-    floats = stats_to_floats(stats)
-    assert all(type(v) is float for v in floats.values())
-    assert floats == pytest.approx({k: v.item() for k, v in stats.items()})
     assert set(generator_loss(fake)[1]) == {"g_loss", "d_fake_for_g"}
-    assert stats_to_floats({}) == {}
+
+
+def test_lsgan_against_hand_computed_values() -> None:
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-1.0, 0.25])
+    loss, stats = lsgan_d_loss(real, fake)
+    expected_real = 0.5 * ((2.0 - 1) ** 2 + (0.5 - 1) ** 2) / 2  # 0.5 E[(D(x) - 1)^2]
+    expected_fake = 0.5 * ((-1.0) ** 2 + 0.25**2) / 2  # 0.5 E[D(G(z))^2]
+    assert loss.item() == pytest.approx(expected_real + expected_fake)
+    assert stats["d_loss_real"].item() == pytest.approx(expected_real)
+    g_loss, _ = lsgan_g_loss(fake)
+    assert g_loss.item() == pytest.approx(0.5 * ((-1.0 - 1) ** 2 + (0.25 - 1) ** 2) / 2)
+    optimum, _ = lsgan_d_loss(torch.ones(3), torch.zeros(3))  # D(x) = b = 1, D(G(z)) = a = 0
+    assert optimum.item() == 0.0
+
+
+def test_wasserstein_and_hinge_against_hand_computed_values() -> None:
+    real, fake = torch.tensor([3.0, 0.5, -0.5]), torch.tensor([-2.0, 0.0, 1.5])
+    loss, stats = wasserstein_d_loss(real, fake)
+    assert loss.item() == pytest.approx((-2.0 + 0.0 + 1.5) / 3 - (3.0 + 0.5 - 0.5) / 3)
+    assert stats["wasserstein"].item() == pytest.approx(-loss.item())
+    g_loss, _ = wasserstein_g_loss(fake)
+    assert g_loss.item() == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3)
+    # hinge: E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]
+    h_loss, h_stats = hinge_d_loss(real, fake)
+    expected_real = (0.0 + 0.5 + 1.5) / 3
+    expected_fake = (0.0 + 1.0 + 2.5) / 3
+    assert h_loss.item() == pytest.approx(expected_real + expected_fake)
+    assert h_stats["d_loss_real"].item() == pytest.approx(expected_real)
+    assert hinge_d_loss(torch.full((2,), 5.0), torch.full((2,), -5.0))[0].item() == 0.0  # outside the margins

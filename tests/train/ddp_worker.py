@@ -1,9 +1,10 @@
 """Worker for tests/train/test_ddp.py: run under torchrun with 1 or 2 processes.
 
-Every process builds the same global batch for each step (real images and noise from a per-step seed)
-and trains on its slice, so 2 processes x B see exactly the samples of 1 process x 2B.
-Writes the final G and D parameters (rank 0) and, per step, whether all ranks held identical
-parameters.
+Every process builds the same global batch for each step (real images, labels and every random draw of
+the step from a per-step seed) and trains on its slice, so 2 processes x B see exactly the samples of
+1 process x 2B. The draws reach the step through its noise seam (`GANStep.noise`), the batches through
+its batch iterator: the Trainer's real step, DDP and objective run unchanged. Writes the final G and D
+parameters (rank 0) and, per step, whether all ranks held identical parameters.
 """
 
 import os
@@ -15,22 +16,48 @@ from gan_dist.config import load_config
 from gan_dist.train import Trainer
 
 
+class SlicedNoise:
+    """The step's draws, each the rank's slice of a global draw made identically on every rank."""
+
+    def __init__(self, rng: torch.Generator, rank: int, world_size: int) -> None:
+        self.rng, self.rank, self.world_size = rng, rank, world_size
+
+    def _slice(self, global_draw: torch.Tensor) -> torch.Tensor:
+        local = global_draw.shape[0] // self.world_size
+        return global_draw[self.rank * local:(self.rank + 1) * local]
+
+    def latent(self, batch_size: int, latent_dim: int) -> torch.Tensor:
+        return self._slice(torch.randn(batch_size * self.world_size, latent_dim, generator=self.rng))
+
+    def labels(self, batch_size: int, num_classes: int) -> torch.Tensor:
+        return self._slice(torch.randint(num_classes, (batch_size * self.world_size,), generator=self.rng))
+
+    def mix(self, batch_size: int) -> torch.Tensor:
+        return self._slice(torch.rand(batch_size * self.world_size, generator=self.rng))
+
+
 def main(out_path: str, model_name: str, global_batch: int, num_steps: int, *overrides: str) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_batch = global_batch // world_size
     config = load_config("configs/debug.yaml", [
-        f"model.name={model_name}", f"train.batch_size_per_process={global_batch // world_size}",
+        f"model.name={model_name}", f"train.batch_size_per_process={local_batch}",
         "log.tracker=none", "run.name=ddp", f"run.out_dir={out_path}.runs", "dist.cpu=true", *overrides])
     trainer = Trainer(config)
     rank = trainer.accelerator.process_index
-    local_batch = global_batch // world_size
     identical_after_step = []
     initial_G = {k: v.clone() for k, v in trainer.G_raw.state_dict().items()}
+    shape = trainer.dataset.image_shape
+    num_batches = config.train.d_steps_per_g * config.train.gradient_accumulation_steps
     for step in range(num_steps):
         rng = torch.Generator().manual_seed(1000 + step)
-        real = torch.rand(global_batch, 1, 28, 28, generator=rng) * 2 - 1  # (2B, 1, 28, 28)
-        z = torch.randn(global_batch, config.model.latent_dim, generator=rng)  # (2B, latent)
-        part = slice(rank * local_batch, (rank + 1) * local_batch)
-        trainer.train_step(real[part], z[part])
+        batches = []
+        for _ in range(num_batches):
+            real = torch.rand(global_batch, *shape, generator=rng) * 2 - 1  # (2B, C, H, W)
+            labels = torch.randint(10, (global_batch,), generator=rng)  # (2B,)
+            part = slice(rank * local_batch, (rank + 1) * local_batch)
+            batches.append((real[part], labels[part]))
+        trainer.step.noise = SlicedNoise(rng, rank, world_size)
+        trainer.step.run(iter(batches))
         params = torch.cat([p.detach().flatten() for m in (trainer.G_raw, trainer.D_raw) for p in m.parameters()])
         if world_size > 1:
             gathered = [torch.empty_like(params) for _ in range(world_size)]
@@ -44,7 +71,7 @@ def main(out_path: str, model_name: str, global_batch: int, num_steps: int, *ove
                     "initial_G": initial_G,
                     "identical_after_step": identical_after_step,
                     "world_size": trainer.accelerator.num_processes}, out_path)
-    trainer.accelerator.end_training()
+    trainer.close(succeeded=True)
 
 
 if __name__ == "__main__":

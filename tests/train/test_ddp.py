@@ -13,21 +13,41 @@ from tests.distributed import run_processes
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def test_two_processes_match_one_process_with_the_global_batch(tmp_path):
-    """MLP GAN without dropout or BN: 2 x B equals 1 x 2B, parameter for parameter, after several steps."""
-    args = ["mlp", "16", "6", "model.d_dropout=0.0", "model.g_width=32", "model.d_width=32"]
-    run_processes(WORKER, 1, [str(tmp_path / "one.pt"), *args])
-    run_processes(WORKER, 2, [str(tmp_path / "two.pt"), *args])
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+def _assert_two_match_one(tmp_path, name: str, args: list[str]) -> None:
+    run_processes(WORKER, 1, [str(tmp_path / f"{name}1.pt"), *args])
+    run_processes(WORKER, 2, [str(tmp_path / f"{name}2.pt"), *args])
+    one, two = torch.load(tmp_path / f"{name}1.pt"), torch.load(tmp_path / f"{name}2.pt")
     assert (one["world_size"], two["world_size"]) == (1, 2)
     for model in ("G", "D"):
-        for name, value in one[model].items():
-            torch.testing.assert_close(two[model][name], value, atol=1e-5, rtol=1e-4, msg=f"{model}.{name}")
+        for key, value in one[model].items():
+            torch.testing.assert_close(two[model][key], value, atol=1e-5, rtol=1e-4, msg=f"{model}.{key}")
     # Training really moved every G parameter, so equality is not that of two untouched copies.
     assert all(not torch.equal(one["G"][k], one["initial_G"][k]) for k in one["G"])
+    assert two["identical_after_step"] == [True] * len(two["identical_after_step"])
 
 
-def test_keras_dcgan_ranks_hold_identical_parameters_after_every_step(tmp_path):
+MLP = ["model.d_dropout=0.0", "model.g_width=32", "model.d_width=32"]
+
+
+def test_two_processes_match_one_process_with_the_global_batch(mnist_shards, tmp_path):
+    """MLP GAN without dropout or BN: 2 x B equals 1 x 2B, parameter for parameter, after several steps."""
+    _assert_two_match_one(tmp_path, "ns", ["mlp", "16", "6", *MLP])
+
+
+def test_wgan_gp_double_backward_under_ddp_matches_one_process(mnist_shards, tmp_path):
+    """The gradient penalty's double backward through the DDP-wrapped critic, 5 critic steps per G step,
+    and gradient accumulation: 2 processes equal 1 process with the same global batch."""
+    _assert_two_match_one(tmp_path, "wgan", ["mlp", "16", "3", *MLP, "loss.name=wgan_gp",
+                                             "train.d_steps_per_g=3", "train.gradient_accumulation_steps=2"])
+
+
+def test_conditional_projection_with_r1_matches_one_process(mnist_shards, tmp_path):
+    """A class-conditional G and a projection D with the R1 penalty: 2 processes equal 1."""
+    _assert_two_match_one(tmp_path, "cond", ["mlp", "16", "4", *MLP, "model.conditioning=projection",
+                                             "loss.name=hinge", "loss.r1_gamma=1.0"])
+
+
+def test_keras_dcgan_ranks_hold_identical_parameters_after_every_step(mnist_shards, tmp_path):
     run_processes(WORKER, 2, [str(tmp_path / "two.pt"), "keras_dcgan", "8", "4"])
     result = torch.load(tmp_path / "two.pt")
     assert result["world_size"] == 2

@@ -38,16 +38,20 @@ def test_short_run_writes_losses_grids_checkpoints_and_export(mnist_shards, tmp_
     losses = LOG_LINE.findall(capsys.readouterr().out)
     assert [int(step) for step, *_ in losses] == [2, 4, 6, 8]
     assert all(math.isfinite(float(value)) for _, d_loss, acc, g_loss in losses for value in (d_loss, acc, g_loss))
-    # Grids at step 1, every sample_every (4) and at the end; 2x2 grid of 28x28 images with 2px padding.
+    # Grids at step 1, every sample_every (4) and at the end; 2x2 grid of 28x28 images with 2px padding,
+    # each pixel shown as a 4x4 block (log.grid_pixel_scale=0: auto, 28 -> 4).
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
         "step_00000001.png", "step_00000004.png", "step_00000008.png"]
-    assert Image.open(run_dir / "samples" / "step_00000008.png").size == (2 + 2 * 30, 2 + 2 * 30)
+    assert Image.open(run_dir / "samples" / "step_00000008.png").size == (4 * (2 + 2 * 30), 4 * (2 + 2 * 30))
     # keep_last=1: only the final checkpoint remains, complete, with its exported generator.
     assert [step for step, _ in complete_checkpoints(run_dir)] == [8]
     final = run_dir / "checkpoints" / "step_00000008"
-    for name in ("model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin",
-                 "random_states_0.pkl", "custom_checkpoint_0.pkl", "generator.safetensors", "meta.json"):
-        assert (final / name).is_file(), name
+    names = {p.name for p in final.iterdir()}
+    assert names == {"G.safetensors", "D.safetensors", "optimizer_G.safetensors", "optimizer_G.json",
+                     "optimizer_D.safetensors", "optimizer_D.json", "rng_rank0.safetensors", "rng_rank0.json",
+                     "train_state.json", "generator.safetensors", "generator.yaml", "meta.json"}
+    assert not [name for name in names if name.endswith((".pkl", ".bin", ".pt"))]  # nothing unpickled, ever
+    assert json.loads((run_dir / "run.json").read_text())["mixed_precision"] == "no"
     done = json.loads((run_dir / "done.json").read_text())
     assert (done["step"], done["images_seen"], done["num_processes"]) == (8, 64, 1)
     assert load_config(run_dir / "config.yaml") == load_config(
@@ -59,14 +63,16 @@ def test_short_run_writes_losses_grids_checkpoints_and_export(mnist_shards, tmp_
                      "--npz", str(npz_path)]) == 0
     images = np.load(npz_path)["images"]
     assert images.shape == (16, 28, 28) and images.dtype == np.uint8
-    assert Image.open(grid_path).size == (2 + 4 * 30, 2 + 4 * 30)
+    assert Image.open(grid_path).size == (4 * (2 + 4 * 30), 4 * (2 + 4 * 30))
 
 
 def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
     step, path = complete_checkpoints(run_dir)[-1]
-    tensors = {f"G.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
-    tensors.update({f"D.{k}": v for k, v in load_file(str(path / "model_1.safetensors")).items()})
-    tensors.update({f"G_ema.{k}": v for k, v in load_file(str(path / "generator.safetensors")).items()})
+    tensors = {f"G.{k}": v for k, v in load_file(str(path / "G.safetensors")).items()}
+    tensors.update({f"D.{k}": v for k, v in load_file(str(path / "D.safetensors")).items()})
+    tensors.update({f"G_ema.{k}": v for k, v in load_file(str(path / "G_ema.safetensors")).items()})
+    for name in ("optimizer_G.safetensors", "optimizer_D.safetensors"):
+        tensors.update({f"{name}.{k}": v for k, v in load_file(str(path / name)).items()})
     return tensors
 
 
@@ -74,7 +80,7 @@ def _kill_self_when(trainer: Trainer, step: int) -> threading.Thread:
     """SIGUSR1 to this process once the trainer reaches `step`, as SLURM does before a time limit."""
 
     def watch() -> None:
-        while trainer.state.step < step:
+        while trainer.counters.step < step:
             time.sleep(0.005)
         os.kill(os.getpid(), signal.SIGUSR1)
 
@@ -100,7 +106,7 @@ def test_preempted_then_resumed_equals_uninterrupted(mnist_shards, tmp_path):
     assert not (tmp_path / "split" / "done.json").exists()
 
     resumed = Trainer(debug_config(mnist_shards, tmp_path, "run.name=split", "checkpoint.resume=auto", *overrides))
-    assert resumed.state.step == stopped_at[0]
+    assert resumed.counters.step == stopped_at[0]
     try:
         assert resumed.fit() == 0
     finally:
@@ -125,7 +131,7 @@ def test_resume_auto_ignores_partial_checkpoints(mnist_shards, tmp_path):
     assert find_resume_checkpoint(run_dir, "auto") == run_dir / "checkpoints" / "step_00000004"
     resumed = Trainer(debug_config(mnist_shards, tmp_path, "run.name=r", "train.num_steps=6", "checkpoint.resume=auto"))
     try:
-        assert resumed.state.step == 4
+        assert resumed.counters.step == 4
         assert resumed.fit() == 0
     finally:
         resumed.close()
@@ -144,8 +150,8 @@ def test_bf16_autocast_trains_on_cpu(mnist_shards, tmp_path):
     try:
         assert trainer.accelerator.mixed_precision == "bf16"
         real = torch.rand(8, 1, 28, 28) * 2 - 1
-        stats = trainer.train_step(real)
-        assert all(torch.isfinite(v) for v in stats.values())
+        for stats in trainer.step.run(iter([(real, torch.zeros(8, dtype=torch.int64))])):
+            assert all(torch.isfinite(v) for v in stats.values())
         with trainer.accelerator.autocast():
             assert trainer.G(torch.randn(2, config.model.latent_dim)).dtype == torch.float32  # outputs upcast
         assert trainer.fit() == 0
@@ -193,7 +199,7 @@ def test_tensorboard_tracker_writes_events(mnist_shards, tmp_path):
 
 def test_precision_from_accelerate_launch_is_honoured_or_refused(monkeypatch):
     from gan_dist.config import ConfigError
-    from gan_dist.train import precision_with_launcher
+    from gan_dist.train.accelerator import precision_with_launcher
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert precision_with_launcher("no") == "bf16"  # the config left the default: the launcher decides

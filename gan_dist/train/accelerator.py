@@ -1,0 +1,158 @@
+"""The Accelerator and everything resolved with it (precision, device, Adam's kernels), shared by training
+and evaluation so that both run the same way on 1 CPU process, N gloo processes or many GPUs.
+
+Resolved values go into the run record (`RunRecord`), never back into the user's config.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from gan_dist.config import ConfigError, DistConfig
+
+
+def cpu_supports_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo: bf16 autocast on the CPU is fast there."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_mixed_precision(mode: str, use_cpu: bool) -> str:
+    """train.mixed_precision -> what Accelerate gets. fp16 needs a GPU (CPU autocast has no fp16 scaler path)."""
+    if mode == "auto":
+        if use_cpu:
+            return "bf16" if cpu_supports_bf16() else "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "fp16" and use_cpu:
+        raise ConfigError("key 'train.mixed_precision': fp16 needs a CUDA GPU; use bf16 (or auto) on CPUs")
+    return mode
+
+
+def precision_with_launcher(configured: str) -> str:
+    """train.mixed_precision, reconciled with `accelerate launch --mixed_precision` / its config file.
+
+    The launcher exports ACCELERATE_MIXED_PRECISION. An Accelerator given an explicit precision ignores
+    it, so a user's `--mixed_precision bf16` would silently train in fp32: instead, the launcher's choice
+    is taken when the config leaves the default ("no"), and a real disagreement is an error.
+    """
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher in ("no", "") or launcher == configured:
+        return configured
+    if configured == "no":
+        print(f"train.mixed_precision: using {launcher} from accelerate launch (ACCELERATE_MIXED_PRECISION)",
+              file=sys.stderr)
+        return launcher
+    raise ConfigError(f"train.mixed_precision={configured} but accelerate launch asked for {launcher} "
+                      "(--mixed_precision / its config file): make them agree")
+
+
+def uses_cpu(dist: DistConfig) -> bool:
+    return dist.cpu or not torch.cuda.is_available()
+
+
+def build_accelerator(dist: DistConfig, mixed_precision: str = "no", log_with: str | None = None,
+                      project_dir: str = ".") -> Any:
+    """An Accelerator for `dist` with a resolved precision (no | fp16 | bf16).
+
+    Gradient accumulation is not delegated to Accelerate (gradient_accumulation_steps stays 1): the step
+    runs its own D and G micro-batch loops (gan_dist/train/step.py) and uses `no_sync` itself. On a
+    machine without a GPU the Accelerator is created with cpu=True, which makes N launched processes form
+    a gloo group; a WORLD_SIZE that disagrees with the group size is refused (the processes would
+    otherwise train alone, silently).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
+
+    # torch >= 2.12 deprecates DDP's broadcast_buffers for forward_sync_buffers, which Accelerate's
+    # DistributedDataParallelKwargs cannot pass yet; broadcast_buffers=False is still what we mean.
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+    accelerator = Accelerator(
+        cpu=uses_cpu(dist),
+        mixed_precision=mixed_precision,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(broadcast_buffers=dist.broadcast_buffers,
+                                          find_unused_parameters=dist.find_unused_parameters),
+            InitProcessGroupKwargs(timeout=timedelta(seconds=dist.timeout_s)),
+        ],
+    )
+    expected_world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected_world_size:
+        raise RuntimeError(
+            f"WORLD_SIZE={expected_world_size} but the process group has {accelerator.num_processes} "
+            "process(es): the processes are running alone. Launch with `accelerate launch --multi_gpu "
+            "--num_processes N` (see launch/accelerate/); on CPUs also set dist.cpu=true or ACCELERATE_USE_CPU=1.")
+    return accelerator
+
+
+def release_accelerator(accelerator: Any) -> None:
+    """Destroy the process group and clear Accelerate's process-wide singletons, so that a later
+    Accelerator in the same process (bench, tests) may use other settings."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    accelerator.end_training()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def adam_implementation(requested: str, device: torch.device) -> str:
+    """optim.implementation -> fused | foreach | for_loop. fused runs Adam in one kernel per parameter
+    group with its step counters on the device (no host sync; foreach reads each step counter with
+    .item()); it exists for CUDA and, since torch 2.4, for the CPU."""
+    if requested != "auto":
+        return requested
+    return "fused" if device.type in ("cuda", "cpu") else "foreach"
+
+
+def adam_kwargs(implementation: str) -> dict[str, bool]:
+    """Keyword arguments of torch.optim.Adam for a resolved implementation."""
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[implementation]
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """cudnn autotuning and TF32 matmuls on GPUs (fp32 runs: TF32 keeps 10 mantissa bits, as bf16 has 7);
+    deterministic algorithms when run.deterministic asks for them (slower)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        return
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+@dataclass
+class RunRecord:
+    """Values resolved at start-up, written to RUN_DIR/run.json (the user's config stays as given)."""
+
+    run_name: str
+    run_dir: str
+    run_id: str
+    mixed_precision: str
+    num_processes: int
+    device: str
+    adam_implementation: str
+    dataset: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    global_batch_size: int
+    start_step: int
+    resumed_from: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["image_shape"] = list(self.image_shape)
+        return record

@@ -1,0 +1,238 @@
+"""One training step: `train.d_steps_per_g` D steps, then one G step, each over
+`train.gradient_accumulation_steps` micro-batches, with the objective computing every loss.
+
+    for each of d_steps_per_g D steps:
+        for each micro-batch:  real, labels = next(batches); fake = G(z, y)         # (B, C, H, W)
+                               loss, stats = objective.d_phase(D, real, fake.detach(), ...); backward
+        clip, opt_d.step()
+    for each micro-batch:      loss, stats = objective.g_phase(D_unwrapped, fake, y); backward into G only
+    clip, opt_g.step(); G_ema <- lerp(G_ema, G, 1 - decay)
+
+With one micro-batch (the default), the G forward of the last D step is shared with the G phase, as in
+the seed (one G forward per step). With accumulation, the G phase draws its own noise per micro-batch
+(keeping every micro-batch's graph alive would defeat the memory saving).
+
+Rules (DESIGN.md): G and D are separate DDP modules; D's DDP wrapper is used only in the D phase; the G
+phase calls D unwrapped and restricts the backward to G's parameters (`inputs=`), so D gets neither
+gradients nor an all-reduce there, without toggling requires_grad. Accumulation is done here, not by
+Accelerate: `no_sync` on all but the last micro-batch of a phase, losses divided by the micro-batch count;
+D's optimizer step (and fp16's scaler update) ends the D phase before G's micro-batches start, so one
+shared GradScaler is consistent within each phase.
+
+No host syncs: noise comes from a per-rank generator on the device (`NoiseSource`, checkpointed), fused
+Adam keeps its step counters on the device, statistics stay tensors, counters are Python ints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from gan_dist.objectives import DPhaseInputs, Objective
+
+Stats = dict[str, Tensor]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from the parts' reprs, the same in every process (no hash randomization)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+class Noise(Protocol):
+    """Where the step's randomness comes from (z, the classes asked of G, interpolation weights)."""
+
+    def latent(self, batch_size: int, latent_dim: int) -> Tensor: ...
+    def labels(self, batch_size: int, num_classes: int) -> Tensor: ...
+    def mix(self, batch_size: int) -> Tensor: ...
+
+
+class NoiseSource:
+    """A torch.Generator on the training device, seeded from (run.seed, rank): draws need no host sync,
+    differ across ranks, and resume exactly from the checkpointed generator state."""
+
+    def __init__(self, seed: int, rank: int, device: torch.device) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(derive_seed(seed, rank, "noise"))
+
+    def latent(self, batch_size: int, latent_dim: int) -> Tensor:
+        """z (B, latent_dim) ~ N(0, I)."""
+        return torch.randn(batch_size, latent_dim, generator=self.generator, device=self.device)
+
+    def labels(self, batch_size: int, num_classes: int) -> Tensor:
+        """Classes asked of G (B,), uniform over num_classes."""
+        return torch.randint(num_classes, (batch_size,), generator=self.generator, device=self.device)
+
+    def mix(self, batch_size: int) -> Tensor:
+        """Interpolation weights (B,) ~ U[0, 1] (WGAN-GP)."""
+        return torch.rand(batch_size, generator=self.generator, device=self.device)
+
+    def get_state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
+
+
+class EMA:
+    """Exponential moving average of G's parameters and floating-point buffers (BatchNorm statistics).
+
+    Written here rather than with torch.optim.swa_utils.AveragedModel, whose update tests
+    `n_averaged == 0` on a device tensor (a host sync every step). The first update copies G, as
+    AveragedModel does; later ones compute ema <- ema + (1 - decay) * (G - ema) with foreach kernels.
+    `decay_at(step)` ramps the decay up at the start (`warmup_steps`), so early, poor weights fade fast.
+    """
+
+    def __init__(self, G: nn.Module, decay: float, warmup_steps: int = 0) -> None:
+        self.module = copy.deepcopy(G).requires_grad_(False)
+        self.decay = decay
+        self.warmup_steps = warmup_steps
+        self.num_updates = 0
+
+    def decay_at(self, step: int) -> float:
+        """decay, or (1 + step) / (warmup + 1 + step) while that is smaller (a half-life growing with step)."""
+        if self.warmup_steps <= 0:
+            return self.decay
+        return min(self.decay, (1.0 + step) / (self.warmup_steps + 1.0 + step))
+
+    def _pairs(self, G: nn.Module) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        ema_float, src_float, ema_other, src_other = [], [], [], []
+        for ema_tensor, tensor in zip(self.module.state_dict().values(), G.state_dict().values(), strict=True):
+            if ema_tensor.is_floating_point():
+                ema_float.append(ema_tensor)
+                src_float.append(tensor.detach())
+            else:
+                ema_other.append(ema_tensor)
+                src_other.append(tensor)
+        return ema_float, src_float, ema_other, src_other
+
+    @torch.no_grad()
+    def update(self, G: nn.Module, step: int) -> None:
+        ema_float, src_float, ema_other, src_other = self._pairs(G)
+        if self.num_updates == 0:
+            torch._foreach_copy_(ema_float, src_float)
+        else:
+            torch._foreach_lerp_(ema_float, src_float, 1.0 - self.decay_at(step))
+        for ema_tensor, tensor in zip(ema_other, src_other, strict=True):
+            ema_tensor.copy_(tensor)
+        self.num_updates += 1
+
+
+@dataclass
+class StepCounters:
+    """Progress, identical on every rank (the ranks step in lockstep); saved in train_state.json."""
+
+    step: int = 0  # G steps taken
+    d_steps: int = 0  # D steps taken (d_steps_per_g per G step)
+    batches: int = 0  # real batches consumed by this rank (the data stream resumes from here)
+    images_seen: int = 0  # real images consumed by all ranks
+
+
+class GANStep:
+    """Runs one G step (with its D steps) on the parts the Trainer built. See the module docstring."""
+
+    def __init__(self, *, accelerator: Any, G: nn.Module, D: nn.Module, G_raw: nn.Module, D_for_g: nn.Module,
+                 D_raw: nn.Module, opt_g: Any, opt_d: Any, objective: Objective, ema: EMA | None, noise: Noise,
+                 counters: StepCounters, latent_dim: int, num_classes: int, d_steps_per_g: int,
+                 accumulation_steps: int, grad_clip_norm: float, channels_last: bool) -> None:
+        self.accelerator = accelerator
+        self.G, self.D = G, D  # as prepared (DDP-wrapped when several processes)
+        self.G_raw, self.D_raw = G_raw, D_raw  # the plain modules (parameters, clipping, EMA)
+        self.D_for_g = D_for_g  # D without DDP (compiled when train.compile), for the G phase
+        self.opt_g, self.opt_d = opt_g, opt_d
+        self.objective = objective
+        self.ema = ema
+        self.noise = noise
+        self.counters = counters
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes  # 0: unconditional (labels are not passed to G or D)
+        self.d_steps_per_g = d_steps_per_g
+        self.accumulation_steps = accumulation_steps
+        self.grad_clip_norm = grad_clip_norm
+        self.channels_last = channels_last
+        self.g_params = [p for p in G_raw.parameters() if p.requires_grad]
+        self.world_size = accelerator.num_processes
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _sync_context(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces on the last micro-batch of a phase only (forward and backward in the context)."""
+        if last_micro_batch or self.world_size == 1:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(model)
+
+    def _grad_scale(self) -> Tensor | None:
+        """fp16's current loss scale as a device tensor (no host read), for gradient penalties."""
+        scaler = self.accelerator.scaler
+        if scaler is None or not self.objective.penalizes_gradients:
+            return None
+        return scaler.scale(torch.ones((), device=self.accelerator.device))
+
+    def _draw(self, batch_size: int) -> tuple[Tensor, Tensor | None]:
+        z = self.noise.latent(batch_size, self.latent_dim)  # (B, latent_dim)
+        labels = self.noise.labels(batch_size, self.num_classes) if self.num_classes else None  # (B,)
+        return z, labels
+
+    def _optimizer_step(self, optimizer: Any, model: nn.Module) -> None:
+        if self.grad_clip_norm > 0:
+            self.accelerator.unscale_gradients(optimizer=optimizer)  # fp16: clip true gradients
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip_norm, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # -- the step -----------------------------------------------------------------------------------
+    def run(self, batches: Iterator[tuple[Tensor, Tensor]]) -> list[Stats]:
+        """One G step and its D steps; returns each micro-batch's statistics (detached tensors)."""
+        accelerator = self.accelerator
+        micro_batches = self.accumulation_steps
+        share_fake = micro_batches == 1  # the seed's one G forward per step
+        all_stats: list[Stats] = []
+        kept: tuple[Tensor, Tensor | None] | None = None
+        grad_scale = self._grad_scale()
+        for d_step in range(self.d_steps_per_g):
+            keep = share_fake and d_step == self.d_steps_per_g - 1
+            for micro in range(micro_batches):
+                real, labels = next(batches)  # (B, C, H, W) float32 on the device, (B,)
+                batch_size = real.shape[0]
+                with self._sync_context(self.D, micro == micro_batches - 1):
+                    z, fake_labels = self._draw(batch_size)
+                    with accelerator.autocast(), torch.set_grad_enabled(keep):
+                        fake = self.G(z, fake_labels)  # (B, C, H, W); graph kept for the G phase if keep
+                    mix = self.noise.mix(batch_size) if self.objective.needs_mix else None
+                    inputs = DPhaseInputs(real=real, real_labels=labels if self.num_classes else None,
+                                          fake=fake.detach(), fake_labels=fake_labels, mix=mix,
+                                          d_step_index=self.counters.d_steps, grad_scale=grad_scale)
+                    with accelerator.autocast():
+                        loss, stats = self.objective.d_phase(self.D, inputs)
+                    accelerator.backward(loss / micro_batches if micro_batches > 1 else loss)
+                if keep:
+                    kept = (fake, fake_labels)
+                all_stats.append(stats)
+                self.counters.batches += 1
+                self.counters.images_seen += batch_size * self.world_size
+            self._optimizer_step(self.opt_d, self.D_raw)
+            self.counters.d_steps += 1
+        for micro in range(micro_batches):
+            with self._sync_context(self.G, micro == micro_batches - 1):
+                if kept is not None:
+                    fake, fake_labels = kept
+                else:
+                    z, fake_labels = self._draw(batch_size)
+                    with accelerator.autocast():
+                        fake = self.G(z, fake_labels)  # (B, C, H, W)
+                with accelerator.autocast():
+                    loss, stats = self.objective.g_phase(self.D_for_g, fake, fake_labels)
+                # Gradients into G only: D's weights get no .grad and D's DDP reducer is not involved.
+                accelerator.backward(loss / micro_batches if micro_batches > 1 else loss, inputs=self.g_params)
+            all_stats.append(stats)
+        self._optimizer_step(self.opt_g, self.G_raw)
+        if self.ema is not None:
+            self.ema.update(self.G_raw, self.counters.step)
+        self.counters.step += 1
+        return all_stats

@@ -1,0 +1,516 @@
+"""The Trainer: builds the parts once, then runs the loop. `train(config)` is the entry point.
+
+Parts, one job each: the Accelerator and precision (accelerator.py), the dataset and its batch source
+(gan_dist.data), G and D (gan_dist.models), the objective (gan_dist.objectives), one step of D and G
+phases (step.py), the run folder with resume and checkpoints (run_dir.py), the statistics and the console
+(logger.py), and the schedule (cadence.py). The loop in `fit` reads as what happens at each step.
+
+Rank rules: every rank runs the step, the log reduction, evaluation and checkpoints (collectives); the
+main process alone writes grids, the tracker's files and the run folder's shared files (inside the parts).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gan_dist.checkpoint import CheckpointError, GeneratorInfo
+from gan_dist.config import Config, ConfigError
+from gan_dist.models import build_models
+from gan_dist.objectives import build_objective
+from gan_dist.sampling import grid_inputs
+from gan_dist.tracking import make_tracker, new_run_id, save_grid_png
+from gan_dist.train.accelerator import (
+    RunRecord,
+    adam_implementation,
+    adam_kwargs,
+    build_accelerator,
+    configure_backends,
+    precision_with_launcher,
+    release_accelerator,
+    resolve_mixed_precision,
+    uses_cpu,
+)
+from gan_dist.train.cadence import Cadence
+from gan_dist.train.logger import Diverged, MetricLogger
+from gan_dist.train.run_dir import Parts, RunFolder, TrainState
+from gan_dist.train.step import EMA, GANStep, NoiseSource, StepCounters
+
+# Exit status of a run stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL):
+# "try again" — the SLURM scripts requeue and the next start resumes with --resume auto.
+EXIT_STOPPED_EARLY = 75
+# Exit status of a run whose losses became inf/nan: nothing non-finite was saved; not requeued.
+EXIT_DIVERGED = 3
+GRID_SEED_OFFSET = 12345  # the sample grids' fixed noise: seed run.seed + this
+
+
+class StopRequest:
+    """Set by SIGUSR1 / SIGTERM (SLURM's warning before a time limit or preemption).
+
+    The handler only sets a flag; the loop finishes the current step, then all ranks agree.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    @contextmanager
+    def installed(self) -> Any:
+        previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGUSR1, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """Peak resident memory (MiB) of this process and of its finished children (e.g. loader workers)."""
+    import resource
+
+    kib = 1024.0  # ru_maxrss is in KiB on Linux
+    return {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
+            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib}
+
+
+def _sync_buffers(modules: list[nn.Module]) -> None:
+    """Broadcast BatchNorm running stats from rank 0 (DDP runs with broadcast_buffers=False, see DESIGN.md),
+    so that evaluation, samples and checkpoints see the same G on every rank. Collective: every rank."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for module in modules:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
+
+
+def _all_finite(modules: list[nn.Module]) -> bool:
+    """Whether every parameter and buffer is finite (one host sync: checked before each checkpoint)."""
+    sums = [tensor.detach().float().sum() for module in modules for tensor in module.state_dict().values()
+            if tensor.is_floating_point()]
+    return bool(torch.isfinite(torch.stack(sums).sum()).item()) if sums else True
+
+
+class Trainer:
+    """Builds the parts for `config` (on every rank) and runs the loop (`fit`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        train_cfg = config.train
+        precision = resolve_mixed_precision(precision_with_launcher(train_cfg.mixed_precision), uses_cpu(config.dist))
+        accelerator = build_accelerator(config.dist, precision,
+                                        log_with=None if config.log.tracker == "none" else config.log.tracker,
+                                        project_dir=config.run.out_dir)
+        self.accelerator = accelerator
+        self.is_main = accelerator.is_main_process
+        try:
+            self._build(config)
+        except BaseException:
+            release_accelerator(accelerator)  # a failed start leaves no process group behind
+            raise
+
+    def _build(self, config: Config) -> None:
+        from accelerate.utils import set_seed
+
+        from gan_dist.data.datasets import resolve_dataset
+
+        accelerator, train_cfg = self.accelerator, config.train
+        configure_backends(accelerator.device, config.run.deterministic)
+        self._check_device_features()
+
+        # The data first: its shape and classes decide the models; node-local main processes prepare
+        # missing shards first (atomic writes make a shared filesystem safe too).
+        with accelerator.local_main_process_first():
+            self.dataset = resolve_dataset(config.data)
+        self.global_batch = train_cfg.batch_size_per_process * accelerator.num_processes * \
+            train_cfg.gradient_accumulation_steps
+        if self.dataset.train_size < self.global_batch:
+            raise ConfigError(f"data: the train split of {self.dataset.name} has {self.dataset.train_size} images, "
+                              f"fewer than one global batch ({self.global_batch} = train.batch_size_per_process x "
+                              "processes x train.gradient_accumulation_steps): add images or lower the batch size")
+
+        # Same initial weights on every rank (DDP also broadcasts rank 0's at prepare).
+        set_seed(config.run.seed)
+        G, D = build_models(config.model, self.dataset.image_shape, self.dataset.num_classes)
+        self.num_classes = G.num_classes
+        self.objective = build_objective(config.loss)
+
+        # Only now, with the config known to build, is anything written into the run folder.
+        self.run = RunFolder(RunFolder.resolve_path(config, self._broadcast), accelerator)
+        for note in self.run.prepare(config):
+            self.print_main(note)
+
+        self.G_raw, self.D_raw, self.G, self.D, self.D_for_g, self.opt_g, self.opt_d = self._build_parts(G, D)
+        self.ema = EMA(self.G_raw, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
+        self.noise = NoiseSource(config.run.seed, accelerator.process_index, accelerator.device)
+        self.counters = StepCounters()
+        self.state = TrainState(self.counters)
+        self.parts = Parts(G=self.G_raw, D=self.D_raw, ema=self.ema, opt_g=self.opt_g, opt_d=self.opt_d,
+                           scaler=accelerator.scaler, noise=self.noise, state=self.state,
+                           export_info=self._generator_info)
+
+        self.resumed_from = self._resume()
+        if self.resumed_from is None:
+            set_seed(config.run.seed, device_specific=True)  # per-rank dropout RNG; restored on resume
+        if not self.state.run_id:
+            self.state.run_id = self._broadcast(new_run_id())
+
+        self.step = GANStep(
+            accelerator=accelerator, G=self.G, D=self.D, G_raw=self.G_raw, D_for_g=self.D_for_g, D_raw=self.D_raw,
+            opt_g=self.opt_g, opt_d=self.opt_d, objective=self.objective, ema=self.ema, noise=self.noise,
+            counters=self.counters, latent_dim=config.model.latent_dim, num_classes=self.num_classes,
+            d_steps_per_g=train_cfg.d_steps_per_g, accumulation_steps=train_cfg.gradient_accumulation_steps,
+            grad_clip_norm=config.optim.grad_clip_norm, channels_last=self._channels_last)
+        self.cadence = Cadence.from_config(config, accelerator.num_processes)
+        self.record = RunRecord(
+            run_name=self.run.path.name, run_dir=str(self.run.path), run_id=self.state.run_id,
+            mixed_precision=accelerator.mixed_precision, num_processes=accelerator.num_processes,
+            device=str(accelerator.device), adam_implementation=self.adam_implementation,
+            dataset=self.dataset.name, image_shape=self.dataset.image_shape, num_classes=self.num_classes,
+            global_batch_size=self.global_batch, start_step=self.counters.step,
+            resumed_from=str(self.resumed_from) if self.resumed_from else None)
+        self.run.write_record(self.record.to_dict())
+        self.stop_request = StopRequest()
+        self.tracker: Any = None
+        self._progress: Any = None
+        self.logger: MetricLogger | None = None
+        self.evaluator: Any = None
+        self._evaluation_off_reason: str | None = None
+        self._last_saved: tuple[int, Path] | None = None
+        self._last_grid_step: int | None = None
+        self._stop_group: Any = None
+
+    # -- construction helpers --------------------------------------------------------------------------
+    def _check_device_features(self) -> None:
+        train_cfg, device = self.config.train, self.accelerator.device
+        if train_cfg.sync_batchnorm and self.accelerator.num_processes > 1 and device.type != "cuda":
+            raise ConfigError("key 'train.sync_batchnorm': true needs CUDA GPUs (PyTorch's SyncBatchNorm is "
+                              "GPU-only); set it to false on CPUs")
+        if train_cfg.cuda_graph and device.type != "cuda":
+            raise ConfigError("key 'train.cuda_graph': needs a CUDA GPU (this run is on "
+                              f"{device.type}); set it to false, or use train.compile")
+        if train_cfg.cuda_graph and self.accelerator.num_processes > 1:
+            raise ConfigError("key 'train.cuda_graph': captures one process's step without DDP; with "
+                              f"{self.accelerator.num_processes} processes set it to false (train.compile works)")
+
+    @property
+    def _channels_last(self) -> bool:
+        return self.config.train.channels_last and self.config.model.name != "mlp"
+
+    def _build_parts(self, G: nn.Module, D: nn.Module) -> tuple[Any, ...]:
+        accelerator, config = self.accelerator, self.config
+        if self._channels_last:
+            G.to(memory_format=torch.channels_last)
+            D.to(memory_format=torch.channels_last)
+        if config.train.sync_batchnorm and accelerator.num_processes > 1:
+            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)  # before prepare (DESIGN.md)
+            D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+        G_raw, D_raw = G.to(accelerator.device), D.to(accelerator.device)
+        optim_cfg = config.optim
+        self.adam_implementation = adam_implementation(optim_cfg.implementation, accelerator.device)
+        adam = {"betas": (optim_cfg.beta1, optim_cfg.beta2), "weight_decay": optim_cfg.weight_decay,
+                **adam_kwargs(self.adam_implementation)}
+        if config.train.cuda_graph:
+            adam["capturable"] = True
+        opt_g = torch.optim.Adam(G_raw.parameters(), lr=optim_cfg.lr_g, **adam)
+        opt_d = torch.optim.Adam(D_raw.parameters(), lr=optim_cfg.lr_d, **adam)
+        G_forward, D_forward = G_raw, D_raw
+        if config.train.compile:
+            G_forward, D_forward = torch.compile(G_raw), torch.compile(D_raw)
+        # One prepare for all four, returned in the same order (accelerate #245).
+        G_wrapped, D_wrapped, opt_g, opt_d = accelerator.prepare(G_forward, D_forward, opt_g, opt_d)
+        # The G phase calls D without its DDP wrapper (prepare patched autocast into D_forward itself).
+        return G_raw, D_raw, G_wrapped, D_wrapped, D_forward, opt_g, opt_d
+
+    def _generator_info(self, step: int) -> GeneratorInfo:
+        return GeneratorInfo(model=self.config.model, dataset=self.dataset.name,
+                             image_shape=self.dataset.image_shape, num_classes=self.num_classes, step=step,
+                             is_ema=self.ema is not None)
+
+    def _resume(self) -> Path | None:
+        """Load the checkpoint that checkpoint.resume selects (verified; 'auto' falls back past damaged ones)."""
+        resume = self.config.checkpoint.resume
+        path = self.run.select_resume(resume)
+        if path is None:
+            if resume == "auto":
+                self.print_main(f"checkpoint.resume=auto: no checkpoint in {self.run.path}; starting fresh")
+            return None
+        self.run.load(path, self.parts)
+        self.print_main(f"resumed from {path} at step {self.counters.step}")
+        if resume != "auto":
+            for moved in self.run.set_aside_newer(self.counters.step):
+                self.print_main(f"newer checkpoint of the abandoned trajectory set aside: {moved}")
+        return path
+
+    # -- small collective helpers ------------------------------------------------------------------------
+    def print_main(self, *args: Any) -> None:
+        """Console output from the main process only (accelerator.print prints once per node)."""
+        if self.is_main:
+            print(*args, flush=True)
+
+    def _broadcast(self, value: Any) -> Any:
+        """The main process's value on every rank (collective)."""
+        from accelerate.utils import broadcast_object_list
+
+        holder = [value]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(holder, from_process=0)
+        return holder[0]
+
+    def _stop_agreed(self) -> bool:
+        """All ranks agree to stop if any rank got the signal: a CPU (gloo) all-reduce, so on GPUs it does
+        not synchronise the CUDA stream. Called at the log cadence only (Cadence.stop_vote)."""
+        requested = self.stop_request.requested
+        if self.accelerator.num_processes == 1:
+            return requested
+        if self._stop_group is None:
+            backend = torch.distributed.get_backend()
+            self._stop_group = (torch.distributed.group.WORLD if backend == "gloo"
+                                else torch.distributed.new_group(backend="gloo"))
+        flag = torch.tensor([1 if requested else 0], dtype=torch.int32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._stop_group)
+        return bool(flag.item())
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def fit(self) -> int:
+        """Train to train.num_steps (or until a stop signal). Returns the process exit status."""
+        config = self.config
+        num_steps = config.train.num_steps
+        if self.run.finished(num_steps, self.counters.step):
+            # A requeued or repeated job of a finished run: nothing to do, nothing to rewrite.
+            self.print_main(f"run {self.run.path} already finished at step {self.counters.step}; nothing to do")
+            return 0
+        self.run.remove_done()
+        self._start_logging()
+        batches = self._batch_source()
+        start_step = self.counters.step
+        loop_start = time.perf_counter()
+        try:
+            with self.stop_request.installed():
+                while self.counters.step < num_steps:
+                    for stats in self.step.run(batches):
+                        self.logger.add(stats, self.counters.step)
+                    step = self.counters.step
+                    self._progress_tick()
+                    if self.cadence.log(step):
+                        self._log(step)
+                    if self.cadence.sample(step):
+                        self.write_samples(step)
+                    if self.cadence.evaluate(step):
+                        self.evaluate(step)
+                    if self.cadence.checkpoint(step):
+                        self.save_checkpoint(step)
+                    if self.cadence.stop_vote(step) and self._stop_agreed():
+                        return self._stopped_early(step)
+                return self._finish(start_step, time.perf_counter() - loop_start)
+        except Diverged as error:
+            return self._diverged(error)
+        finally:
+            batches.close()
+            if self._progress is not None:
+                self._progress.close()
+
+    def _start_logging(self) -> None:
+        config = self.config
+        self.accelerator.project_configuration.logging_dir = str(self.run.path)  # tensorboard's folder
+        self.tracker = make_tracker(self.accelerator, config, self.run.path, self.state.run_id)
+        self._progress = None
+        if self.is_main and config.log.progress_bar and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._progress = tqdm(total=config.train.num_steps, initial=self.counters.step, unit="step",
+                                  dynamic_ncols=True)
+        self.logger = MetricLogger(self.accelerator, self.tracker, self.objective.describe, self.is_main,
+                                   self._progress)
+        self.logger.start_interval(self.counters.images_seen)
+        record = self.record
+        self.print_main(
+            f"run {self.run.path} | {config.model.name} on {record.dataset} {'x'.join(map(str, record.image_shape))}"
+            f"{f', {self.num_classes} classes ({config.model.conditioning})' if self.num_classes else ''} | "
+            f"loss {config.loss.name} | {record.num_processes} process(es) on {record.device} | mixed precision "
+            f"{record.mixed_precision} | global batch {record.global_batch_size} | data.loader {config.data.loader} "
+            f"| steps {self.counters.step}->{config.train.num_steps} | tracker {self.tracker.description}")
+
+    def _batch_source(self) -> Any:
+        from gan_dist.data.batches import make_batch_source
+
+        config = self.config
+        return make_batch_source(self.dataset, config.data, config.train.batch_size_per_process,
+                                 seed=config.run.seed, rank=self.accelerator.process_index,
+                                 world_size=self.accelerator.num_processes, start_batch=self.counters.batches,
+                                 device=self.accelerator.device, channels_last=self._channels_last)
+
+    def _progress_tick(self) -> None:
+        if self._progress is not None:
+            self._progress.update(1)
+
+    def _log(self, step: int) -> None:
+        self.logger.log(step, self.counters.images_seen, {
+            "epoch": self.counters.images_seen / self.dataset.train_size,
+            "lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"]})
+
+    def _stopped_early(self, step: int) -> int:
+        path = self.save_checkpoint(step)
+        self.print_main(f"preempted ({self.stop_request.signal_name or 'signal on another rank'}): "
+                        f"checkpoint at step {step} in {path}")
+        return EXIT_STOPPED_EARLY
+
+    def _diverged(self, error: Diverged) -> int:
+        newest = self.run.newest_checkpoint()
+        if self.is_main:
+            print(f"gan-dist train: {error}; nothing after it was saved. Newest good checkpoint: "
+                  f"{newest or 'none'}. Change the recipe (e.g. lower optim.lr_d / optim.lr_g, set "
+                  "optim.grad_clip_norm) and continue with --resume auto.", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
+
+    def _finish(self, start_step: int, loop_s: float) -> int:
+        step = self.counters.step
+        self.logger.check_finite()
+        self.write_samples(step)
+        if self.cadence.evaluate_at_end():
+            self.evaluate(step)
+        self.save_checkpoint(step)
+        G_export = self.ema.module if self.ema is not None else self.G_raw
+        self.run.export(G_export, self._generator_info(step))
+        steps_this_start = step - start_step
+        images_this_start = steps_this_start * self.global_batch * self.config.train.d_steps_per_g
+        self.run.write_done({
+            "step": step, "images_seen": self.counters.images_seen, "run_id": self.state.run_id,
+            "num_processes": self.accelerator.num_processes,
+            # Throughput of this start's loop (steps, logging, samples, eval, checkpoints included).
+            "loop_s": loop_s, "images_per_s": images_this_start / loop_s if steps_this_start else None,
+            "peak_rss_mb": peak_rss_mb()})
+        self.print_main(f"done: {step} steps, {self.counters.images_seen} images, run {self.run.path}")
+        return 0
+
+    # -- samples, evaluation, checkpoints -----------------------------------------------------------------
+    def sampling_generator(self) -> nn.Module:
+        """G_ema when trained (else G), unwrapped."""
+        return self.ema.module if self.ema is not None else self.G_raw
+
+    @torch.no_grad()
+    def write_samples(self, step: int) -> None:
+        """Main process: the fixed-noise grid (one row per class for a conditional G), PNG and tracker."""
+        if not self.is_main or self._last_grid_step == step:
+            return
+        self._last_grid_step = step
+        G = self.sampling_generator()
+        z, labels, columns = grid_inputs(G, self.config.log.num_samples, self.config.run.seed + GRID_SEED_OFFSET)
+        was_training = G.training
+        G.eval()
+        device = self.accelerator.device
+        images = G(z.to(device), None if labels is None else labels.to(device))  # (N, C, H, W)
+        G.train(was_training)
+        grid = save_grid_png(images, self.run.path / "samples" / f"step_{step:08d}.png", columns=columns,
+                             pixel_scale=self.config.log.grid_pixel_scale)
+        self.tracker.log_image("samples", grid, step)
+
+    def _make_evaluator(self) -> Any:
+        """The Evaluator, or None with the reason said once (e.g. an unlabeled folder without eval.feature_net)."""
+        from gan_dist.metrics.evaluate import Evaluator
+        from gan_dist.metrics.features import FeatureNetworkMissing
+
+        try:
+            evaluator = Evaluator(self.config, self.accelerator, self.dataset)
+        except FeatureNetworkMissing as error:
+            self._evaluation_off_reason = str(error)
+            self.print_main(f"evaluation is off for this run: {error}")
+            return None
+        floor = evaluator.floor()
+        self.tracker.log_scalars({f"eval_floor/{key}": value for key, value in floor.items()}, self.counters.step)
+        return evaluator
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """FID & co of G_ema (or G) on every rank; the main process logs; the best FID gets a checkpoint."""
+        from gan_dist.metrics.evaluate import format_table
+
+        self.logger.check_finite()  # a diverged G is not worth evaluating (nor its NaN images)
+        if self._evaluation_off_reason is not None:
+            return {}
+        if self.evaluator is None:
+            self.evaluator = self._make_evaluator()
+            if self.evaluator is None:
+                return {}
+        G = self.sampling_generator()
+        _sync_buffers([G])
+        metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
+        self.tracker.log_scalars({f"eval/{key}": value for key, value in metrics.items()}, step)
+        self.print_main(f"eval at step {step} ({self.config.eval.num_samples} samples, "
+                        f"{'G_ema' if self.ema is not None else 'G'}):\n"
+                        + format_table(metrics, self.evaluator.floor()))
+        fid = metrics.get("fid")
+        if fid is not None and (self.state.best_fid is None or fid < self.state.best_fid):
+            self.state.best_fid = fid
+            self.save_checkpoint(step)
+            self.run.mark_best(step, metrics)
+        self.logger.start_interval(self.counters.images_seen)
+        return metrics
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Every rank. Refuses anything non-finite (raises Diverged); skips a step already saved."""
+        if self._last_saved is not None and self._last_saved[0] == step:
+            return self._last_saved[1]
+        self.logger.check_finite()
+        modules = [self.G_raw, self.D_raw] + ([self.ema.module] if self.ema is not None else [])
+        _sync_buffers(modules)
+        if not _all_finite(modules):
+            raise Diverged(step, "a model parameter", float("nan"))
+        self.state.ema_updates = self.ema.num_updates if self.ema is not None else 0
+        meta = {"images_seen": self.counters.images_seen, "run_id": self.state.run_id,
+                "model": self.config.model.name, "dataset": self.dataset.name,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        path = self.run.save(step, self.parts, meta, self.config.checkpoint.keep_last)
+        self._last_saved = (step, path)
+        self.logger.start_interval(self.counters.images_seen)
+        return path
+
+    def close(self, succeeded: bool = True) -> None:
+        """Finish the trackers (main process), then wait for every rank, then destroy the process group.
+
+        The main process must finish wandb before the others exit: torchrun answers a rank's non-zero
+        exit (75 after preemption) by sending SIGTERM to the ranks still running. On the error path
+        there is no barrier (a failed rank would never reach it).
+        """
+        accelerator = self.accelerator
+        for tracker in accelerator.trackers:
+            try:
+                tracker.finish()
+            except Exception as error:  # e.g. wandb's service killed by SLURM's SIGTERM to the whole step
+                print(f"warning: closing the {tracker.name} tracker failed: {error!r}", file=sys.stderr)
+        accelerator.trackers = []
+        if self.tracker is not None:
+            self.tracker.finish()
+        if succeeded and accelerator.num_processes > 1:
+            accelerator.wait_for_everyone()
+        release_accelerator(accelerator)
+
+
+def train(config: Config) -> int:
+    """`gan-dist train`: build the Trainer, run it, close trackers on every exit path."""
+    try:
+        trainer = Trainer(config)
+    except CheckpointError as error:
+        print(f"gan-dist train: cannot resume: {error}", file=sys.stderr, flush=True)
+        return 1
+    succeeded = False
+    try:
+        status = trainer.fit()
+        succeeded = True
+        return status
+    except CheckpointError as error:
+        print(f"gan-dist train: checkpoint error: {error}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        trainer.close(succeeded)
