@@ -160,7 +160,11 @@ def optimizer_state_files(optimizer: torch.optim.Optimizer) -> tuple[bytes, str]
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors_path: Path, json_path: Path) -> None:
-    """Inverse of `optimizer_state_files`. Raises CheckpointError naming the file on any mismatch."""
+    """Inverse of `optimizer_state_files`: the per-parameter state (Adam's moments and step counters) comes
+    from the checkpoint, the hyperparameters (lr, betas, weight decay, kernels) stay those the optimizer
+    was built with from the run's config, so a resumed run can change them (torch's load_state_dict would
+    silently restore the saved ones). Raises CheckpointError naming the file on any mismatch."""
+    configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     tensors = read_tensors(tensors_path)
     record = read_json(json_path)
     try:
@@ -172,7 +176,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors_path: Path, j
             state.setdefault(int(index), {}).update(values)
         groups = [{key: tuple(value) if key == "betas" else value for key, value in group.items()}
                   for group in record["param_groups"]]
+        if len(groups) != len(configured):
+            raise ValueError(f"{len(groups)} parameter groups saved, {len(configured)} in this run")
         optimizer.load_state_dict({"state": state, "param_groups": groups})
+        for group, hyperparameters in zip(optimizer.param_groups, configured, strict=True):
+            group.update(hyperparameters)
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{tensors_path} / {json_path}: optimizer state does not fit this run "
                               f"({type(error).__name__}: {error})") from error

@@ -139,7 +139,8 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path, impl
     restored = torch.optim.Adam(model.parameters(), lr=1.0, **implementation)
     load_optimizer_state(restored, tmp_path / "o.safetensors", tmp_path / "o.json")
     original, loaded = optimizer.state_dict(), restored.state_dict()
-    assert loaded["param_groups"] == original["param_groups"]
+    # The state comes from the checkpoint, the hyperparameters stay the run's own (a resumed run may change lr).
+    assert (loaded["param_groups"][0]["lr"], loaded["param_groups"][0]["betas"]) == (1.0, (0.9, 0.999))
     for index, state in original["state"].items():
         for name, value in state.items():
             torch.testing.assert_close(loaded["state"][index][name], value, rtol=0, atol=0)
