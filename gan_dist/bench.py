@@ -1,11 +1,18 @@
-"""`gan-dist bench`: training images/s of the framework against a bare PyTorch loop, in one run.
+"""`gan-dist bench`: training throughput of the framework against a bare PyTorch loop, measured in one run.
 
-For each (batch size, precision, channels_last) the same model is trained for the same number of
-steps two ways, interleaved (bare, framework, bare, framework) so that drift of the machine hits both:
-  - framework: `Trainer.train_step` fed by the real WebDataset stream (loader, Accelerate, stats);
-  - bare: the same G/D/Adam/loss math in plain PyTorch on batches already in memory.
-The ratio framework / bare is the framework's efficiency (1.0 = no overhead; the bare loop does not
-even load data). Optionally also N processes vs 1 process with N threads, through real training runs.
+For each case (batch size x precision x data.loader x step mode x objective) the same model trains the
+same number of steps two ways, interleaved (bare, framework, bare, framework, ...) so that drift of the
+machine hits both, and the best of `repeats` is reported:
+  - framework: the Trainer's step (`GANStep.run`, or its CUDA graph) fed by the real batch source
+    (stream: WebDataset workers, pinned uint8, scaled on the device; memory: on-device gather), with the
+    statistics accumulated on the device and read once at the end, as a log line would;
+  - bare: the same G, D, Adam kernels and objective math in plain PyTorch (no Accelerate, no loader) on
+    batches already on the device, compiled or captured when the framework is.
+The ratio framework / bare is the framework's efficiency (1.0 = no overhead). Columns also give ms per
+step, TFLOP/s (FLOPs of one step counted by torch.utils.flop_counter) and its share of the device's peak
+where known, the bound (on CUDA: the share of the step the GPU is busy, from the profiler; host-bound
+below 80%), and peak memory. `--train-runs` also times whole `gan-dist train` runs (start-up excluded),
+e.g. the default recipe, and N CPU processes against 1 process of N threads.
 """
 
 from __future__ import annotations
@@ -17,104 +24,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gan_dist.config import Config, to_yaml
-from gan_dist.losses import discriminator_loss, generator_loss
-from gan_dist.models import build_models
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, for the "share of peak" column.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    batch_size: int
+    precision: str  # no | bf16 | fp16
+    loader: str  # stream | memory
+    mode: str  # eager | compile | cuda_graph
+    objective: str  # loss.name
+    channels_last: bool
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def bare_loop_images_per_s(config: Config, num_steps: int, warmup_steps: int, device: torch.device) -> float:
-    """The seed's step in plain PyTorch: no Accelerate, no loader (batches pre-made in memory)."""
-    train_cfg, optim_cfg = config.train, config.optim
-    torch.manual_seed(config.run.seed)
-    G, D = build_models(config.model)
-    G, D = G.to(device), D.to(device)
-    channels_last = train_cfg.channels_last and config.model.name != "mlp"
-    if channels_last:
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
-    betas = (optim_cfg.beta1, optim_cfg.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=optim_cfg.lr_g, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=optim_cfg.lr_d, betas=betas)
-    batch_size = train_cfg.batch_size_per_process
-    reals = [torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1 for _ in range(8)]  # (B, 1, 28, 28)
-    if channels_last:
-        reals = [real.contiguous(memory_format=torch.channels_last) for real in reals]
-    precision = train_cfg.mixed_precision
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else torch.autocast(device.type, dtype=torch.float16) if precision == "fp16" else nullcontext())
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-    def step(real: torch.Tensor) -> None:
-        z = torch.randn(batch_size, config.model.latent_dim, device=device)
-        with autocast:
-            fake = G(z)
-            real_logits, fake_logits = D(real), D(fake.detach())
-        d_loss, _ = discriminator_loss(real_logits, fake_logits)
-        scaler.scale(d_loss).backward()
-        scaler.step(opt_d)
-        scaler.update()
-        opt_d.zero_grad(set_to_none=True)
-        D.requires_grad_(False)
-        with autocast:
-            g_logits = D(fake)
-        g_loss, _ = generator_loss(g_logits)
-        scaler.scale(g_loss).backward()
-        scaler.step(opt_g)
-        scaler.update()
-        opt_g.zero_grad(set_to_none=True)
-        D.requires_grad_(True)
-
-    for index in range(warmup_steps):
-        step(reals[index % len(reals)])
-    _sync(device)
-    start = time.perf_counter()
-    for index in range(num_steps):
-        step(reals[index % len(reals)])
-    _sync(device)
-    return num_steps * batch_size / (time.perf_counter() - start)
-
-
-def framework_images_per_s(config: Config, num_steps: int, warmup_steps: int) -> tuple[float, torch.device]:
-    """Trainer.train_step fed by the real training stream, with the per-step stats it accumulates."""
-    from gan_dist.data.loader import train_batches
-    from gan_dist.data.shards import train_urls
-    from gan_dist.train import Trainer
-
-    trainer = Trainer(config)
-    try:
-        device = trainer.accelerator.device
-        batches = train_batches(config.data, train_urls(config.data), config.train.batch_size_per_process,
-                                seed=config.run.seed, rank=0, world_size=1)
-        stat_sums: dict[str, torch.Tensor] = {}
-
-        def step() -> None:
-            real, _labels = next(batches)
-            for key, value in trainer.train_step(real).items():
-                stat_sums[key] = stat_sums.get(key, 0.0) + value
-
-        for _ in range(warmup_steps):
-            step()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(num_steps):
-            step()
-        torch.stack(list(stat_sums.values())).sum().item()  # the host sync a log line would do
-        _sync(device)
-        elapsed_s = time.perf_counter() - start
-    finally:
-        trainer.close()
-    return num_steps * config.train.batch_size_per_process / elapsed_s, device
 
 
 def _variant(config: Config, **changes: Any) -> Config:
@@ -125,74 +61,309 @@ def _variant(config: Config, **changes: Any) -> Config:
     return variant
 
 
-def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmup_steps: int,
-                   precisions: list[str], out_json: str | None = None, repeats: int = 2,
-                   channels_last_options: tuple[bool, ...] = (False, True),
-                   process_counts: tuple[int, ...] = ()) -> list[dict[str, Any]]:
-    """Print (and return) images/s for each variant: framework, bare loop, ratio. See module docstring."""
-    from gan_dist.data.shards import ensure_shards
+def case_config(config: Config, case: BenchCase, device: str) -> Config:
+    """The config of one case: its batch, precision, loader, mode and objective; a critic without
+    BatchNorm for the penalized objectives (their configs' choice)."""
+    changes: dict[str, Any] = dict(
+        train__batch_size_per_process=case.batch_size, train__mixed_precision=case.precision,
+        train__channels_last=case.channels_last, data__loader=case.loader, loss__name=case.objective,
+        train__compile=case.mode == "compile", train__cuda_graph=case.mode == "cuda_graph",
+        dist__cpu=device == "cpu")
+    if case.objective == "wgan_gp" and config.model.d_norm == "batch":
+        changes["model__d_norm"] = "layer"
+    return _variant(config, **changes)
 
-    ensure_shards(config.data)
-    config = _variant(config, log__tracker="none", log__progress_bar=False, run__name="bench",
-                      run__out_dir=tempfile.mkdtemp(prefix="gan_dist_bench_"))
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return nullcontext()
+
+
+def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int, int],
+               num_classes: int) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], list[torch.Tensor]]:
+    """The step in plain PyTorch, and pre-made real batches on the device."""
+    from gan_dist.models import build_models
+    from gan_dist.objectives import DPhaseInputs, build_objective
+    from gan_dist.train.accelerator import adam_implementation, adam_kwargs
+
+    train_cfg, optim_cfg = config.train, config.optim
+    torch.manual_seed(config.run.seed)
+    G, D = build_models(config.model, image_shape, num_classes)
+    G, D = G.to(device), D.to(device)
+    channels_last = train_cfg.channels_last and config.model.name != "mlp"
+    if channels_last:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    kernels = adam_kwargs(adam_implementation(optim_cfg.implementation, device))
+    extra = {"capturable": True} if train_cfg.cuda_graph else {}
+    betas = (optim_cfg.beta1, optim_cfg.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=optim_cfg.lr_g, betas=betas, **kernels, **extra)
+    opt_d = torch.optim.Adam(D.parameters(), lr=optim_cfg.lr_d, betas=betas, **kernels, **extra)
+    G_call, D_call = (torch.compile(G), torch.compile(D)) if train_cfg.compile else (G, D)
+    objective = build_objective(config.loss)
+    batch_size = train_cfg.batch_size_per_process
+    reals = [torch.rand(batch_size, *image_shape, device=device) * 2 - 1 for _ in range(4)]  # (B, C, H, W)
+    if channels_last:
+        reals = [real.contiguous(memory_format=torch.channels_last) for real in reals]
+    labels = torch.randint(max(num_classes, 1), (batch_size,), device=device)
+    autocast = _autocast(device, train_cfg.mixed_precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.mixed_precision == "fp16")
+    g_params = list(G.parameters())
+    cond = num_classes > 0
+
+    def step(real: torch.Tensor, real_labels: torch.Tensor) -> None:
+        for _ in range(train_cfg.d_steps_per_g):
+            z = torch.randn(batch_size, config.model.latent_dim, device=device)
+            fake_labels = torch.randint(num_classes, (batch_size,), device=device) if cond else None
+            with autocast:
+                fake = G_call(z, fake_labels)
+                mix = torch.rand(batch_size, device=device) if objective.needs_mix else None
+                loss, _ = objective.d_phase(D_call, DPhaseInputs(real, real_labels if cond else None,
+                                                                 fake.detach(), fake_labels, mix))
+            scaler.scale(loss).backward()
+            scaler.step(opt_d)
+            scaler.update()
+            opt_d.zero_grad(set_to_none=True)
+        with autocast:
+            loss, _ = objective.g_phase(D_call, fake, fake_labels)
+        scaler.scale(loss).backward(inputs=g_params)
+        scaler.step(opt_g)
+        scaler.update()
+        opt_g.zero_grad(set_to_none=True)
+
+    if not train_cfg.cuda_graph:
+        return (lambda real, real_labels: step(real, real_labels)), [*reals, labels]
+    # The bare loop captured the same way: warm up on a side stream, record once, replay.
+    static_real, static_labels = reals[0].clone(), labels.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(static_real, static_labels)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(static_real, static_labels)
+
+    def replay(real: torch.Tensor, real_labels: torch.Tensor) -> None:
+        static_real.copy_(real)
+        graph.replay()
+
+    return replay, [*reals, labels]
+
+
+def count_flops(config: Config, device: torch.device, image_shape: tuple[int, int, int], num_classes: int) -> float:
+    """FLOPs of one bare eager step (matmuls and convolutions, forward and backward, penalties' double
+    backward included), with torch.utils.flop_counter's per-op formulas.
+
+    A dispatch mode of our own rather than FlopCounterMode: that one tracks modules with backward hooks,
+    which torch.autograd.grad (the gradient penalties) refuses."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class CountFlops(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                self.total += count(*args, **kwargs, out_val=out)
+            return out
+
+    eager = _variant(config, train__compile=False, train__cuda_graph=False)
+    step, tensors = _bare_step(eager, device, image_shape, num_classes)
+    step(tensors[0], tensors[-1])  # lazy state first
+    counter = CountFlops()
+    with counter:
+        step(tensors[0], tensors[-1])
+    return float(counter.total)
+
+
+def bare_images_per_s(config: Config, num_steps: int, warmup_steps: int, device: torch.device,
+                      image_shape: tuple[int, int, int], num_classes: int) -> float:
+    step, tensors = _bare_step(config, device, image_shape, num_classes)
+    reals, labels = tensors[:-1], tensors[-1]
+    for index in range(warmup_steps):
+        step(reals[index % len(reals)], labels)
+    _sync(device)
+    start = time.perf_counter()
+    for index in range(num_steps):
+        step(reals[index % len(reals)], labels)
+    _sync(device)
+    return num_steps * config.train.batch_size_per_process * config.train.d_steps_per_g / (time.perf_counter() - start)
+
+
+def _busy_share(run_steps: Callable[[int], None], device: torch.device, ms_per_step: float) -> float | None:
+    """Share of a step the GPU spends in kernels (the profiler's device time / wall time); None on CPUs."""
+    if device.type != "cuda":
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run_steps(5)
+            _sync(device)
+        busy_us = sum(getattr(event, "self_device_time_total", 0.0) for event in prof.key_averages())
+        return busy_us / 1000 / 5 / ms_per_step
+    except Exception:  # noqa: BLE001 - a profiler problem must not lose the benchmark
+        return None
+
+
+def framework_images_per_s(config: Config, num_steps: int, warmup_steps: int) -> dict[str, Any]:
+    """Trainer's step fed by the real batch source, statistics summed on the device and read at the end."""
+    from gan_dist.train import Trainer
+
+    trainer = Trainer(config)
+    try:
+        from gan_dist.train.logger import StatsAccumulator
+
+        device = trainer.accelerator.device
+        stats_sum = StatsAccumulator(device)
+        batches = trainer.batch_source()
+
+        def run_steps(count: int) -> None:
+            for _ in range(count):
+                for stats in trainer.step.run(batches):
+                    stats_sum.add(stats, trainer.counters.step)
+
+        run_steps(warmup_steps)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        run_steps(num_steps)
+        stats_sum.read()  # the host sync a log line does
+        _sync(device)
+        elapsed_s = time.perf_counter() - start
+        ms_per_step = 1000 * elapsed_s / num_steps
+        busy = _busy_share(run_steps, device, ms_per_step)
+        batches.close()
+        images = num_steps * config.train.batch_size_per_process * config.train.d_steps_per_g
+        memory_mb = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                     else _peak_rss_mb())
+        return {"images_per_s": images / elapsed_s, "ms_per_step": ms_per_step, "busy_share": busy,
+                "device": str(device), "device_name": _device_name(device), "memory_mb": memory_mb,
+                "image_shape": trainer.dataset.image_shape, "num_classes": trainer.num_classes,
+                "adam": trainer.adam_implementation}
+    finally:
+        trainer.close()
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    if precision not in ("bf16", "fp16"):
+        return None
+    return next((flops for name, flops in PEAK_FLOPS.items() if name in device_name), None)
+
+
+HEADER = (f"{'batch':>5} {'prec':>4} {'loader':>6} {'mode':>10} {'loss':>7} {'framework img/s':>15} "
+          f"{'bare img/s':>10} {'ratio':>5} {'ms/step':>7} {'TFLOP/s':>7} {'% peak':>6} {'bound':>6} {'mem MiB':>7}")
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    peak = f"{100 * row['peak_share']:.1f}" if row["peak_share"] is not None else "-"
+    return (f"{row['batch_size']:>5} {row['precision']:>4} {row['loader']:>6} {row['mode']:>10} {row['objective']:>7} "
+            f"{row['framework_images_per_s']:>15.1f} {row['bare_images_per_s']:>10.1f} {row['ratio']:>5.3f} "
+            f"{row['ms_per_step']:>7.2f} {row['tflops']:>7.3f} {peak:>6} {row['bound']:>6} {row['memory_mb']:>7.0f}")
+
+
+def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmup_steps: int,
+                   precisions: list[str], loaders: list[str], modes: list[str], objectives: list[str],
+                   channels_last: bool = False, device: str = "auto", repeats: int = 2,
+                   out_json: str | None = None) -> list[dict[str, Any]]:
+    """Print (and return) one row per case: framework and bare img/s, ratio, ms/step, TFLOP/s, bound, memory."""
+    from gan_dist.data.datasets import resolve_dataset
+
+    dataset = resolve_dataset(config.data)  # shards once, before any timing
+    run_dir = tempfile.mkdtemp(prefix="gan_dist_bench_")
+    config = _variant(config, log__tracker="none", log__progress_bar=False, run__name="bench", run__out_dir=run_dir,
+                      eval__eval_every=-1)
+    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    torch_device = torch.device("cpu" if use_cpu else "cuda")
+    print(f"{config.model.name} on {dataset.describe()}, {num_steps} timed steps after {warmup_steps} warm-up, best "
+          f"of {repeats}; device {_device_name(torch_device)}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
+    print(HEADER, flush=True)
     rows = []
-    print(f"model {config.model.name}, {num_steps} timed steps after {warmup_steps} warm-up, best of {repeats}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'batch':>5} {'precision':>9} {'ch_last':>7} {'framework img/s':>15} {'bare img/s':>10} {'ratio':>6}")
     for batch_size in batch_sizes:
         for precision in precisions:
-            for channels_last in channels_last_options:
-                variant = _variant(config, train__batch_size_per_process=batch_size,
-                                   train__mixed_precision=precision, train__channels_last=channels_last)
-                framework, bare = [], []
-                for _ in range(repeats):
-                    images_per_s, device = framework_images_per_s(variant, num_steps, warmup_steps)
-                    framework.append(images_per_s)
-                    bare.append(bare_loop_images_per_s(variant, num_steps, warmup_steps, device))
-                row = {"model": config.model.name, "batch_size": batch_size, "precision": precision,
-                       "channels_last": channels_last, "device": str(device),
-                       "framework_images_per_s": max(framework), "bare_images_per_s": max(bare),
-                       "ratio": max(framework) / max(bare)}
-                rows.append(row)
-                print(f"{batch_size:>5} {precision:>9} {str(channels_last):>7} {row['framework_images_per_s']:>15.1f} "
-                      f"{row['bare_images_per_s']:>10.1f} {row['ratio']:>6.3f}", flush=True)
-    for num_processes in process_counts:
-        rows.append(bench_processes(config, num_processes))
-        if out_json:
-            Path(out_json).write_text(json.dumps(rows, indent=2) + "\n")
-    if out_json:
-        Path(out_json).write_text(json.dumps(rows, indent=2) + "\n")
+            for loader in loaders:
+                for mode in modes:
+                    for objective in objectives:
+                        case = BenchCase(batch_size, precision, loader, mode, objective, channels_last)
+                        variant = case_config(config, case, "cpu" if use_cpu else "cuda")
+                        framework, bare = [], []
+                        for _ in range(repeats):
+                            framework.append(framework_images_per_s(variant, num_steps, warmup_steps))
+                            bare.append(bare_images_per_s(variant, num_steps, warmup_steps, torch_device,
+                                                          dataset.image_shape, framework[-1]["num_classes"]))
+                        best = max(framework, key=lambda result: result["images_per_s"])
+                        flops = count_flops(variant, torch_device, dataset.image_shape, best["num_classes"])
+                        tflops = flops * 1000 / best["ms_per_step"] / 1e12
+                        peak = peak_flops(best["device_name"], precision)
+                        busy = best["busy_share"]
+                        row = {**asdict(case), "model": config.model.name, "device": best["device_name"],
+                               "framework_images_per_s": best["images_per_s"], "bare_images_per_s": max(bare),
+                               "ratio": best["images_per_s"] / max(bare), "ms_per_step": best["ms_per_step"],
+                               "flops_per_step": flops, "tflops": tflops,
+                               "peak_share": tflops * 1e12 / peak if peak else None,
+                               "bound": "cpu" if busy is None else ("device" if busy >= 0.8 else "host"),
+                               "gpu_busy_share": busy, "memory_mb": best["memory_mb"], "adam": best["adam"]}
+                        rows.append(row)
+                        print(_row_line(row), flush=True)
+                        if out_json:
+                            Path(out_json).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
-def bench_processes(config: Config, num_processes: int, num_steps: int = 200) -> dict[str, Any]:
-    """N CPU processes (gloo, 1 thread each) vs 1 process with N threads: whole `gan-dist train` runs,
-    same global batch, images/s and peak RSS read from each run's done.json."""
-    global_batch = config.train.batch_size_per_process
-    results = {}
-    for processes, threads in ((1, num_processes), (num_processes, 1)):
-        out_dir = Path(tempfile.mkdtemp(prefix="gan_dist_bench_procs_"))
-        variant = _variant(config, train__num_steps=num_steps, run__out_dir=str(out_dir), run__name="run",
-                           train__batch_size_per_process=global_batch // processes, dist__cpu=True,
-                           log__log_every=50, log__sample_every=0, eval__eval_every=-1, checkpoint__every=0)
-        config_path = out_dir / "config.yaml"
-        config_path.write_text(to_yaml(variant))
-        # `--cpu` with several processes starts only one (it is not the multi-CPU path); --multi_gpu plus
-        # dist.cpu=true forms the gloo group (see launch/accelerate/cpu_multi_process.yaml).
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        if processes > 1:
-            command.append("--multi_gpu")
-        command += ["-m", "gan_dist", "train", str(config_path)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ACCELERATE_USE_CPU": "1"}
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-        done = json.loads((out_dir / "run" / "done.json").read_text())
-        results[f"{processes}x{threads}"] = done
-        print(f"{processes} process(es) x {threads} thread(s), global batch {global_batch}: "
-              f"{done['images_per_s']:.1f} img/s, peak RSS main {done['peak_rss_mb']['process']:.0f} MiB, "
-              f"loader workers {done['peak_rss_mb']['children']:.0f} MiB", flush=True)
-    single, multi = results[f"1x{num_processes}"], results[f"{num_processes}x1"]
-    return {"processes": num_processes, "one_process_images_per_s": single["images_per_s"],
-            "multi_process_images_per_s": multi["images_per_s"],
-            "ratio": multi["images_per_s"] / single["images_per_s"],
-            "peak_rss_mb": {"one_process": single["peak_rss_mb"], "multi_process": multi["peak_rss_mb"]}}
+def bench_train_runs(config: Config, num_steps: int, process_counts: tuple[int, ...] = (1,),
+                     overrides: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Whole `gan-dist train` runs (the loop's throughput from done.json: logging, grids and checkpoints
+    included, start-up excluded). With N > 1 in process_counts: N CPU processes (gloo, 1 thread each)
+    against 1 process of N threads, at the same global batch."""
+    results = []
+    for count in process_counts:
+        pairs = ((1, count), (count, 1)) if count > 1 else ((1, torch.get_num_threads()),)
+        for processes, threads in pairs:
+            out_dir = Path(tempfile.mkdtemp(prefix="gan_dist_bench_run_"))
+            global_batch = config.train.batch_size_per_process
+            variant = _variant(config, train__num_steps=num_steps, run__out_dir=str(out_dir), run__name="run",
+                               train__batch_size_per_process=global_batch // processes, log__tracker="none",
+                               eval__eval_every=-1, log__progress_bar=False)
+            variant.dist.cpu = processes > 1 or variant.dist.cpu
+            config_path = out_dir / "config.yaml"
+            config_path.write_text(to_yaml(variant))
+            # `--cpu` with several processes starts only one; --multi_gpu plus dist.cpu=true forms the gloo group.
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+            if processes > 1:
+                command.append("--multi_gpu")
+            command += ["-m", "gan_dist", "train", str(config_path), *overrides]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            if processes > 1:
+                env["ACCELERATE_USE_CPU"] = "1"
+            subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+            done = json.loads((out_dir / "run" / "done.json").read_text())
+            record = {"processes": processes, "threads": threads, "global_batch": global_batch,
+                      "steps": num_steps, "images_per_s": done["images_per_s"], "peak_rss_mb": done["peak_rss_mb"]}
+            results.append(record)
+            print(f"gan-dist train, {processes} process(es) x {threads} thread(s), global batch {global_batch}, "
+                  f"{num_steps} steps: {done['images_per_s']:.1f} img/s (loop incl. logging, grids, checkpoints), "
+                  f"peak RSS {done['peak_rss_mb']['process']:.0f} MiB", flush=True)
+    return results

@@ -56,8 +56,9 @@ def train_to(out: Path, model: str, steps: int, extra: list[str]) -> None:
         raise SystemExit(f"training {model} to step {steps} exited with {status}")
 
 
-def evaluate_checkpoint(out: Path, model: str, step: int, num: int, seed: int) -> dict:
+def evaluate_checkpoint(out: Path, model: str, step: int, num: int, seed: int, extra: list[str]) -> dict:
     from gan_dist.checkpoint import step_dir_name
+    from gan_dist.config import load_config
     from gan_dist.metrics.evaluate import eval_command
 
     checkpoint = out / "runs" / model / "checkpoints" / step_dir_name(step)
@@ -68,7 +69,10 @@ def evaluate_checkpoint(out: Path, model: str, step: int, num: int, seed: int) -
             return cached
     if not checkpoint.is_dir():
         raise SystemExit(f"{checkpoint} is missing: run without --report-only to train {model} to step {step}")
-    return eval_command(checkpoint=str(checkpoint), num_images=num, out_json=str(json_path), seed=seed)
+    # Data locations come from this script's config (the model's config + the overrides), never from the
+    # checkpoint's generator.yaml.
+    config = load_config(REPO_ROOT / MODEL_CONFIGS[model], [*extra, f"eval.num_samples={num}"])
+    return eval_command(config, checkpoint=str(checkpoint), out_json=str(json_path), seed=seed)
 
 
 def markdown_table(rows: list[dict], floor: dict, num: int) -> str:
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, floor = [], None
     for model in args.models:
         for step in steps:
-            result = evaluate_checkpoint(out, model, step, args.num, args.seed)
+            result = evaluate_checkpoint(out, model, step, args.num, args.seed, args.overrides)
             floor = result["floor"]
             meta = out / "runs" / model / "checkpoints" / f"step_{step:08d}" / "meta.json"
             images_seen = json.loads(meta.read_text())["images_seen"] if meta.is_file() else step * batch

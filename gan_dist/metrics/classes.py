@@ -46,3 +46,13 @@ def class_histogram(logits: torch.Tensor, min_fraction: float = MIN_CLASS_FRACTI
     nonzero = fractions[fractions > 0]
     kl = float((nonzero * (nonzero * len(fractions)).log()).sum())
     return {"classes_covered": float((fractions >= min_fraction).sum()), "class_kl_uniform": kl}
+
+
+@torch.no_grad()
+def class_accuracy(logits: torch.Tensor, requested: torch.Tensor) -> float:
+    """Share of samples the classifier assigns to the class they were generated for, in [0, 1].
+
+    logits: (N, K) of the feature network; requested: (N,) int64, the labels G was given. 1/K for a
+    G that ignores its labels (with balanced labels), 1 for one that always draws the requested class.
+    """
+    return float((logits.argmax(dim=1) == requested.to(logits.device)).double().mean())

@@ -53,3 +53,33 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def fid_from_features(features1: np.ndarray | torch.Tensor, features2: np.ndarray | torch.Tensor) -> float:
     """FID between two (N, D) feature sets."""
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+def intra_fid(features: torch.Tensor, labels: torch.Tensor, reference_stats: dict[int, tuple[np.ndarray, np.ndarray]],
+              num_classes: int) -> tuple[float, list[float]]:
+    """Intra-FID (Miyato & Koyama 2018): the FID of each class's samples against that class's reference
+    statistics, averaged over classes. Returns (mean, per-class list).
+
+    features: (N, D); labels: (N,) int64, the class each sample belongs to (for generated images: the
+    class requested from G). reference_stats: {class: (mu (D,), sigma (D, D))}. A class with fewer than
+    2 samples or no reference statistics has no covariance: its entry is nan and the mean skips it (nan
+    when no class has both). Each class's FID is biased upwards by its small sample count (N / K): compare
+    with the floor of the same size.
+    """
+    labels = labels.cpu()
+    per_class = []
+    for c in range(num_classes):
+        chosen = features[labels == c]  # (N_c, D)
+        if len(chosen) < 2 or c not in reference_stats:
+            per_class.append(float("nan"))
+            continue
+        per_class.append(frechet_distance(*feature_statistics(chosen), *reference_stats[c]))
+    defined = [value for value in per_class if not np.isnan(value)]
+    return (float(np.mean(defined)) if defined else float("nan")), per_class
+
+
+def class_statistics(features: torch.Tensor, labels: torch.Tensor,
+                     num_classes: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{class: (mu, sigma)} of the (N, D) features of each class with at least 2 samples."""
+    labels = labels.cpu()
+    return {c: feature_statistics(features[labels == c]) for c in range(num_classes) if int((labels == c).sum()) >= 2}

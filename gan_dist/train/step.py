@@ -19,7 +19,7 @@ Accelerate: `no_sync` on all but the last micro-batch of a phase, losses divided
 D's optimizer step (and fp16's scaler update) ends the D phase before G's micro-batches start, so one
 shared GradScaler is consistent within each phase.
 
-No host syncs: noise comes from a per-rank generator on the device (`NoiseSource`, checkpointed), fused
+No host syncs: noise comes from a generator on the device (`NoiseSource`, checkpointed), fused
 Adam keeps its step counters on the device, statistics stay tensors, counters are Python ints.
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,25 +55,37 @@ class Noise(Protocol):
 
 
 class NoiseSource:
-    """A torch.Generator on the training device, seeded from (run.seed, rank): draws need no host sync,
-    differ across ranks, and resume exactly from the checkpointed generator state."""
+    """A torch.Generator on the training device, seeded from run.seed and identical on every rank: each
+    draw is made for the global batch (batch_size x world_size rows) and the rank keeps its own slice.
 
-    def __init__(self, seed: int, rank: int, device: torch.device) -> None:
-        self.device = device
+    So the draws need no host sync, differ across ranks, resume exactly from the checkpointed generator
+    state, and a run is the same function of the global batch for any process count (1 process x 2B sees
+    the noise of 2 processes x B). The extra rows cost little: a G forward costs far more than its z.
+    """
+
+    def __init__(self, seed: int, rank: int, device: torch.device, world_size: int = 1) -> None:
+        self.device, self.rank, self.world_size = device, rank, world_size
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(derive_seed(seed, rank, "noise"))
+        self.generator.manual_seed(derive_seed(seed, "noise"))
+
+    def _slice(self, draw: Tensor, batch_size: int) -> Tensor:
+        return draw[self.rank * batch_size:(self.rank + 1) * batch_size]
 
     def latent(self, batch_size: int, latent_dim: int) -> Tensor:
         """z (B, latent_dim) ~ N(0, I)."""
-        return torch.randn(batch_size, latent_dim, generator=self.generator, device=self.device)
+        rows = batch_size * self.world_size
+        return self._slice(torch.randn(rows, latent_dim, generator=self.generator, device=self.device), batch_size)
 
     def labels(self, batch_size: int, num_classes: int) -> Tensor:
         """Classes asked of G (B,), uniform over num_classes."""
-        return torch.randint(num_classes, (batch_size,), generator=self.generator, device=self.device)
+        rows = batch_size * self.world_size
+        return self._slice(torch.randint(num_classes, (rows,), generator=self.generator, device=self.device),
+                           batch_size)
 
     def mix(self, batch_size: int) -> Tensor:
         """Interpolation weights (B,) ~ U[0, 1] (WGAN-GP)."""
-        return torch.rand(batch_size, generator=self.generator, device=self.device)
+        rows = batch_size * self.world_size
+        return self._slice(torch.rand(rows, generator=self.generator, device=self.device), batch_size)
 
     def get_state(self) -> Tensor:
         return self.generator.get_state()
@@ -86,7 +99,8 @@ class EMA:
 
     Written here rather than with torch.optim.swa_utils.AveragedModel, whose update tests
     `n_averaged == 0` on a device tensor (a host sync every step). The first update copies G, as
-    AveragedModel does; later ones compute ema <- ema + (1 - decay) * (G - ema) with foreach kernels.
+    AveragedModel does; later ones compute ema <- ema + w * (G - ema), w = 1 - decay, with foreach kernels
+    and w held in a device tensor, so that a captured CUDA graph replays with each step's w.
     `decay_at(step)` ramps the decay up at the start (`warmup_steps`), so early, poor weights fade fast.
     """
 
@@ -95,6 +109,8 @@ class EMA:
         self.decay = decay
         self.warmup_steps = warmup_steps
         self.num_updates = 0
+        device = next(iter(self.module.state_dict().values())).device
+        self.weight = torch.zeros((), device=device)  # 1 - decay of the next update
 
     def decay_at(self, step: int) -> float:
         """decay, or (1 + step) / (warmup + 1 + step) while that is smaller (a half-life growing with step)."""
@@ -113,16 +129,26 @@ class EMA:
                 src_other.append(tensor)
         return ema_float, src_float, ema_other, src_other
 
+    def set_decay(self, step: int) -> None:
+        """Set the next update's weight 1 - decay_at(step) (a device fill, no host sync)."""
+        self.weight.fill_(1.0 - self.decay_at(step))
+
     @torch.no_grad()
-    def update(self, G: nn.Module, step: int) -> None:
+    def apply(self, G: nn.Module) -> None:
+        """One update with the weight set by `set_decay` (the first update copies G)."""
         ema_float, src_float, ema_other, src_other = self._pairs(G)
         if self.num_updates == 0:
             torch._foreach_copy_(ema_float, src_float)
         else:
-            torch._foreach_lerp_(ema_float, src_float, 1.0 - self.decay_at(step))
+            # A list of (the same) 0-dim weight tensors: the single-tensor overload reads it with .item().
+            torch._foreach_lerp_(ema_float, src_float, [self.weight] * len(ema_float))
         for ema_tensor, tensor in zip(ema_other, src_other, strict=True):
             ema_tensor.copy_(tensor)
         self.num_updates += 1
+
+    def update(self, G: nn.Module, step: int) -> None:
+        self.set_decay(step)
+        self.apply(G)
 
 
 @dataclass
@@ -159,6 +185,7 @@ class GANStep:
         self.channels_last = channels_last
         self.g_params = [p for p in G_raw.parameters() if p.requires_grad]
         self.world_size = accelerator.num_processes
+        self.capturing = False  # True while CUDAGraphStep records run() into a graph
 
     # -- helpers ------------------------------------------------------------------------------------
     def _sync_context(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
@@ -233,6 +260,89 @@ class GANStep:
             all_stats.append(stats)
         self._optimizer_step(self.opt_g, self.G_raw)
         if self.ema is not None:
-            self.ema.update(self.G_raw, self.counters.step)
+            if not self.capturing:  # a captured graph gets each step's weight set before its replay
+                self.ema.set_decay(self.counters.step)
+            self.ema.apply(self.G_raw)
         self.counters.step += 1
         return all_stats
+
+
+class CUDAGraphStep:
+    """train.cuda_graph: GANStep.run recorded once into a CUDA graph and replayed every step.
+
+    Each step's real batches are copied into static device buffers, the EMA weight is set, then the graph
+    replays the whole D and G phases (forward, backward, capturable Adam, EMA) with one launch. Before the
+    capture, `warmup_steps` eager steps run on a side stream (cuDNN autotuning, lazily created optimizer
+    state, the first EMA copy), as PyTorch's whole-network capture recipe asks. The noise generator is
+    registered with the graph, so each replay draws new noise and its state stays checkpointable; the
+    default CUDA generator (dropout) is registered by PyTorch. Python counters advance outside the graph.
+    `invalidate()` drops the graph (e.g. after loading a checkpoint, which replaces optimizer state
+    tensors); the next call warms up and captures again. Refused (config and trainer): CPUs, the stream
+    loader, several processes, fp16's GradScaler, accumulation, gradient penalties (double backward).
+    """
+
+    def __init__(self, step: GANStep, warmup_steps: int = 3) -> None:
+        self.step = step
+        self.warmup_steps = warmup_steps
+        self._warmups_left = warmup_steps
+        self.graph: Any = None
+        self._static_batches: list[tuple[Tensor, Tensor]] = []
+        self._static_stats: list[Stats] = []
+
+    def invalidate(self) -> None:
+        self.graph, self._static_batches, self._static_stats = None, [], []
+        self._warmups_left = self.warmup_steps
+
+    def _counters_after(self, batches: list[tuple[Tensor, Tensor]]) -> None:
+        counters, step = self.step.counters, self.step
+        counters.batches += len(batches)
+        counters.images_seen += sum(real.shape[0] for real, _ in batches) * step.world_size
+        counters.d_steps += step.d_steps_per_g
+        counters.step += 1
+        if step.ema is not None:
+            step.ema.num_updates += 1
+
+    def run(self, batches: Iterator[tuple[Tensor, Tensor]]) -> list[Stats]:
+        step = self.step
+        fresh = [next(batches) for _ in range(step.d_steps_per_g * step.accumulation_steps)]
+        if self.graph is None and self._warmups_left > 0:
+            self._warmups_left -= 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                stats = step.run(iter(fresh))
+            torch.cuda.current_stream().wait_stream(side)
+            return stats
+        if self.graph is None:
+            self._capture(fresh)
+        for (static_real, static_labels), (real, labels) in zip(self._static_batches, fresh, strict=True):
+            static_real.copy_(real)
+            static_labels.copy_(labels)
+        if step.ema is not None:
+            step.ema.set_decay(step.counters.step)
+        self.graph.replay()
+        self._counters_after(fresh)
+        return self._static_stats
+
+    def _capture(self, fresh: list[tuple[Tensor, Tensor]]) -> None:
+        step = self.step
+        self._static_batches = [(real.clone(), labels.clone()) for real, labels in fresh]
+        step.opt_d.zero_grad(set_to_none=True)
+        step.opt_g.zero_grad(set_to_none=True)
+        saved = dataclasses.replace(step.counters)
+        graph = torch.cuda.CUDAGraph()
+        if isinstance(step.noise, NoiseSource):
+            graph.register_generator_state(step.noise.generator)
+        torch.cuda.synchronize()
+        step.capturing = True
+        try:
+            with torch.cuda.graph(graph):
+                self._static_stats = step.run(iter(self._static_batches))
+        finally:
+            step.capturing = False
+        # Recording ran no kernels and no step: undo the Python-side effects of the recorded run.
+        step.counters.step, step.counters.d_steps = saved.step, saved.d_steps
+        step.counters.batches, step.counters.images_seen = saved.batches, saved.images_seen
+        if step.ema is not None:
+            step.ema.num_updates -= 1
+        self.graph = graph

@@ -41,7 +41,7 @@ from gan_dist.train.accelerator import (
 from gan_dist.train.cadence import Cadence
 from gan_dist.train.logger import Diverged, MetricLogger
 from gan_dist.train.run_dir import Parts, RunFolder, TrainState
-from gan_dist.train.step import EMA, GANStep, NoiseSource, StepCounters
+from gan_dist.train.step import EMA, CUDAGraphStep, GANStep, NoiseSource, StepCounters
 
 # Exit status of a run stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL):
 # "try again" — the SLURM scripts requeue and the next start resumes with --resume auto.
@@ -154,7 +154,8 @@ class Trainer:
 
         self.G_raw, self.D_raw, self.G, self.D, self.D_for_g, self.opt_g, self.opt_d = self._build_parts(G, D)
         self.ema = EMA(self.G_raw, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
-        self.noise = NoiseSource(config.run.seed, accelerator.process_index, accelerator.device)
+        self.noise = NoiseSource(config.run.seed, accelerator.process_index, accelerator.device,
+                                 accelerator.num_processes)
         self.counters = StepCounters()
         self.state = TrainState(self.counters)
         self.parts = Parts(G=self.G_raw, D=self.D_raw, ema=self.ema, opt_g=self.opt_g, opt_d=self.opt_d,
@@ -173,6 +174,8 @@ class Trainer:
             counters=self.counters, latent_dim=config.model.latent_dim, num_classes=self.num_classes,
             d_steps_per_g=train_cfg.d_steps_per_g, accumulation_steps=train_cfg.gradient_accumulation_steps,
             grad_clip_norm=config.optim.grad_clip_norm, channels_last=self._channels_last)
+        if train_cfg.cuda_graph:
+            self.step = CUDAGraphStep(self.step)  # type: ignore[assignment]
         self.cadence = Cadence.from_config(config, accelerator.num_processes)
         self.record = RunRecord(
             run_name=self.run.path.name, run_dir=str(self.run.path), run_id=self.state.run_id,
@@ -294,7 +297,7 @@ class Trainer:
             return 0
         self.run.remove_done()
         self._start_logging()
-        batches = self._batch_source()
+        batches = self.batch_source()
         start_step = self.counters.step
         loop_start = time.perf_counter()
         try:
@@ -343,7 +346,7 @@ class Trainer:
             f"{record.mixed_precision} | global batch {record.global_batch_size} | data.loader {config.data.loader} "
             f"| steps {self.counters.step}->{config.train.num_steps} | tracker {self.tracker.description}")
 
-    def _batch_source(self) -> Any:
+    def batch_source(self) -> Any:
         from gan_dist.data.batches import make_batch_source
 
         config = self.config

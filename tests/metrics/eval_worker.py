@@ -1,12 +1,13 @@
 """Run by tests/metrics/test_evaluate.py under 1 or 2 real processes (torchrun, gloo on CPU).
 
 argv: SHARDS_DIR CACHE_DIR OUT_JSON NUM_SAMPLES BATCH_SIZE. Evaluates a freshly initialised keras_dcgan
-G (seeded, identical on every rank) and writes, from the main process, the metrics, the floor and a
-permutation-invariant fingerprint of the gathered features.
+G and a conditional one (seeded, identical on every rank) and writes, from the main process, the metrics,
+the floor and a permutation-invariant fingerprint of the gathered features.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -14,8 +15,9 @@ import torch
 from accelerate import Accelerator
 
 from gan_dist.config import load_config
+from gan_dist.data.datasets import resolve_dataset
 from gan_dist.metrics.evaluate import Evaluator
-from gan_dist.models import build_models
+from gan_dist.models import build_generator
 
 
 def main() -> None:
@@ -23,17 +25,25 @@ def main() -> None:
     config = load_config(None, [f"data.root={shards}", f"eval.num_samples={num_samples}",
                                 f"eval.batch_size={batch_size}"])
     accelerator = Accelerator(cpu=True)
+    with accelerator.local_main_process_first():
+        dataset = resolve_dataset(config.data)
     torch.manual_seed(0)
-    G, _ = build_models(config.model)
-    evaluator = Evaluator(config, accelerator, cache_dir=cache)
+    G = build_generator(config.model)
+    conditional_G = build_generator(dataclasses.replace(config.model, conditioning="concat"), dataset.image_shape,
+                                    dataset.num_classes)
+    evaluator = Evaluator(config, accelerator, dataset, cache_dir=cache)
     metrics = evaluator.evaluate(G, seed=123)
-    features, _ = evaluator.generated_features(G, seed=123)  # (N, D) gathered on every rank
+    features, _, _ = evaluator.generated_features(G, seed=123)  # (N, D) gathered on every rank
+    conditional = evaluator.evaluate(conditional_G, seed=5)
+    _, _, requested = evaluator.generated_features(conditional_G, seed=5)  # (N,) gathered on every rank
     all_ranks = accelerator.gather(torch.tensor([metrics["fid"]]))  # every rank returned the same dict
     if accelerator.is_main_process:
         metrics.pop("eval_seconds")
+        conditional.pop("eval_seconds")
         record = {"world_size": accelerator.num_processes, "metrics": metrics, "floor": evaluator.floor(),
                   "fid_per_rank": all_ranks.tolist(), "num_features": len(features),
-                  "sorted_norms": features.double().norm(dim=1).sort().values.tolist()}
+                  "sorted_norms": features.double().norm(dim=1).sort().values.tolist(),
+                  "conditional": conditional, "requested_counts": torch.bincount(requested).tolist()}
         with open(out, "w") as handle:
             json.dump(record, handle)
     # Destroy the process group before exit: a rank leaving with gloo still set up can abort

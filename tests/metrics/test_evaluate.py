@@ -1,4 +1,5 @@
-"""The Evaluator on the real MNIST shards: real-vs-real sanity, floor, noise, and 1 vs 2 processes.
+"""The Evaluator on the real MNIST shards: real-vs-real sanity, floor, noise, conditional metrics on
+constructed generators, per-dataset cache keys, and 1 vs 2 processes.
 
 Uses the session's MNIST shards (`mnist_shards` fixture) and a module-wide metrics cache, so the test
 split's features are computed once (~10 s on one CPU core).
@@ -6,19 +7,24 @@ split's features are computed once (~10 s on one CPU core).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
+from torch import nn
 
-from gan_dist.config import load_config
+from gan_dist.config import ConfigError, load_config
+from gan_dist.data.datasets import resolve_dataset
+from gan_dist.metrics.classifier import load_split, to_unit_range
 from gan_dist.metrics.evaluate import TABLE_KEYS, Evaluator, compute_metrics, format_table, real_features
 from gan_dist.metrics.fid import fid_from_features
 from tests.distributed import run_processes
 
 WORKER = Path(__file__).with_name("eval_worker.py")
+NUM_SAMPLES = 1000
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +34,64 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluator(mnist_shards, cache_dir) -> Evaluator:
-    config = load_config(None, [f"data.root={mnist_shards}", "eval.num_samples=1000", "eval.batch_size=250"])
-    return Evaluator(config, Accelerator(cpu=True), cache_dir=cache_dir)
+    config = load_config(None, [f"data.root={mnist_shards}", f"eval.num_samples={NUM_SAMPLES}",
+                                "eval.batch_size=250"])
+    return Evaluator(config, Accelerator(cpu=True), resolve_dataset(config.data), cache_dir=cache_dir)
 
 
-def test_reference_is_cached_on_disk_keyed_by_weights_and_manifest(evaluator, cache_dir):
+@pytest.fixture(scope="module")
+def test_split(evaluator) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_split(evaluator.dataset, "test")  # uint8 (10000, 1, 28, 28), labels (10000,)
+
+
+class RealImagesG(nn.Module):
+    """A stand-in conditional generator that returns real images: for label y, image k of class y in a
+    bank, k a function of z. With `ignore_labels` it draws the class from z instead (a G that ignores y)."""
+
+    latent_dim = 4
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 ignore_labels: bool = False) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_labels = ignore_labels
+        self.banks = [to_unit_range(images[labels == c]) for c in range(num_classes)]  # [(N_c, C, H, W)]
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.ignore_labels:
+            labels = (z[:, 1].abs() * 1e4).long() % self.num_classes
+        index = (z[:, 0].abs() * 1e4).long()  # (B,) a deterministic function of the noise
+        return torch.stack([self.banks[int(y)][int(k) % len(self.banks[int(y)])] for y, k in zip(labels, index,
+                                                                                                  strict=True)])
+
+
+def test_reference_and_floor_are_cached_on_disk_keyed_by_dataset_weights_and_data(evaluator, cache_dir):
     names = sorted(path.name for path in cache_dir.iterdir())
     key = evaluator._cache_key()
-    assert f"reference-{key}.npz" in names and f"floor-{key}-n1000.json" in names
-    assert evaluator.weights_record["sha256"][:16] in key
-    assert len(evaluator.reference().features) == 10000
+    assert f"reference-{key}.npz" in names and f"floor-{key}-n{NUM_SAMPLES}.json" in names
+    assert key.startswith("mnist-") and evaluator.weights_record["sha256"][:16] in key
+    assert evaluator.dataset.fingerprint[:16] in key
+    reference = evaluator.reference()
+    assert len(reference.features) == len(reference.labels) == 10000
+    assert sorted(reference.class_stats) == list(range(10))
 
 
-def test_fid_real_vs_real(evaluator, mnist_shards):
+def test_two_datasets_never_share_cached_files(evaluator, cache_dir):
+    # Another dataset (here: the same files under another fingerprint, as a re-prepared or different
+    # dataset would have) gets files of its own and leaves the first one's untouched.
+    before = {path.name: path.stat().st_mtime_ns for path in cache_dir.iterdir()}
+    other_data = dataclasses.replace(evaluator.dataset, fingerprint="f" * 64)
+    other = Evaluator(evaluator.config, evaluator.accelerator, other_data, cache_dir=cache_dir)
+    assert other._cache_key() != evaluator._cache_key() and "-dffffffffffffffff" in other._cache_key()
+    after = {path.name: path.stat().st_mtime_ns for path in cache_dir.iterdir()}
+    assert {name: after[name] for name in before} == before
+    assert len(after) == len(before) + 2  # its own reference and floor
+
+
+def test_fid_real_vs_real(evaluator):
     test_features = evaluator.reference().features
     assert fid_from_features(test_features, test_features) == pytest.approx(0.0, abs=1e-6)
-    from gan_dist.data.shards import train_urls
-
-    train_features, _ = real_features(evaluator.net, train_urls(evaluator.config.data), 1000, "cpu", limit=5000)
+    train_features, _, _ = real_features(evaluator.net, evaluator.dataset, "train", 1000, "cpu", limit=5000)
     fid_train = fid_from_features(train_features, test_features)
     noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     noise_features, noise_logits = evaluator.net.features_and_logits(noise)
@@ -62,13 +108,17 @@ def test_floor_is_near_perfect(evaluator):
     floor = evaluator.floor()
     # Measured, 1,000 train images vs the 10,000 test images: FID 23.6 (it falls as 1/N: 13.4 at 2,000,
     # 5.0 at 10,000), IS 9.84, precision 0.87, recall 0.86, density 0.96, coverage 0.33 (1,000 fakes
-    # cannot cover 10,000 balls), 10 classes, KL 0.004.
+    # cannot cover 10,000 balls), 10 classes, KL 0.004; the class metrics on 100 train images per class:
+    # class accuracy 0.998, intra-FID 52.7 (100 samples per class in 128 dimensions: a large bias).
     assert set(TABLE_KEYS) <= set(floor)
     assert floor["fid"] < 40.0
     assert floor["classes_covered"] == 10 and floor["class_kl_uniform"] < 0.01
     assert floor["inception_score"] > 9.5
     assert floor["precision"] > 0.75 and floor["recall"] > 0.75
     assert 0.8 < floor["density"] < 1.2 and floor["coverage"] > 0.25
+    assert floor["class_accuracy"] > 0.98
+    assert floor["fid"] < floor["intra_fid"] < 10 * floor["fid"]
+    assert len(evaluator.floor_intra_fid_per_class) == 10
     assert "real floor" in format_table(floor, floor)
 
 
@@ -80,10 +130,44 @@ def test_untrained_generator_is_far_above_the_floor(evaluator):
     G.train()
     metrics = evaluator.evaluate(G, seed=0)
     assert G.training  # the mode is restored
+    assert "class_accuracy" not in metrics and "intra_fid" not in metrics  # unconditional
     # Measured: FID 2314, IS 1.00, coverage 0.0001, 3 classes (of blobs the classifier calls digits).
     assert metrics["fid"] > 20 * evaluator.floor()["fid"]
     assert metrics["coverage"] < 0.01 and metrics["inception_score"] < 1.5
     assert metrics == pytest.approx(evaluator.evaluate(G, seed=0) | {"eval_seconds": metrics["eval_seconds"]})
+
+
+def test_real_test_images_of_the_requested_class_score_like_the_classifier(evaluator, test_split):
+    images, labels = test_split
+    metrics = evaluator.evaluate(RealImagesG(images, labels, 10), seed=0)
+    floor = evaluator.floor()
+    # Measured: class accuracy 0.996 (the network's test accuracy is 0.9927), intra-FID 23.4 vs the
+    # floor's 52.7 and FID 6.3 vs 23.6: these images are drawn from the reference itself, the floor's are not.
+    assert metrics["class_accuracy"] == pytest.approx(evaluator.weights_record["test_accuracy"], abs=0.015)
+    assert metrics["intra_fid"] < floor["intra_fid"] and metrics["fid"] < floor["fid"]
+    assert metrics["classes_covered"] == 10 and len(evaluator.last_intra_fid_per_class) == 10
+
+
+def test_a_generator_that_ignores_its_labels_scores_chance(evaluator, test_split):
+    images, labels = test_split
+    faithful = evaluator.evaluate(RealImagesG(images, labels, 10), seed=0)
+    ignoring = evaluator.evaluate(RealImagesG(images, labels, 10, ignore_labels=True), seed=0)
+    # Real images either way, so the unconditional metrics stay below the floor; the class metrics collapse.
+    # Measured: class accuracy 0.091 vs 0.996, intra-FID 2064 vs 23.4; FID 11.9 vs 6.3 (floor 23.6).
+    assert ignoring["class_accuracy"] == pytest.approx(0.1, abs=0.04)
+    assert ignoring["intra_fid"] > 20 * faithful["intra_fid"]
+    assert ignoring["fid"] < evaluator.floor()["fid"] and ignoring["classes_covered"] == 10
+
+
+def test_an_untrained_conditional_generator_and_a_mismatched_one(evaluator):
+    from gan_dist.models import build_generator
+
+    model = dataclasses.replace(evaluator.config.model, conditioning="concat")
+    torch.manual_seed(0)
+    metrics = evaluator.evaluate(build_generator(model, (1, 28, 28), num_classes=10), seed=0)
+    assert metrics["intra_fid"] > 10 * evaluator.floor()["intra_fid"] and metrics["class_accuracy"] < 0.5
+    with pytest.raises(ConfigError, match="data.dataset"):
+        evaluator.evaluate(build_generator(model, (1, 28, 28), num_classes=7), seed=0)
 
 
 def test_one_and_two_processes_agree(mnist_shards, cache_dir, tmp_path):
@@ -99,3 +183,7 @@ def test_one_and_two_processes_agree(mnist_shards, cache_dir, tmp_path):
     assert two["sorted_norms"] == pytest.approx(one["sorted_norms"], rel=1e-5)
     assert two["metrics"] == pytest.approx(one["metrics"], rel=1e-4, abs=1e-6)
     assert two["floor"] == pytest.approx(one["floor"], rel=1e-9)
+    # A conditional G: the same labels reach the same samples, whatever the process count.
+    assert {"class_accuracy", "intra_fid"} <= set(one["conditional"])
+    assert two["conditional"] == pytest.approx(one["conditional"], rel=1e-4, abs=1e-6)
+    assert two["requested_counts"] == one["requested_counts"] == [31] + [30] * 9

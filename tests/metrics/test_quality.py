@@ -29,7 +29,8 @@ from accelerate import Accelerator
 
 from gan_dist.checkpoint import load_generator
 from gan_dist.config import load_config
-from gan_dist.metrics.classifier import load_split
+from gan_dist.data.datasets import resolve_dataset
+from gan_dist.metrics.classifier import load_split, to_unit_range
 from gan_dist.metrics.evaluate import Evaluator, compute_metrics
 from gan_dist.models import build_models
 from gan_dist.train import train
@@ -51,18 +52,17 @@ def test_keras_dcgan_learns_all_ten_digits(mnist_shards, tmp_path):
     assert train(config) == 0
     train_s = time.perf_counter() - start
 
-    evaluator = Evaluator(config, Accelerator(cpu=True), cache_dir=tmp_path / "metrics_cache")
-    G, _, step = load_generator(run_dir=tmp_path / "quality")
-    assert step == STEPS
+    dataset = resolve_dataset(config.data)
+    evaluator = Evaluator(config, Accelerator(cpu=True), dataset, cache_dir=tmp_path / "metrics_cache")
+    G, info = load_generator(run_dir=tmp_path / "quality")
+    assert info.step == STEPS
     trained = evaluator.evaluate(G, seed=0)
     torch.manual_seed(config.run.seed)
-    untrained = evaluator.evaluate(build_models(config.model)[0], seed=0)
-    from gan_dist.data.shards import train_urls
-
-    images, labels = load_split(train_urls(config.data))
+    untrained = evaluator.evaluate(build_models(config.model, dataset.image_shape)[0], seed=0)
+    images, labels = load_split(dataset, "train")  # uint8 (60000, 1, 28, 28)
     collapsed = []
     for digit in range(10):
-        features, logits = evaluator.net.features_and_logits(images[labels == digit][:NUM_SAMPLES])
+        features, logits = evaluator.net.features_and_logits(to_unit_range(images[labels == digit][:NUM_SAMPLES]))
         collapsed.append(compute_metrics(features, logits, evaluator.reference()))
     best_collapsed = min(collapsed, key=lambda m: m["fid"])
     floor = evaluator.floor()

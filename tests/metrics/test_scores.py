@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from gan_dist.metrics.classes import class_fractions, class_histogram, inception_score
-from gan_dist.metrics.fid import feature_statistics, fid_from_features, frechet_distance, trace_sqrt_product
+from gan_dist.metrics.classes import class_accuracy, class_fractions, class_histogram, inception_score
+from gan_dist.metrics.fid import (
+    class_statistics,
+    feature_statistics,
+    fid_from_features,
+    frechet_distance,
+    intra_fid,
+    trace_sqrt_product,
+)
 from gan_dist.metrics.prdc import knn_radii, prdc
 
 
@@ -123,3 +130,47 @@ def test_class_histogram_balanced_collapsed_and_rare():
     # Digit 9 at 1% of the samples does not count as covered (threshold 2%).
     labels = torch.cat([torch.arange(990) % 9, torch.full((10,), 9)])
     assert class_histogram(_one_hot_logits(labels))["classes_covered"] == 9
+
+
+def test_class_accuracy_counts_the_requested_class():
+    requested = torch.arange(1000) % 10
+    assert class_accuracy(_one_hot_logits(requested), requested) == 1.0
+    assert class_accuracy(_one_hot_logits((requested + 1) % 10), requested) == 0.0
+    half = torch.where(torch.arange(1000) < 500, requested, (requested + 3) % 10)
+    assert class_accuracy(_one_hot_logits(half), requested) == pytest.approx(0.5)
+
+
+def _class_clusters(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n points of 4 classes, class c a unit Gaussian around (10 c, 0, 0) (+ shift on every axis)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    centers = torch.zeros(4, 3)
+    centers[:, 0] = torch.arange(4) * 10.0
+    return centers[labels] + torch.randn(n, 3, generator=g) + shift, labels
+
+
+def test_intra_fid_is_near_zero_for_the_same_classes_and_sees_swapped_labels():
+    real, real_labels = _class_clusters(8000, 0)
+    stats = class_statistics(real, real_labels, 4)
+    fake, fake_labels = _class_clusters(8000, 1)
+    mean, per_class = intra_fid(fake, fake_labels, stats, 4)
+    assert len(per_class) == 4 and mean < 0.02
+    # The same images under swapped labels: the unconditional FID is unchanged, intra-FID is not.
+    assert fid_from_features(fake, real) < 0.02
+    swapped, _ = intra_fid(fake, (fake_labels + 1) % 4, stats, 4)
+    # Classes 1..3 get the images of their left neighbour (10 units away), class 0 those of class 3 (30
+    # units away): (3 x 10^2 + 30^2) / 4.
+    assert swapped == pytest.approx(300.0, rel=0.05)
+    shifted, _ = intra_fid(fake + 2.0, fake_labels, stats, 4)
+    assert shifted == pytest.approx(12.0, rel=0.05)  # |(2, 2, 2)|^2
+
+
+def test_intra_fid_skips_classes_without_a_covariance():
+    real, real_labels = _class_clusters(400, 2)
+    stats = class_statistics(real, real_labels, 4)
+    fake, fake_labels = _class_clusters(400, 3)
+    fake_labels[fake_labels == 3] = 2  # class 3 never drawn
+    mean, per_class = intra_fid(fake, fake_labels, stats, 4)
+    assert math.isnan(per_class[3]) and not any(math.isnan(v) for v in per_class[:3])
+    assert mean == pytest.approx(float(np.mean(per_class[:3])))
+    assert math.isnan(intra_fid(fake[:1], fake_labels[:1], stats, 4)[0])

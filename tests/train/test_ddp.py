@@ -72,3 +72,34 @@ def test_accelerate_launch_multi_gpu_on_a_cpu_machine_forms_a_gloo_group(mnist_s
     assert done["images_seen"] == 4 * 2 * 8  # steps x processes x batch_size_per_process
     assert [p.name for p in tmp_path.iterdir()] == ["launched"]
     assert "2 process(es)" in result.stdout
+
+
+def test_whole_runs_on_the_memory_loader_are_the_same_for_one_and_two_processes(tiny_shards, tmp_path):
+    """`gan-dist train` end to end with data.loader=memory: 2 processes x 8 equal 1 process x 16, because the
+    memory source gives the 2 ranks the two halves of the 1-process batch and the noise is drawn for the
+    global batch; DDP's gradient average does the rest."""
+    from safetensors.torch import load_file
+
+    from tests.distributed import REPO_ROOT, free_port
+
+    common = ["configs/debug.yaml", f"data.root={tiny_shards}", "data.auto_prepare=false", "data.loader=memory",
+              *MLP, "model.name=mlp", "train.num_steps=6", "log.sample_every=0", "checkpoint.every=0",
+              f"run.out_dir={tmp_path}", "dist.cpu=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    one = subprocess.run([sys.executable, "-m", "gan_dist", "train", *common, "run.name=one",
+                          "train.batch_size_per_process=16"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert one.returncode == 0, one.stdout + one.stderr
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", str(free_port()), "-m", "gan_dist", "train", *common,
+                          "run.name=two", "train.batch_size_per_process=8"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stdout + two.stderr
+    for name in ("G.safetensors", "D.safetensors"):
+        single = load_file(str(tmp_path / "one" / "checkpoints" / "step_00000006" / name))
+        double = load_file(str(tmp_path / "two" / "checkpoints" / "step_00000006" / name))
+        for key, value in single.items():
+            torch.testing.assert_close(double[key], value, atol=1e-5, rtol=1e-4, msg=f"{name} {key}")
+    done = [json.loads((tmp_path / run / "done.json").read_text()) for run in ("one", "two")]
+    assert [d["images_seen"] for d in done] == [6 * 16, 6 * 16] and [d["num_processes"] for d in done] == [1, 2]

@@ -1,0 +1,166 @@
+"""The step: phase isolation, image accounting with d_steps_per_g and accumulation, exact resume on both
+loaders, no host sync inside the step, fused and foreach Adam agreeing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gan_dist.checkpoint import complete_checkpoints
+from gan_dist.config import load_config
+from gan_dist.train import EXIT_STOPPED_EARLY, Trainer, train
+
+
+def config_for(shards: Path, out_dir: Path, *overrides: str):
+    return load_config("configs/debug.yaml", [f"data.root={shards}", f"run.out_dir={out_dir}", "run.name=r",
+                                              "log.sample_every=0", *overrides])
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["loss.name=wgan_gp", "model.d_norm=layer", "train.d_steps_per_g=2"],
+    ["model.conditioning=acgan", "loss.name=hinge", "model.spectral_norm=true", "model.d_norm=none"],
+])
+def test_the_g_phase_changes_no_d_parameter_and_the_d_phase_no_g_parameter(mnist_shards, tmp_path, overrides):
+    trainer = Trainer(config_for(mnist_shards, tmp_path, *overrides))
+    try:
+        G, D = trainer.G_raw, trainer.D_raw
+        snapshot = lambda module: [p.detach().clone() for p in module.parameters()]  # noqa: E731
+        seen: dict[str, object] = {}
+
+        def after_d_step(optimizer, args, kwargs) -> None:
+            seen.setdefault("G_after_d", snapshot(G))
+            seen["D_after_d"] = snapshot(D)
+
+        def before_g_step(optimizer, args, kwargs) -> None:
+            seen["D_grads_in_g_phase"] = [p.grad for p in D.parameters()]
+
+        trainer.opt_d.optimizer.register_step_post_hook(after_d_step)
+        trainer.opt_g.optimizer.register_step_pre_hook(before_g_step)
+        G_before, D_before = snapshot(G), snapshot(D)
+        batches = trainer.batch_source()
+        trainer.step.run(batches)
+        batches.close()
+        # D phase: G untouched; D moved. G phase: D untouched, with no gradient at all; G moved.
+        assert all(torch.equal(a, b) for a, b in zip(seen["G_after_d"], G_before, strict=True))
+        assert not all(torch.equal(a, b) for a, b in zip(seen["D_after_d"], D_before, strict=True))
+        assert all(grad is None for grad in seen["D_grads_in_g_phase"])
+        assert all(torch.equal(a, b) for a, b in zip(snapshot(D), seen["D_after_d"], strict=True))
+        assert not all(torch.equal(a, b) for a, b in zip(snapshot(G), G_before, strict=True))
+    finally:
+        trainer.close()
+
+
+def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    step, path = complete_checkpoints(run_dir)[-1]
+    tensors = {}
+    for name in ("G", "D", "G_ema", "optimizer_G", "optimizer_D"):
+        tensors.update({f"{name}.{k}": v for k, v in load_file(str(path / f"{name}.safetensors")).items()})
+    return tensors
+
+
+def _stop_at(trainer: Trainer, step: int) -> None:
+    """SIGUSR1 to this process once the trainer reaches `step`, as SLURM does before a time limit."""
+
+    def watch() -> None:
+        while trainer.counters.step < step:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@pytest.mark.parametrize("loader", ["stream", "memory"])
+def test_d_steps_and_accumulation_resume_exactly_and_count_images(mnist_shards, tmp_path, loader):
+    """d_steps_per_g=2 and 2 micro-batches: preempted + resumed == uninterrupted, bit for bit, and every
+    real batch is counted (steps x d_steps x micro-batches x batch)."""
+    common = ("train.num_steps=8", "checkpoint.every=100", "train.ema_decay=0.9", "run.deterministic=true",
+              "train.d_steps_per_g=2", "train.gradient_accumulation_steps=2", f"data.loader={loader}",
+              "loss.name=wgan_gp", "model.d_norm=layer", "data.num_workers=1")
+    assert train(config_for(mnist_shards, tmp_path / "straight", *common)) == 0
+    trainer = Trainer(config_for(mnist_shards, tmp_path / "split", *common))
+    _stop_at(trainer, 3)
+    try:
+        assert trainer.fit() == EXIT_STOPPED_EARLY
+    finally:
+        trainer.close()
+    resumed = Trainer(config_for(mnist_shards, tmp_path / "split", *common, "checkpoint.resume=auto"))
+    assert 3 <= resumed.counters.step < 8
+    assert resumed.counters.batches == resumed.counters.step * 2 * 2
+    try:
+        assert resumed.fit() == 0
+    finally:
+        resumed.close()
+    straight, split = _final_tensors(tmp_path / "straight" / "r"), _final_tensors(tmp_path / "split" / "r")
+    assert straight.keys() == split.keys()
+    for name, value in straight.items():
+        assert torch.equal(value, split[name]), name
+    done = json.loads((tmp_path / "split" / "r" / "done.json").read_text())
+    assert done["images_seen"] == 8 * 2 * 2 * 8  # steps x d_steps_per_g x micro-batches x batch_size
+
+
+class NoHostSync(TorchDispatchMode):
+    """Fails on any op that reads a tensor's value on the host (.item(), bool(tensor), .tolist(), ...)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default):
+            raise AssertionError(f"host sync inside the step: {func}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data.loader=memory"],
+    ["data.loader=stream", "train.ema_decay=0.99", "optim.grad_clip_norm=1.0"],
+    ["data.loader=memory", "loss.name=wgan_gp", "model.d_norm=layer", "train.d_steps_per_g=2"],
+    ["data.loader=memory", "model.conditioning=projection", "loss.name=hinge", "loss.r1_gamma=1",
+     "model.d_norm=none", "train.gradient_accumulation_steps=2"],
+])
+def test_the_step_never_reads_a_device_value_on_the_host(mnist_shards, tmp_path, overrides):
+    trainer = Trainer(config_for(mnist_shards, tmp_path, *overrides))
+    try:
+        assert trainer.adam_implementation == "fused"  # foreach Adam reads its step counters with .item()
+        batches = trainer.batch_source()
+        trainer.step.run(batches)  # the first step creates Adam's state
+        from gan_dist.train.logger import StatsAccumulator
+
+        accumulator = StatsAccumulator(trainer.accelerator.device)
+        with NoHostSync():
+            for _ in range(3):
+                for stats in trainer.step.run(batches):
+                    accumulator.add(stats, trainer.counters.step)
+        batches.close()
+        means, _ = accumulator.read()  # the log cadence's single read
+        assert "d_loss" in means and "g_loss" in means
+    finally:
+        trainer.close()
+
+
+def test_the_sync_detector_catches_a_sync():
+    with pytest.raises(AssertionError, match="host sync"), NoHostSync():
+        torch.ones(2).sum().item()
+
+
+def test_fused_and_foreach_adam_train_the_same_model(mnist_shards, tmp_path):
+    """mlp without dropout: every parameter gets a real gradient (in the Keras model, conv biases before
+    BatchNorm get ~1e-10 gradients whose Adam updates are float noise, different for any two kernels)."""
+    finals = {}
+    for implementation in ("fused", "foreach"):
+        overrides = ("train.num_steps=5", f"optim.implementation={implementation}", "run.deterministic=true",
+                     f"run.name={implementation}", "model.name=mlp", "model.d_dropout=0.0",
+                     "model.g_width=32", "model.d_width=32")
+        assert train(config_for(mnist_shards, tmp_path, *overrides)) == 0
+        step, path = complete_checkpoints(tmp_path / implementation)[-1]
+        finals[implementation] = {**load_file(str(path / "G.safetensors")), **{
+            f"D.{k}": v for k, v in load_file(str(path / "D.safetensors")).items()}}
+        assert json.loads((tmp_path / implementation / "run.json").read_text())["adam_implementation"] == implementation
+    for name, value in finals["fused"].items():
+        torch.testing.assert_close(finals["foreach"][name], value, rtol=1e-4, atol=1e-5, msg=name)
