@@ -90,6 +90,8 @@ def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int
     from gan_dist.train.accelerator import adam_implementation, adam_kwargs
 
     train_cfg, optim_cfg = config.train, config.optim
+    if train_cfg.compile:
+        torch._dynamo.reset()  # fresh compile caches: models rebuilt in one process would hit recompile limits
     torch.manual_seed(config.run.seed)
     G, D = build_models(config.model, image_shape, num_classes)
     G, D = G.to(device), D.to(device)
@@ -119,7 +121,7 @@ def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int
             z = torch.randn(batch_size, config.model.latent_dim, device=device)
             fake_labels = torch.randint(num_classes, (batch_size,), device=device) if cond else None
             with autocast:
-                fake = G_call(z, fake_labels)
+                fake = G_call(z, fake_labels).float()  # as the framework (Accelerate returns fp32 outputs)
                 mix = torch.rand(batch_size, device=device) if objective.needs_mix else None
                 loss, _ = objective.d_phase(D_call, DPhaseInputs(real, real_labels if cond else None,
                                                                  fake.detach(), fake_labels, mix))
@@ -218,6 +220,8 @@ def framework_images_per_s(config: Config, num_steps: int, warmup_steps: int) ->
     """Trainer's step fed by the real batch source, statistics summed on the device and read at the end."""
     from gan_dist.train import Trainer
 
+    if config.train.compile:
+        torch._dynamo.reset()  # as in the bare loop
     trainer = Trainer(config)
     try:
         from gan_dist.train.logger import StatsAccumulator
@@ -307,6 +311,8 @@ def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmu
                 for mode in modes:
                     for objective in objectives:
                         case = BenchCase(batch_size, precision, loader, mode, objective, channels_last)
+                        if mode == "cuda_graph" and (use_cpu or loader != "memory"):
+                            continue  # a graph replays device buffers: CUDA and the memory loader only
                         variant = case_config(config, case, "cpu" if use_cpu else "cuda")
                         framework, bare = [], []
                         for _ in range(repeats):

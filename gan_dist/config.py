@@ -25,7 +25,7 @@ G_NORMS = ("batch", "none")
 D_NORMS = ("batch", "layer", "none")
 LOSS_NAMES = ("ns", "lsgan", "wgan_gp", "hinge")
 ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
-LOADERS = ("stream", "memory")
+LOADERS = ("auto", "stream", "memory")
 MIXED_PRECISION_MODES = ("no", "fp16", "bf16", "auto")
 TRACKERS = ("wandb", "tensorboard", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -77,9 +77,11 @@ class DataConfig:
     # Write the shards with prepare-data when `train` finds them missing.
     auto_prepare: bool = True
     # stream: WebDataset shards decoded by DataLoader workers (any size, any URL) | memory: the train
-    # split read once through the same verified reader and kept on the device as uint8 (fast; small data).
-    loader: str = "stream"
-    # data.loader=memory refuses data whose uint8 copy per process would exceed this many MiB.
+    # split read once through the same verified reader and kept on the device as uint8 (no loader work per
+    # step: the fast path) | auto: memory when the split's uint8 copy fits in data.memory_max_mb, else stream.
+    loader: str = "auto"
+    # data.loader=memory refuses (and auto does not pick memory for) data whose uint8 copy per process would
+    # exceed this many MiB (MNIST's train split: 45 MiB).
     memory_max_mb: int = 4096
 
 
@@ -135,6 +137,9 @@ class OptimConfig:
     grad_clip_norm: float = 0.0
     # Adam's kernels: auto (fused where the device supports it, else foreach) | fused | foreach | for_loop.
     implementation: str = "auto"
+    # Learning-rate schedule: constant until this fraction of train.num_steps, then linear decay to 0 at the
+    # last step (1.0 = constant throughout). Applies to both lr_g and lr_d.
+    lr_decay_start: float = 1.0
 
 
 @dataclass
@@ -146,10 +151,14 @@ class TrainConfig:
     # Real images per process per micro-step. The global batch is this x processes x accumulation.
     batch_size_per_process: int = 32
     gradient_accumulation_steps: int = 1
-    # no | fp16 | bf16 | auto (bf16 where the device supports it, including AVX512-BF16 CPUs; else no).
-    mixed_precision: str = "no"
+    # no | fp16 | bf16 | auto: bf16 autocast where the device runs it fast (GPUs with bf16, CPUs with
+    # AVX512-BF16 or AMX), fp16 on older GPUs, else fp32. `accelerate launch --mixed_precision` wins over auto.
+    mixed_precision: str = "auto"
     # Exponential moving average of G's weights, used for samples and evaluation when > 0.
     ema_decay: float = 0.0
+    # EMA warm-up: the decay used at step t is min(ema_decay, (1 + t) / (ema_warmup_steps + 1 + t)), so the
+    # average forgets the first, poor weights quickly (0 = the constant ema_decay from the start).
+    ema_warmup_steps: int = 0
     # channels_last memory format for the conv models (helps on GPUs with tensor cores).
     channels_last: bool = False
     # torch.compile G and D.
@@ -369,6 +378,7 @@ def validate(config: Config, origin: str = "config") -> None:
     require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     require(o.grad_clip_norm >= 0, "optim.grad_clip_norm", "must be >= 0")
     one_of(o.implementation, ADAM_IMPLEMENTATIONS, "optim.implementation")
+    require(0.0 <= o.lr_decay_start <= 1.0, "optim.lr_decay_start", "must be in [0, 1] (1 = constant)")
 
     require(t.num_steps > 0, "train.num_steps", "must be > 0")
     require(t.d_steps_per_g >= 1, "train.d_steps_per_g", "must be >= 1")
@@ -376,9 +386,10 @@ def validate(config: Config, origin: str = "config") -> None:
     require(t.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps", "must be > 0")
     one_of(t.mixed_precision, MIXED_PRECISION_MODES, "train.mixed_precision")
     require(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+    require(t.ema_warmup_steps >= 0, "train.ema_warmup_steps", "must be >= 0")
     if t.cuda_graph:
-        require(d.loader == "memory", "train.cuda_graph", "needs data.loader=memory (a graph replays fixed "
-                "device buffers; the stream loader's batches come from the host)")
+        require(d.loader in ("memory", "auto"), "train.cuda_graph", "needs data.loader=memory (a graph replays "
+                "fixed device buffers; the stream loader's batches come from the host)")
         require(t.gradient_accumulation_steps == 1, "train.cuda_graph",
                 "needs train.gradient_accumulation_steps=1")
         require(not penalized, "train.cuda_graph", "cannot capture the double backward of a gradient penalty "
@@ -386,6 +397,8 @@ def validate(config: Config, origin: str = "config") -> None:
         require(t.mixed_precision != "fp16", "train.cuda_graph", "cannot capture fp16's GradScaler (its "
                 "inf checks sync with the host); use bf16")
         require(not t.compile, "train.cuda_graph", "and train.compile are alternatives; choose one")
+        require(o.lr_decay_start == 1.0, "train.cuda_graph", "replays a fixed learning rate: set "
+                "optim.lr_decay_start=1.0")
 
     one_of(lg.tracker, TRACKERS, "log.tracker")
     one_of(lg.wandb_mode, WANDB_MODES, "log.wandb_mode")

@@ -1,19 +1,23 @@
-"""Reproduce the README's results table and sample figure (anyone can rerun it; CPU or GPU).
+"""Reproduce the README's results: the table, the sample figures and the quality-vs-time plot (CPU or GPU).
 
-    python scripts/results.py --out results                     # keras_dcgan, dcgan, mlp at 50/2000/4000 steps
-    python scripts/results.py --out results --models keras_dcgan --steps 1 50 2000 4000 10000
-    python scripts/results.py --out results --report-only       # re-evaluate and re-print existing runs
+    python scripts/results.py --out results                                  # keras_dcgan, dcgan, mlp at 50/2000/4000
+    python scripts/results.py --out results --models lsgan hinge_sn cgan acgan projection --steps 4000
+    python scripts/results.py --out results --models wgan_gp --steps 1000    # 5 critic steps per G step
+    python scripts/results.py --out results --report-only                    # re-print existing runs
+    python scripts/results.py --plot results/runs/keras_dcgan results/runs/fast --out docs/fid_vs_time.png
 
-For each model it trains one run (the model's config in configs/ at batch 32, one process) in segments:
-train.num_steps = each milestone with checkpoint.resume=auto, so the run continues where it stopped
-and leaves a checkpoint at every milestone. Each milestone's exported generator (G_ema when trained) is
-evaluated with `gan_dist.metrics.evaluate` on --num generated images against the MNIST test split, next
-to the real-data floor (as many real train images vs the test split). Writes OUT/results.md (the table
-for the README), OUT/results.json, and OUT/samples.png: the trainer's fixed-noise 5x5 grids at
---grid-steps (default 1, 50, 2000), one row per model, like the Keras tutorial's figure.
+Training: one run per recipe (its config in configs/, one process) in segments: train.num_steps = each
+milestone with checkpoint.resume=auto, so the run continues where it stopped and leaves a checkpoint at
+every milestone; it evaluates every --eval-every steps and at each milestone (--num generated images,
+G_ema when trained), and logs each evaluation with its wall-clock time in RUN/evals.jsonl. A milestone
+without a logged evaluation is evaluated from its checkpoint. The seed models (keras_dcgan, dcgan, mlp)
+are compared at the tutorial's schedule (batch 32, a grid every 50 iterations); the other recipes run
+their configs as written. Writes OUT/results.md (the table for the README), OUT/results.json, and
+OUT/samples.png: the trainer's fixed-noise grids at --grid-steps, one row per recipe (one row per class
+for a conditional G, inside its grid).
 
-CPU cost (2 cores): keras_dcgan ~4000 steps in about 10-15 minutes, dcgan and mlp less; each
-evaluation of 10,000 images about 20 s.
+--plot draws FID against wall-clock minutes and against images seen for the given runs, from their own
+evals.jsonl (needs matplotlib: pip install -e ".[plot]").
 """
 
 from __future__ import annotations
@@ -24,129 +28,209 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MODEL_CONFIGS = {
-    "keras_dcgan": "configs/mnist_dcgan.yaml",
-    "dcgan": "configs/mnist_radford_dcgan.yaml",
-    "mlp": "configs/mnist_mlp.yaml",
+# recipe -> (config, overrides that put it on the comparison's schedule)
+SEED_SCHEDULE = ["train.batch_size_per_process=32", "log.sample_every=50"]
+RECIPES = {
+    "keras_dcgan": ("configs/mnist_dcgan.yaml", SEED_SCHEDULE),
+    "dcgan": ("configs/mnist_radford_dcgan.yaml", SEED_SCHEDULE),
+    "mlp": ("configs/mnist_mlp.yaml", SEED_SCHEDULE),
+    "mlp_own": ("configs/mnist_mlp.yaml", []),
+    "lsgan": ("configs/mnist_lsgan.yaml", []),
+    "hinge_sn": ("configs/mnist_hinge_sn.yaml", []),
+    "wgan_gp": ("configs/mnist_wgan_gp.yaml", []),
+    "cgan": ("configs/mnist_cgan.yaml", []),
+    "acgan": ("configs/mnist_acgan.yaml", []),
+    "projection": ("configs/mnist_projection.yaml", []),
+    "fast": ("configs/mnist_fast.yaml", []),
+    "fashion": ("configs/fashion_mnist_dcgan.yaml", []),
+    "fashion_hinge_sn": ("configs/fashion_mnist_hinge_sn.yaml", []),
 }
 COLUMNS = (("fid", "FID", "{:.2f}"), ("inception_score", "IS", "{:.2f}"), ("precision", "precision", "{:.3f}"),
            ("recall", "recall", "{:.3f}"), ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
-           ("classes_covered", "classes", "{:.0f}"))
+           ("classes_covered", "classes", "{:.0f}"), ("class_accuracy", "class acc.", "{:.3f}"),
+           ("intra_fid", "intra-FID", "{:.2f}"))
 
 
-def run_overrides(out: Path, model: str, steps: int, extra: list[str]) -> list[str]:
-    """A run with checkpoints only at the end of each segment, no in-training eval, no tracker.
-
-    The configs' own batch sizes differ (mlp 64, dcgan 128); the table compares all models at batch 32.
-    """
-    return [f"run.out_dir={out / 'runs'}", f"run.name={model}", f"train.num_steps={steps}",
-            "checkpoint.resume=auto", "checkpoint.every=0", "checkpoint.keep_last=100", "eval.eval_every=-1",
-            "log.tracker=none", "log.progress_bar=false",
-            # The same schedule for every model (the tutorial's): batch 32, a grid every 50 iterations.
-            "train.batch_size_per_process=32", "log.sample_every=50", *extra]
+def run_overrides(out: Path, recipe: str, steps: int, num: int, eval_every: int, extra: list[str]) -> list[str]:
+    """A segment of the recipe's run: to `steps`, resuming, evaluating and logging, no tracker."""
+    return [f"run.out_dir={out / 'runs'}", f"run.name={recipe}", f"train.num_steps={steps}",
+            "checkpoint.resume=auto", "checkpoint.every=0", "checkpoint.keep_last=100",
+            f"eval.eval_every={eval_every}", f"eval.num_samples={num}", "log.tracker=none",
+            "log.progress_bar=false", *RECIPES[recipe][1], *extra]
 
 
-def train_to(out: Path, model: str, steps: int, extra: list[str]) -> None:
+def load_recipe(recipe: str, overrides: list[str]):
     from gan_dist.config import load_config
+
+    return load_config(REPO_ROOT / RECIPES[recipe][0], overrides)
+
+
+def train_to(out: Path, recipe: str, steps: int, num: int, eval_every: int, extra: list[str]) -> None:
     from gan_dist.train import train
 
-    config = load_config(REPO_ROOT / MODEL_CONFIGS[model], run_overrides(out, model, steps, extra))
-    status = train(config)
+    status = train(load_recipe(recipe, run_overrides(out, recipe, steps, num, eval_every, extra)))
     if status != 0:
-        raise SystemExit(f"training {model} to step {steps} exited with {status}")
+        raise SystemExit(f"training {recipe} to step {steps} exited with {status}")
 
 
-def evaluate_checkpoint(out: Path, model: str, step: int, num: int, seed: int, extra: list[str]) -> dict:
+def read_evals(run_dir: Path) -> dict[int, dict]:
+    """The run's evaluations by step (a step evaluated twice keeps the later record)."""
+    path = run_dir / "evals.jsonl"
+    records = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            records[int(record["step"])] = record
+    return records
+
+
+def milestone_result(out: Path, recipe: str, step: int, num: int, seed: int, extra: list[str]) -> dict:
+    """Metrics, floor, images seen and minutes of a recipe at a milestone: from the run's own evaluation
+    when it logged one with `num` samples, else by evaluating the milestone's checkpoint."""
     from gan_dist.checkpoint import step_dir_name
-    from gan_dist.config import load_config
     from gan_dist.metrics.evaluate import eval_command
 
-    checkpoint = out / "runs" / model / "checkpoints" / step_dir_name(step)
-    json_path = out / "eval" / f"{model}_step{step}.json"
-    if json_path.is_file():
-        cached = json.loads(json_path.read_text())
-        if cached.get("num_images") == num and cached.get("seed") == seed:
-            return cached
-    if not checkpoint.is_dir():
-        raise SystemExit(f"{checkpoint} is missing: run without --report-only to train {model} to step {step}")
-    # Data locations come from this script's config (the model's config + the overrides), never from the
-    # checkpoint's generator.yaml.
-    config = load_config(REPO_ROOT / MODEL_CONFIGS[model], [*extra, f"eval.num_samples={num}"])
-    return eval_command(config, checkpoint=str(checkpoint), out_json=str(json_path), seed=seed)
+    run_dir = out / "runs" / recipe
+    checkpoint = run_dir / "checkpoints" / step_dir_name(step)
+    state_path = checkpoint / "train_state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    logged = read_evals(run_dir).get(step)
+    if logged is not None and logged.get("num_samples") == num and "floor" in logged:
+        metrics, floor = logged["metrics"], logged["floor"]
+        minutes = logged["elapsed_s"] / 60
+    else:
+        if not checkpoint.is_dir():
+            raise SystemExit(f"{checkpoint} is missing: run without --report-only to train {recipe} to step {step}")
+        # Data locations come from this script's config (the recipe's + the overrides), never from the
+        # checkpoint's generator.yaml.
+        config = load_recipe(recipe, [*RECIPES[recipe][1], *extra, f"eval.num_samples={num}"])
+        result = eval_command(config, checkpoint=str(checkpoint), out_json=str(out / "eval" / f"{recipe}_{step}.json"),
+                              seed=seed)
+        metrics, floor = result["metrics"], result["floor"]
+        minutes = state.get("elapsed_s", float("nan")) / 60
+    return {"recipe": recipe, "step": step, "images_seen": state.get("images_seen", logged and logged["images_seen"]),
+            "minutes": minutes, "metrics": metrics, "floor": floor}
 
 
-def markdown_table(rows: list[dict], floor: dict, num: int) -> str:
-    header = ["model", "iterations", "images seen", *(title for _, title, _ in COLUMNS)]
+def _cell(metrics: dict, key: str, fmt: str) -> str:
+    value = metrics.get(key)
+    return fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+
+def markdown_table(rows: list[dict], num: int) -> str:
+    header = ["recipe", "iterations", "images seen", "minutes", *(title for _, title, _ in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    floors: dict[str, dict] = {}
     for row in rows:
-        cells = [row["model"], str(row["step"]), f"{row['images_seen']:,}",
-                 *(fmt.format(row["metrics"][key]) for key, _, fmt in COLUMNS)]
+        cells = [row["recipe"], str(row["step"]), f"{row['images_seen']:,}", f"{row['minutes']:.1f}",
+                 *(_cell(row["metrics"], key, fmt) for key, _, fmt in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
-    cells = ["real train images (floor)", "", "", *(fmt.format(floor[key]) for key, _, fmt in COLUMNS)]
-    lines.append("| " + " | ".join(cells) + " |")
+        dataset = "fashion_mnist" if row["recipe"].startswith("fashion") else "mnist"
+        floors.setdefault(dataset, row["floor"])
+    for dataset, floor in floors.items():
+        cells = [f"real train images ({dataset} floor)", "", "", "", *(_cell(floor, key, fmt) for key, _, fmt in COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + (
-        f"\n\n{num:,} generated images per row, against the 10,000 MNIST test images in the feature space of "
-        "the packaged MNIST classifier (gan_dist/metrics/weights). FID: lower is better; IS, precision, "
-        "recall, density, coverage: higher is better (density can exceed 1); classes: digits that get >= 2% "
-        f"of the classifier's predictions. Floor: {num:,} real train images. Reproduce: "
-        "`python scripts/results.py`.\n")
+        f"\n\n{num:,} generated images per row (G_ema when trained), against the test split in the feature space "
+        "of the dataset's packaged classifier (gan_dist/metrics/weights). FID, intra-FID (per-class FID averaged "
+        "over classes): lower is better; IS, precision, recall, density, coverage, class accuracy (the share of "
+        "a conditional G's samples classified as the class asked for): higher is better; classes: classes that "
+        f"get >= 2% of the classifier's predictions. Floor: {num:,} real train images. minutes: the run's "
+        "wall-clock on 2 CPU cores, start-up and evaluations included. Reproduce: `python scripts/results.py`.\n")
 
 
-def sample_figure(out: Path, models: list[str], steps: list[int]) -> Path:
-    """The trainer's fixed-noise grids, one row per model, one column per step, labelled."""
+def sample_figure(out: Path, recipes: list[str], steps: list[int]) -> Path:
+    """The trainer's fixed-noise grids, one row per recipe, one column per step, labelled."""
     from PIL import Image, ImageDraw
 
-    grids = {(m, s): Image.open(out / "runs" / m / "samples" / f"step_{s:08d}.png").convert("L")
-             for m in models for s in steps}
-    width, height = next(iter(grids.values())).size
-    label_w, label_h, pad = 90, 18, 6
-    figure = Image.new("L", (label_w + len(steps) * (width + pad), label_h + len(models) * (height + pad)), 255)
+    grids = {(r, s): Image.open(out / "runs" / r / "samples" / f"step_{s:08d}.png").convert("RGB")
+             for r in recipes for s in steps}
+    width = max(image.size[0] for image in grids.values())
+    height = max(image.size[1] for image in grids.values())
+    label_w, label_h, pad = 120, 22, 10
+    figure = Image.new("RGB", (label_w + len(steps) * (width + pad), label_h + len(recipes) * (height + pad)),
+                       (255, 255, 255))
     draw = ImageDraw.Draw(figure)
     for j, step in enumerate(steps):
-        draw.text((label_w + j * (width + pad) + 4, 2), f"iteration {step}", fill=0)
-    for i, model in enumerate(models):
-        draw.text((4, label_h + i * (height + pad) + height // 2), model, fill=0)
+        draw.text((label_w + j * (width + pad) + 4, 4), f"iteration {step}", fill=(0, 0, 0))
+    for i, recipe in enumerate(recipes):
+        draw.text((4, label_h + i * (height + pad) + height // 2), recipe, fill=(0, 0, 0))
         for j, step in enumerate(steps):
-            figure.paste(grids[model, step], (label_w + j * (width + pad), label_h + i * (height + pad)))
+            figure.paste(grids[recipe, step], (label_w + j * (width + pad), label_h + i * (height + pad)))
     path = out / "samples.png"
     figure.save(path)
     return path
 
 
+def plot_runs(run_dirs: list[Path], out_png: Path, metric: str = "fid", floor: bool = True) -> Path:
+    """FID (or another metric) against wall-clock minutes and against images seen, one line per run,
+    from each run's evals.jsonl; the real-data floor as a dashed line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[plot]'") from error
+    figure, (by_time, by_images) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    floor_value = None
+    for run_dir in run_dirs:
+        records = [read_evals(run_dir)[step] for step in sorted(read_evals(run_dir))]
+        if not records:
+            raise SystemExit(f"{run_dir}: no evals.jsonl (train with eval.eval_every > 0)")
+        values = [record["metrics"][metric] for record in records]
+        by_time.plot([r["elapsed_s"] / 60 for r in records], values, marker="o", label=run_dir.name)
+        by_images.plot([r["images_seen"] for r in records], values, marker="o", label=run_dir.name)
+        floor_value = floor_value or records[-1].get("floor", {}).get(metric)
+    for axis, label in ((by_time, "wall-clock minutes (2 CPU cores; start-up and evaluations included)"),
+                        (by_images, "real images seen")):
+        axis.set_xlabel(label)
+        axis.set_yscale("log")
+        axis.grid(True, which="both", alpha=0.3)
+        if floor and floor_value:
+            axis.axhline(floor_value, color="gray", linestyle="--", label="real data (floor)")
+    by_time.set_ylabel(f"{metric.upper() if metric == 'fid' else metric} (log scale)")
+    by_images.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=110)
+    return out_png
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results")
-    parser.add_argument("--models", nargs="+", default=list(MODEL_CONFIGS), choices=list(MODEL_CONFIGS))
-    parser.add_argument("--steps", type=int, nargs="+", default=[50, 2000, 4000],
-                        help="milestones (iterations at batch 32) that get a table row")
+    parser.add_argument("--models", nargs="+", default=["keras_dcgan", "dcgan", "mlp"], choices=list(RECIPES),
+                        help="recipes (configs) to train and tabulate")
+    parser.add_argument("--steps", type=int, nargs="+", default=[50, 2000, 4000], help="milestones with a table row")
     parser.add_argument("--grid-steps", type=int, nargs="+", default=[1, 50, 2000],
                         help="iterations whose sample grids make the figure (multiples of log.sample_every, or 1)")
     parser.add_argument("--num", type=int, default=10000, help="generated images per evaluation")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed of the evaluation")
-    parser.add_argument("--report-only", action="store_true", help="do not train; evaluate existing checkpoints")
-    parser.add_argument("overrides", nargs="*", default=[], help="extra key=value config overrides for training")
+    parser.add_argument("--eval-every", type=int, default=1000, help="evaluations logged during training")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of checkpoint evaluations")
+    parser.add_argument("--report-only", action="store_true", help="do not train; tabulate existing runs")
+    parser.add_argument("--plot", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                        help="instead: plot FID vs minutes and vs images of these runs into --out (a .png)")
+    parser.add_argument("overrides", nargs="*", default=[], help="extra key=value config overrides")
     args = parser.parse_args(argv)
+    if args.plot:
+        out_png = args.out if args.out.suffix == ".png" else args.out / "fid_vs_time.png"
+        print(f"wrote {plot_runs(args.plot, out_png)}")
+        return 0
     out: Path = args.out
     steps = sorted(set(args.steps))
-    batch = 32  # the configs' train.batch_size_per_process, one process (for runs without meta.json)
     if not args.report_only:
-        for model in args.models:
+        for recipe in args.models:
             for step in steps:
-                train_to(out, model, step, args.overrides)
-    rows, floor = [], None
-    for model in args.models:
-        for step in steps:
-            result = evaluate_checkpoint(out, model, step, args.num, args.seed, args.overrides)
-            floor = result["floor"]
-            meta = out / "runs" / model / "checkpoints" / f"step_{step:08d}" / "meta.json"
-            images_seen = json.loads(meta.read_text())["images_seen"] if meta.is_file() else step * batch
-            rows.append({"model": model, "step": step, "images_seen": images_seen, "metrics": result["metrics"]})
-    table = markdown_table(rows, floor or {}, args.num)
+                train_to(out, recipe, step, args.num, args.eval_every, args.overrides)
+    rows = [milestone_result(out, recipe, step, args.num, args.seed, args.overrides)
+            for recipe in args.models for step in steps]
+    table = markdown_table(rows, args.num)
     (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "floor": floor, "num": args.num}, indent=2))
+    (out / "results.json").write_text(json.dumps({"rows": rows, "num": args.num}, indent=2))
     print(table)
     grid_steps = [s for s in args.grid_steps if all(
-        (out / "runs" / m / "samples" / f"step_{s:08d}.png").is_file() for m in args.models)]
+        (out / "runs" / r / "samples" / f"step_{s:08d}.png").is_file() for r in args.models)]
     if grid_steps:
         print(f"wrote {sample_figure(out, args.models, grid_steps)} (iterations {grid_steps})")
     return 0

@@ -58,7 +58,9 @@ def test_overrides_win_over_the_file(tmp_path):
     (["data.source=folder:/x"], "data.source"),  # needs data.dataset=folder
     (["data.loader=ram"], "data.loader"),
     (["train.d_steps_per_g=0"], "train.d_steps_per_g"),
-    (["train.cuda_graph=true"], "train.cuda_graph"),  # needs data.loader=memory
+    (["train.cuda_graph=true", "data.loader=stream"], "train.cuda_graph"),  # needs the memory loader
+    (["train.cuda_graph=true", "optim.lr_decay_start=0.5"], "train.cuda_graph"),
+    (["optim.lr_decay_start=1.5"], "optim.lr_decay_start"),
     (["train.cuda_graph=true", "data.loader=memory", "loss.name=wgan_gp", "model.d_norm=layer"], "train.cuda_graph"),
     (["optim.implementation=apex"], "optim.implementation"),
 ])

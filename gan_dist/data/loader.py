@@ -441,6 +441,11 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+def expand_urls(urls: str) -> list[str]:
+    """The shard URLs of a WebDataset pattern (braces expanded); DataError if there are none."""
+    return _expand(urls)
+
+
 def _expand(urls: str) -> list[str]:
     url_list = wds.shardlists.expand_urls(urls)
     if not url_list or not all(url_list):

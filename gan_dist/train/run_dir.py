@@ -62,10 +62,11 @@ class TrainState:
     run_id: str = ""
     best_fid: float | None = None
     ema_updates: int = 0
+    elapsed_s: float = 0.0  # wall-clock seconds of the run up to this checkpoint (all starts, start-up included)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self.counters), "run_id": self.run_id, "best_fid": self.best_fid,
-                "ema_updates": self.ema_updates}
+                "ema_updates": self.ema_updates, "elapsed_s": self.elapsed_s}
 
     def load(self, record: dict[str, Any], path: Path) -> None:
         try:
@@ -74,6 +75,7 @@ class TrainState:
             self.run_id = str(record["run_id"])
             self.best_fid = None if record["best_fid"] is None else float(record["best_fid"])
             self.ema_updates = int(record["ema_updates"])
+            self.elapsed_s = float(record.get("elapsed_s", 0.0))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{path}: missing or invalid field ({type(error).__name__}: {error})") from error
 
@@ -289,6 +291,13 @@ class RunFolder:
     def newest_checkpoint(self) -> Path | None:
         checkpoints = complete_checkpoints(self.path)
         return checkpoints[-1][1] if checkpoints else None
+
+    def append_eval(self, record: dict[str, Any]) -> None:
+        """One line of RUN_DIR/evals.jsonl per evaluation (step, images seen, wall-clock, metrics): the
+        run's own history, for plots of quality against time and images (scripts/results.py plot)."""
+        if self.is_main:
+            with open(self.path / "evals.jsonl", "a") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
 
     def write_done(self, record: dict[str, Any]) -> None:
         if self.is_main:

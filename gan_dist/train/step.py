@@ -167,7 +167,8 @@ class GANStep:
     def __init__(self, *, accelerator: Any, G: nn.Module, D: nn.Module, G_raw: nn.Module, D_for_g: nn.Module,
                  D_raw: nn.Module, opt_g: Any, opt_d: Any, objective: Objective, ema: EMA | None, noise: Noise,
                  counters: StepCounters, latent_dim: int, num_classes: int, d_steps_per_g: int,
-                 accumulation_steps: int, grad_clip_norm: float, channels_last: bool) -> None:
+                 accumulation_steps: int, grad_clip_norm: float, channels_last: bool,
+                 lr_factor: Any = None) -> None:
         self.accelerator = accelerator
         self.G, self.D = G, D  # as prepared (DDP-wrapped when several processes)
         self.G_raw, self.D_raw = G_raw, D_raw  # the plain modules (parameters, clipping, EMA)
@@ -186,6 +187,9 @@ class GANStep:
         self.g_params = [p for p in G_raw.parameters() if p.requires_grad]
         self.world_size = accelerator.num_processes
         self.capturing = False  # True while CUDAGraphStep records run() into a graph
+        # step -> multiplier of the configured learning rates (None: constant); Python floats, no sync.
+        self.lr_factor = lr_factor
+        self.base_lrs = [[group["lr"] for group in opt.param_groups] for opt in (opt_d, opt_g)]
 
     # -- helpers ------------------------------------------------------------------------------------
     def _sync_context(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
@@ -219,6 +223,11 @@ class GANStep:
         accelerator = self.accelerator
         micro_batches = self.accumulation_steps
         share_fake = micro_batches == 1  # the seed's one G forward per step
+        if self.lr_factor is not None:
+            factor = self.lr_factor(self.counters.step)
+            for optimizer, base_lrs in zip((self.opt_d, self.opt_g), self.base_lrs, strict=True):
+                for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                    group["lr"] = base_lr * factor
         all_stats: list[Stats] = []
         kept: tuple[Tensor, Tensor | None] | None = None
         grad_scale = self._grad_scale()

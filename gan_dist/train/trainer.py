@@ -103,10 +103,24 @@ def _all_finite(modules: list[nn.Module]) -> bool:
     return bool(torch.isfinite(torch.stack(sums).sum()).item()) if sums else True
 
 
+def linear_decay(start_fraction: float, num_steps: int) -> Any:
+    """step -> learning-rate factor: 1 until start_fraction x num_steps, then linearly to 0 at num_steps
+    (None when the schedule is constant)."""
+    if start_fraction >= 1.0:
+        return None
+    start = start_fraction * num_steps
+
+    def factor(step: int) -> float:
+        return 1.0 if step < start else max(0.0, (num_steps - step) / max(num_steps - start, 1.0))
+
+    return factor
+
+
 class Trainer:
     """Builds the parts for `config` (on every rank) and runs the loop (`fit`)."""
 
     def __init__(self, config: Config) -> None:
+        self._clock_start = time.perf_counter()  # wall-clock of this start, start-up included
         self.config = config
         train_cfg = config.train
         precision = resolve_mixed_precision(precision_with_launcher(train_cfg.mixed_precision), uses_cpu(config.dist))
@@ -124,6 +138,7 @@ class Trainer:
     def _build(self, config: Config) -> None:
         from accelerate.utils import set_seed
 
+        from gan_dist.data.batches import resolve_loader
         from gan_dist.data.datasets import resolve_dataset
 
         accelerator, train_cfg = self.accelerator, config.train
@@ -134,6 +149,10 @@ class Trainer:
         # missing shards first (atomic writes make a shared filesystem safe too).
         with accelerator.local_main_process_first():
             self.dataset = resolve_dataset(config.data)
+        self.loader = resolve_loader(self.dataset, config.data)
+        if train_cfg.cuda_graph and self.loader != "memory":
+            raise ConfigError(f"key 'train.cuda_graph': needs the train split on the device, but it does not fit "
+                              f"in data.memory_max_mb={config.data.memory_max_mb}; raise it or turn the graph off")
         self.global_batch = train_cfg.batch_size_per_process * accelerator.num_processes * \
             train_cfg.gradient_accumulation_steps
         if self.dataset.train_size < self.global_batch:
@@ -153,7 +172,8 @@ class Trainer:
             self.print_main(note)
 
         self.G_raw, self.D_raw, self.G, self.D, self.D_for_g, self.opt_g, self.opt_d = self._build_parts(G, D)
-        self.ema = EMA(self.G_raw, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
+        self.ema = (EMA(self.G_raw, train_cfg.ema_decay, train_cfg.ema_warmup_steps) if train_cfg.ema_decay > 0
+                    else None)
         self.noise = NoiseSource(config.run.seed, accelerator.process_index, accelerator.device,
                                  accelerator.num_processes)
         self.counters = StepCounters()
@@ -163,6 +183,7 @@ class Trainer:
                            export_info=self._generator_info)
 
         self.resumed_from = self._resume()
+        self._elapsed_before = self.state.elapsed_s  # earlier starts' wall-clock, up to the checkpoint
         if self.resumed_from is None:
             set_seed(config.run.seed, device_specific=True)  # per-rank dropout RNG; restored on resume
         if not self.state.run_id:
@@ -173,7 +194,8 @@ class Trainer:
             opt_g=self.opt_g, opt_d=self.opt_d, objective=self.objective, ema=self.ema, noise=self.noise,
             counters=self.counters, latent_dim=config.model.latent_dim, num_classes=self.num_classes,
             d_steps_per_g=train_cfg.d_steps_per_g, accumulation_steps=train_cfg.gradient_accumulation_steps,
-            grad_clip_norm=config.optim.grad_clip_norm, channels_last=self._channels_last)
+            grad_clip_norm=config.optim.grad_clip_norm, channels_last=self._channels_last,
+            lr_factor=linear_decay(config.optim.lr_decay_start, train_cfg.num_steps))
         if train_cfg.cuda_graph:
             self.step = CUDAGraphStep(self.step)  # type: ignore[assignment]
         self.cadence = Cadence.from_config(config, accelerator.num_processes)
@@ -181,7 +203,8 @@ class Trainer:
             run_name=self.run.path.name, run_dir=str(self.run.path), run_id=self.state.run_id,
             mixed_precision=accelerator.mixed_precision, num_processes=accelerator.num_processes,
             device=str(accelerator.device), adam_implementation=self.adam_implementation,
-            dataset=self.dataset.name, image_shape=self.dataset.image_shape, num_classes=self.num_classes,
+            dataset=self.dataset.name, loader=self.loader, image_shape=self.dataset.image_shape,
+            num_classes=self.num_classes,
             global_batch_size=self.global_batch, start_step=self.counters.step,
             resumed_from=str(self.resumed_from) if self.resumed_from else None)
         self.run.write_record(self.record.to_dict())
@@ -193,6 +216,7 @@ class Trainer:
         self._evaluation_off_reason: str | None = None
         self._last_saved: tuple[int, Path] | None = None
         self._last_grid_step: int | None = None
+        self._eval_s_total = 0.0
         self._stop_group: Any = None
 
     # -- construction helpers --------------------------------------------------------------------------
@@ -256,6 +280,10 @@ class Trainer:
             for moved in self.run.set_aside_newer(self.counters.step):
                 self.print_main(f"newer checkpoint of the abandoned trajectory set aside: {moved}")
         return path
+
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of the whole run: earlier starts (up to the resumed checkpoint) and this one."""
+        return self._elapsed_before + time.perf_counter() - self._clock_start
 
     # -- small collective helpers ------------------------------------------------------------------------
     def print_main(self, *args: Any) -> None:
@@ -343,7 +371,7 @@ class Trainer:
             f"run {self.run.path} | {config.model.name} on {record.dataset} {'x'.join(map(str, record.image_shape))}"
             f"{f', {self.num_classes} classes ({config.model.conditioning})' if self.num_classes else ''} | "
             f"loss {config.loss.name} | {record.num_processes} process(es) on {record.device} | mixed precision "
-            f"{record.mixed_precision} | global batch {record.global_batch_size} | data.loader {config.data.loader} "
+            f"{record.mixed_precision} | global batch {record.global_batch_size} | data.loader {record.loader} "
             f"| steps {self.counters.step}->{config.train.num_steps} | tracker {self.tracker.description}")
 
     def batch_source(self) -> Any:
@@ -394,6 +422,7 @@ class Trainer:
             "num_processes": self.accelerator.num_processes,
             # Throughput of this start's loop (steps, logging, samples, eval, checkpoints included).
             "loop_s": loop_s, "images_per_s": images_this_start / loop_s if steps_this_start else None,
+            "elapsed_s": self.elapsed_s(), "eval_s_this_start": self._eval_s_total,
             "peak_rss_mb": peak_rss_mb()})
         self.print_main(f"done: {step} steps, {self.counters.images_seen} images, run {self.run.path}")
         return 0
@@ -453,6 +482,11 @@ class Trainer:
         self.print_main(f"eval at step {step} ({self.config.eval.num_samples} samples, "
                         f"{'G_ema' if self.ema is not None else 'G'}):\n"
                         + format_table(metrics, self.evaluator.floor()))
+        self._eval_s_total += metrics.get("eval_seconds", 0.0)
+        self.run.append_eval({"step": step, "images_seen": self.counters.images_seen,
+                              "elapsed_s": self.elapsed_s(), "eval_s_total_this_start": self._eval_s_total,
+                              "num_samples": self.config.eval.num_samples, "metrics": metrics,
+                              "floor": self.evaluator.floor()})
         fid = metrics.get("fid")
         if fid is not None and (self.state.best_fid is None or fid < self.state.best_fid):
             self.state.best_fid = fid
@@ -471,6 +505,7 @@ class Trainer:
         if not _all_finite(modules):
             raise Diverged(step, "a model parameter", float("nan"))
         self.state.ema_updates = self.ema.num_updates if self.ema is not None else 0
+        self.state.elapsed_s = self.elapsed_s()
         meta = {"images_seen": self.counters.images_seen, "run_id": self.state.run_id,
                 "model": self.config.model.name, "dataset": self.dataset.name,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

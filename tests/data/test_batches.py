@@ -3,7 +3,6 @@ counts per rank, exact resume; memory refuses data over data.memory_max_mb."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 
 import pytest
@@ -94,3 +93,29 @@ def test_cuda_batches_are_pinned_on_the_host_and_equal_the_cpu_ones(tiny_shards,
         (x, y), (x_gpu, y_gpu) = next(on_cpu), next(on_gpu)
         assert x_gpu.device.type == "cuda" and y_gpu.device.type == "cuda"
         assert torch.equal(x_gpu.cpu(), x) and torch.equal(y_gpu.cpu(), y)
+
+
+def test_the_memory_source_names_a_corrupt_shard(tiny_shards_copy):
+    from gan_dist.data.shards import ShardError
+
+    victim = sorted(tiny_shards_copy.glob("mnist-train-*.tar"))[2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ShardError, match=victim.name):
+        source(tiny_shards_copy, loader="memory")
+
+
+def test_memory_batches_equal_the_stream_decode_pixel_for_pixel(tiny_shards):
+    """The same sample (by key) from the memory source and from the shards' own decode: identical floats."""
+    from gan_dist.data.loader import eval_batches
+
+    memory = source(tiny_shards, loader="memory")
+    dataset, _ = tiny(tiny_shards)
+    decoded = {}
+    for images, _labels, keys in eval_batches(dataset.train_urls, 64, 0, 1, with_keys=True):
+        decoded.update({key: image for key, image in zip(keys, images, strict=True)})
+    for _ in range(3):
+        index = memory.indices(memory.batch)
+        images, _ = next(memory)
+        for i, image in zip(index.tolist(), images, strict=True):
+            assert torch.equal(image, decoded[f"train-{i:06d}"]), i

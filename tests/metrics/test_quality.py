@@ -75,3 +75,31 @@ def test_keras_dcgan_learns_all_ten_digits(mnist_shards, tmp_path):
     assert trained["fid"] < 0.2 * untrained["fid"], report
     assert trained["inception_score"] > 5.0, report
     assert trained["recall"] > 3 * best_collapsed["recall"], report
+
+
+CONDITIONAL_STEPS = 1000
+
+
+def test_a_conditional_generator_draws_the_class_asked_for(mnist_shards, tmp_path):
+    """configs/mnist_acgan.yaml for CONDITIONAL_STEPS iterations: the packaged classifier assigns the
+    requested digit to most samples (chance: 10%), for every digit."""
+    overrides = [f"data.root={mnist_shards}", f"run.out_dir={tmp_path}", "run.name=acgan",
+                 f"train.num_steps={CONDITIONAL_STEPS}", "log.tracker=none", "log.progress_bar=false",
+                 "log.log_every=250", "log.sample_every=0", "eval.eval_every=-1", "checkpoint.every=0",
+                 f"eval.num_samples={NUM_SAMPLES}"]
+    config = load_config(REPO_ROOT / "configs" / "mnist_acgan.yaml", overrides)
+    assert train(config) == 0
+    dataset = resolve_dataset(config.data)
+    evaluator = Evaluator(config, Accelerator(cpu=True), dataset, cache_dir=tmp_path / "metrics_cache")
+    G, info = load_generator(run_dir=tmp_path / "acgan")
+    assert info.num_classes == 10
+    metrics = evaluator.evaluate(G, seed=0)
+    print(metrics)
+    assert metrics["class_accuracy"] > 0.6, metrics  # 6x chance
+    # Every digit on its own: the samples asked to be class c are mostly classified as c.
+    from gan_dist.sampling import class_labels, generate
+
+    for digit in range(10):
+        images = generate(G, 100, seed=digit, labels=class_labels(100, 10, digit))
+        _, logits = evaluator.net.features_and_logits(images)
+        assert (logits.argmax(1) == digit).float().mean() > 0.4, digit
