@@ -194,24 +194,9 @@ class Evaluator:
 
     def _on_main(self, fn: Callable[[], T]) -> T:
         """Run fn on the main process, broadcast its result; an error there is raised on every rank."""
-        from accelerate.utils import broadcast_object_list
+        from gan_dist.train.accelerator import run_on_main
 
-        outcome: list[Any] = [None]
-        error: BaseException | None = None
-        if self.accelerator.is_main_process:
-            try:
-                outcome = [("ok", fn())]
-            except Exception as exc:  # re-raised below, after the other ranks are told (no hang)
-                error = exc
-                outcome = [("error", f"{type(exc).__name__}: {exc}")]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(outcome, from_process=0)
-        if error is not None:
-            raise error
-        status, value = outcome[0]
-        if status == "error":
-            raise RuntimeError(f"evaluation failed on the main process: {value}")
-        return value
+        return run_on_main(self.accelerator, fn, what="evaluation")
 
     # -- reference and floor (main process) ---------------------------------------------------------
 

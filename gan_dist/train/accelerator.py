@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from gan_dist.config import ConfigError, DistConfig
+
+T = TypeVar("T")
 
 
 def cpu_supports_bf16() -> bool:
@@ -106,6 +109,33 @@ def release_accelerator(accelerator: Any) -> None:
     accelerator.end_training()
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def run_on_main(accelerator: Any, fn: Callable[[], T], *, passthrough: tuple[type[Exception], ...] = (),
+                what: str = "a step") -> T:
+    """fn() on the main process and its result on every rank (collective). An exception there is raised on
+    the main process as it is and on the other ranks too (the same type for those in `passthrough`, else a
+    RuntimeError with its message), after they were told: no rank waits for one that failed."""
+    from accelerate.utils import broadcast_object_list
+
+    outcome: list[Any] = [None]
+    error: BaseException | None = None
+    if accelerator.is_main_process:
+        try:
+            outcome = [("ok", fn())]
+        except Exception as exc:  # re-raised below, after the other ranks are told
+            error = exc
+            outcome = [("error", (type(exc).__name__, str(exc)))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(outcome, from_process=0)
+    if error is not None:
+        raise error
+    status, value = outcome[0]
+    if status == "error":
+        kind, message = value
+        same_type = next((t for t in passthrough if t.__name__ == kind), None)
+        raise same_type(message) if same_type else RuntimeError(f"{what} failed on the main process: {kind}: {message}")
+    return value
 
 
 def adam_implementation(requested: str, device: torch.device) -> str:

@@ -49,6 +49,7 @@ from gan_dist.checkpoint import (
     write_json_atomic,
 )
 from gan_dist.config import Config, to_yaml
+from gan_dist.train.accelerator import run_on_main
 from gan_dist.train.step import EMA, NoiseSource, StepCounters
 
 T = TypeVar("T")
@@ -142,25 +143,7 @@ class RunFolder:
     # -- collective helpers ---------------------------------------------------------------------------
     def on_main(self, fn: Callable[[], T]) -> T:
         """fn() on the main process, its result on every rank; an exception there is raised on every rank."""
-        from accelerate.utils import broadcast_object_list
-
-        outcome: list[Any] = [None]
-        error: BaseException | None = None
-        if self.is_main:
-            try:
-                outcome = [("ok", fn())]
-            except Exception as exc:
-                error = exc
-                outcome = [("error", (type(exc).__name__, str(exc)))]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(outcome, from_process=0)
-        if error is not None:
-            raise error
-        status, value = outcome[0]
-        if status == "error":
-            kind, message = value
-            raise (CheckpointError if kind == "CheckpointError" else RuntimeError)(message)
-        return value
+        return run_on_main(self.accelerator, fn, passthrough=(CheckpointError,), what="a checkpoint operation")
 
     @staticmethod
     def resolve_path(config: Config, broadcast: Callable[[Any], Any]) -> Path:
