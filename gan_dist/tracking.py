@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,7 @@ class Tracker(NullTracker):
         self.run_id = run_id
         self.run_dir = run_dir
         self.description = self.kind
+        self.failed: str | None = None  # why logging stopped (see _guarded)
         init_kwargs: dict[str, Any] = {}
         if self.kind == "wandb":
             mode = resolve_wandb_mode(config.log)
@@ -140,16 +142,33 @@ class Tracker(NullTracker):
         accelerator.init_trackers(project, config=_flatten(to_dict(config)), init_kwargs=init_kwargs)
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
-        self.accelerator.log(values, step=step)
+        if self.failed is None:
+            self._guarded(lambda: self.accelerator.log(values, step=step))
 
     def log_image(self, name: str, grid: np.ndarray, step: int) -> None:
+        if self.failed is not None:
+            return
         if self.kind == "wandb":
             import wandb
 
-            self.accelerator.log({name: wandb.Image(grid, caption=f"step {step}")}, step=step)
+            self._guarded(lambda: self.accelerator.log({name: wandb.Image(grid, caption=f"step {step}")}, step=step))
         elif self.kind == "tensorboard":
             writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
-            writer.add_image(name, grid, global_step=step, dataformats="HW" if grid.ndim == 2 else "HWC")
+            self._guarded(lambda: writer.add_image(name, grid, global_step=step,
+                                                   dataformats="HW" if grid.ndim == 2 else "HWC"))
+
+    def _guarded(self, write: Any) -> None:
+        """A tracker that breaks must not take the training down with it: under SLURM, scancel and
+        preemption SIGTERM every process of the step, wandb's service among them, and the next log call
+        raises (ConnectionResetError) while the trainer still has a checkpoint to write. Say so once and
+        stop logging; the run folder (checkpoints, samples, eval.jsonl) still has everything."""
+        try:
+            write()
+        except Exception as error:
+            self.failed = f"{type(error).__name__}: {error}"
+            print(f"warning: the {self.kind} tracker failed ({self.failed}); training goes on without it "
+                  "(checkpoints, samples/ and eval.jsonl in the run folder are unaffected)", file=sys.stderr,
+                  flush=True)
 
     def finish(self) -> None:
         """Called after accelerator.end_training() (which finishes the tracker runs)."""

@@ -22,6 +22,17 @@ from tests.data.synthetic import synthetic_arrays, write_idx
 TINY_SAMPLES_PER_SHARD = 50  # tiny_shards: 6 train shards, 2 test shards
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state() -> Iterator[None]:
+    """Every test starts without Accelerate's process-wide singletons: an `Accelerator(cpu=True)` made by
+    one test (fp32) would otherwise refuse the bf16 Accelerator of the next test's training run."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def mnist_shards() -> Path:
     """Folder with the real MNIST shards (60,000 / 10,000, 5,000 per shard) + manifest.json.

@@ -48,9 +48,10 @@ def test_multi_node_sbatch_trains_on_two_nodes(submit, tmp_path, mnist_shards):
     done = json.loads((run_dir / "done.json").read_text())
     assert (done["step"], done["num_processes"]) == (8, 2)
     assert "2 process(es)" in log
-    # Both ranks took part in the checkpoint: accelerate writes one RNG state file per process.
+    # Both ranks took part in the checkpoint: one RNG state file per process (safetensors, no pickle).
     final = run_dir / "checkpoints" / "step_00000008"
-    assert (final / "random_states_0.pkl").is_file() and (final / "random_states_1.pkl").is_file()
+    assert (final / "rng_rank0.safetensors").is_file() and (final / "rng_rank1.safetensors").is_file()
+    assert not list(final.glob("*.pkl"))
     # One wandb run (offline), the one the trainer recorded.
     assert wandb_run_ids(run_dir) == [done["run_id"]]
 

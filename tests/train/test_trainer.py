@@ -191,6 +191,33 @@ def test_wandb_offline_files_hold_the_logged_keys_and_images(mnist_shards, tmp_p
     assert list((offline_runs[0] / "files" / "media" / "images").glob("samples_*.png"))
 
 
+def test_a_tracker_that_breaks_mid_run_does_not_stop_training(mnist_shards, tmp_path, monkeypatch, capsys):
+    """Under SLURM, scancel and preemption SIGTERM wandb's service with the rest of the step: the next log
+    call raises. The run must go on to its checkpoint (and here to the end), saying so once."""
+    from accelerate import Accelerator
+
+    calls = {"n": 0}
+    real_log = Accelerator.log
+
+    def log_then_break(self, values, step=None, log_kwargs=None):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise ConnectionResetError("Connection lost")
+        return real_log(self, values, step=step, log_kwargs=log_kwargs or {})
+
+    monkeypatch.setattr(Accelerator, "log", log_then_break)
+    config = debug_config(mnist_shards, tmp_path, "run.name=broken", "log.tracker=tensorboard",
+                          "train.num_steps=8", "log.log_every=2", "log.sample_every=2")
+    assert train(config) == 0
+    run_dir = tmp_path / "broken"
+    assert json.loads((run_dir / "done.json").read_text())["step"] == 8
+    assert (run_dir / "checkpoints" / "step_00000008" / "meta.json").is_file()
+    assert (run_dir / "samples" / "step_00000008.png").is_file()  # the run folder keeps everything
+    err = capsys.readouterr().err
+    assert err.count("tracker failed (ConnectionResetError: Connection lost)") == 1, err
+    assert calls["n"] == 3  # no further calls once it broke
+
+
 def test_tensorboard_tracker_writes_events(mnist_shards, tmp_path):
     assert train(debug_config(mnist_shards, tmp_path, "run.name=tb", "log.tracker=tensorboard",
                               "train.num_steps=4")) == 0
