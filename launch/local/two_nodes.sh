@@ -22,6 +22,19 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 
+die() {
+    echo "two_nodes: error: $*" >&2
+    exit 2
+}
+# require_uint NAME: the variable NAME must be digits only, checked before bash arithmetic sees it (in
+# $(( )) an array subscript runs command substitutions: PROCS_PER_NODE='x[$(cmd)]' would run cmd);
+# normalized to base 10 (08 is not octal).
+require_uint() {
+    local value=${!1}
+    [[ $value =~ ^[0-9]+$ ]] || die "$1='$value': must be a non-negative integer (digits only)"
+    printf -v "$1" '%d' "$((10#$value))"
+}
+
 CONFIG=${CONFIG:-configs/debug.yaml}
 OVERRIDES=${OVERRIDES:-}
 RUN_DIR=${RUN_DIR:-runs/two_nodes-$(date +%Y%m%d-%H%M%S)}
@@ -33,16 +46,22 @@ LOG_DIR=${LOG_DIR:-}
 ACCELERATE=${ACCELERATE:-accelerate}
 PYTHON=${PYTHON:-python3}
 NUM_MACHINES=2
+require_uint PROCS_PER_NODE
+((PROCS_PER_NODE >= 1)) || die "PROCS_PER_NODE=0: need at least one process per node"
+require_uint CPU_THREADS_PER_PROCESS
 if [[ -z ${MASTER_PORT:-} ]]; then
     # Ask the kernel for a free port (a tiny race with other programs is possible; set MASTER_PORT to avoid it).
     MASTER_PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fi
+require_uint MASTER_PORT
+((MASTER_PORT >= 1 && MASTER_PORT <= 65535)) || die "MASTER_PORT=$MASTER_PORT: must be a TCP port (1-65535)"
 # accelerate's torchrun path does not pass use_cpu on to the workers (see the yaml): say it twice.
 export ACCELERATE_USE_CPU=1
 
+# Whitespace-separated key=value words, split by `read -a`: an unquoted $OVERRIDES would also expand
+# globs (a=* would become file names). -d '': every line, not only the first (read returns 1 at the end).
 overrides=()
-# shellcheck disable=SC2206  # OVERRIDES is a space-separated list of key=value words
-if [[ -n $OVERRIDES ]]; then overrides=($OVERRIDES); fi
+IFS=$' \t\n' read -r -d '' -a overrides <<<"$OVERRIDES" || true
 
 quote() {
     local out="" arg q="'"
