@@ -2,7 +2,13 @@
 
 Each subcommand parses, loads the typed config where it takes one, and calls one function. Heavy
 imports (torch, accelerate, webdataset) happen inside the handlers so `gan-dist --help` is instant.
-Exit codes: 0 ok, 2 bad usage or config (nothing written), 1 anything else.
+Exit codes (README "Failure behaviour"):
+  0   done (or nothing to do: the run had already reached train.num_steps)
+  1   an expected failure, in one line naming the file or key: missing or corrupt data, a stalled shard
+      source, a damaged or mismatched checkpoint given explicitly, a missing run folder or weights file
+  2   bad usage or config (a wrong key, type or value; a combination that cannot work): nothing written
+  3   `train` diverged (a non-finite loss or parameter): nothing after it was saved
+  75  `train` stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL: requeue it)
 """
 
 from __future__ import annotations
@@ -248,8 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but `key=value` overrides (and the config file) may also come after options such as
+    `--resume auto`: argparse stops filling positionals at the first option, and parse_intermixed_args
+    does not support subcommands."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides"):
+        rest = list(extras)
+        if args.config is None and rest and "=" not in rest[0] and not rest[0].startswith("-"):
+            args.config = rest.pop(0)
+        unknown = [item for item in rest if item.startswith("-") or "=" not in item]
+        if not unknown:
+            args.overrides = [*args.overrides, *rest]
+            return args
+        extras = unknown
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     try:
         return int(args.handler(args) or 0)
     except ConfigError as error:

@@ -30,6 +30,7 @@ MIXED_PRECISION_MODES = ("no", "fp16", "bf16", "auto")
 TRACKERS = ("wandb", "tensorboard", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 ON_CORRUPT = ("raise", "warn")
+DEFAULT_READ_TIMEOUT_S = 120.0  # data.read_timeout_s
 DATA_SOURCES = ("auto", "torchvision", "wheel")  # plus "idx:DIR" and "folder:DIR"
 # Upper bounds that keep a hostile or mistyped config (e.g. a shared generator.yaml) from allocating
 # absurd models: far above anything these architectures are used at.
@@ -72,8 +73,12 @@ class DataConfig:
     num_workers: int = 1
     # Samples held in each shuffle buffer (per worker, and again after re-batching in the loader).
     shuffle_buffer: int = 5000
-    # What a corrupt or truncated shard does: raise (naming the shard) | warn (skip it, count it).
+    # What a corrupt or truncated shard, or (data.dataset=folder, at shard time) an unreadable image file,
+    # does: raise (naming the shard or listing the files) | warn (skip it, count it, list the files).
     on_corrupt: str = "raise"
+    # Seconds a shard read through a subprocess (`pipe:` URLs, http(s) via curl) may go without sending a
+    # byte before it fails as stalled (naming the shard; data.on_corrupt=warn skips it). 0 = wait forever.
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     # Write the shards with prepare-data when `train` finds them missing.
     auto_prepare: bool = True
     # stream: WebDataset shards decoded by DataLoader workers (any size, any URL) | memory: the train
@@ -355,6 +360,7 @@ def validate(config: Config, origin: str = "config") -> None:
     one_of(d.on_corrupt, ON_CORRUPT, "data.on_corrupt")
     one_of(d.loader, LOADERS, "data.loader")
     require(d.memory_max_mb > 0, "data.memory_max_mb", "must be > 0")
+    require(d.read_timeout_s >= 0, "data.read_timeout_s", "must be >= 0 (0: no deadline)")
 
     one_of(lo.name, LOSS_NAMES, "loss.name")
     require(0.0 <= lo.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)")

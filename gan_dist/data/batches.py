@@ -34,6 +34,7 @@ from gan_dist.data.loader import (
     eval_batches,
     expand_urls,
     ignore_stop_signals,
+    reraise_data_error,
     steps_per_epoch,
     to_unit_range,
     train_batches,
@@ -96,7 +97,8 @@ class _Shards(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
         dataset = self.dataset
         reader = eval_batches(self.urls[index], MEMORY_READ_BATCH, 0, 1, dataset.on_corrupt, as_uint8=True,
-                              image_shape=dataset.image_shape, num_classes=dataset.num_classes)
+                              image_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                              read_timeout_s=dataset.read_timeout_s)
         parts = list(reader)
         channels, height, width = dataset.image_shape
         images = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, channels, height, width, dtype=torch.uint8)
@@ -128,6 +130,7 @@ def read_split(dataset: ResolvedDataset, split: str, stats: LoaderStats | None =
         # The error's traceback holds the DataLoader iterator (and its live workers) through this frame;
         # clearing the frames lets the workers stop now instead of at interpreter exit.
         traceback.clear_frames(error.__traceback__)
+        reraise_data_error(error)
         raise
     if not any(len(part) for part in labels):
         raise DataError(f"no sample of the {split} split could be read from {urls[0]} ...")

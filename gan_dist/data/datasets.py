@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gan_dist.config import DataConfig
+from gan_dist.config import DEFAULT_READ_TIMEOUT_S, DataConfig
 from gan_dist.data.sources import SPLITS, DataError
 
 FOLDER_DEFAULT_CHANNELS = 3
@@ -223,6 +223,7 @@ class ResolvedDataset:
     test_size: int
     fingerprint: str  # sha256 hex identifying the data: key of metric caches
     on_corrupt: str  # raise | warn (data.on_corrupt)
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S  # data.read_timeout_s: a pipe:/http(s) shard silent this long fails
 
     @property
     def name(self) -> str:
@@ -248,6 +249,20 @@ def _fingerprint(manifest_bytes: bytes | None, train_urls: str, test_urls: str, 
     return hashlib.sha256(f"{train_urls}\n{test_urls}".encode()).hexdigest()
 
 
+def _check_url_pattern(pattern: str, key: str) -> None:
+    """A configured URL pattern must name at least one shard, and no blank one (checked at start-up, before
+    the run folder is written: the loader would otherwise find out at its first batch)."""
+    import webdataset as wds
+
+    try:
+        url_list = wds.shardlists.expand_urls(pattern)
+    except Exception as error:  # noqa: BLE001 - braceexpand raises on unbalanced patterns
+        raise DataError(f"{key}={pattern!r} is not a WebDataset URL pattern: {error}") from None
+    if not url_list or not all(url.strip() for url in url_list):
+        raise DataError(f"{key}={pattern!r} names no shard (an empty or blank URL): give shard URLs, e.g. "
+                        "/data/mnist-train-{000000..000011}.tar, or leave it empty to use data.root")
+
+
 def resolve_dataset(data: DataConfig, prepare: bool = True) -> ResolvedDataset:
     """Resolve `data` once: spec, shards (prepared from data.source when missing or stale and
     data.auto_prepare, if prepare), manifest (read once), URLs, split sizes, fingerprint.
@@ -261,6 +276,9 @@ def resolve_dataset(data: DataConfig, prepare: bool = True) -> ResolvedDataset:
     from gan_dist.data import shards
 
     spec = dataset_spec(data.dataset)
+    for key, pattern in (("data.train_urls", data.train_urls), ("data.test_urls", data.test_urls)):
+        if pattern:
+            _check_url_pattern(pattern, key)
     remote = bool(data.train_urls and data.test_urls)
     if data.train_urls and not data.test_urls and not data.auto_prepare:
         # Training from remote train shards, with no local copy to prepare: the test split (needed for
@@ -314,4 +332,5 @@ def resolve_dataset(data: DataConfig, prepare: bool = True) -> ResolvedDataset:
         spec=spec, image_shape=image_shape, num_classes=num_classes, class_names=class_names,  # type: ignore[arg-type]
         directory=directory, manifest=manifest, train_urls=urls["train"], test_urls=urls["test"],
         train_size=sizes["train"], test_size=sizes["test"],
-        fingerprint=_fingerprint(manifest_bytes, urls["train"], urls["test"], local), on_corrupt=data.on_corrupt)
+        fingerprint=_fingerprint(manifest_bytes, urls["train"], urls["test"], local), on_corrupt=data.on_corrupt,
+        read_timeout_s=data.read_timeout_s)

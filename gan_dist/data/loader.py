@@ -27,6 +27,8 @@ import hashlib
 import io
 import itertools
 import math
+import os
+import select
 import signal
 import tarfile
 import traceback
@@ -43,7 +45,7 @@ from PIL import Image
 from torch import Tensor
 from webdataset import tariterators
 
-from gan_dist.config import ON_CORRUPT, DataConfig
+from gan_dist.config import DEFAULT_READ_TIMEOUT_S, ON_CORRUPT, DataConfig
 from gan_dist.data.shards import ShardError
 from gan_dist.data.sources import DataError
 
@@ -215,6 +217,72 @@ class _CheckedTarStream:
                     self._fail(f"reading it failed: {error}")
 
 
+class _DeadlinePipe:
+    """A shard read through a subprocess (a `pipe:` command, or curl for http(s)) that fails when the source
+    sends nothing for timeout_s seconds, instead of blocking forever.
+
+    WebDataset's Pipe reads its subprocess's stdout with a blocking read, and curl (as WebDataset runs it)
+    has no overall time limit: a server that accepts the connection and never answers, or a `pipe:` command
+    that hangs, would stall every rank of the job until SLURM's time limit. Here each read waits at most
+    timeout_s for the pipe to become readable (select on its file descriptor), then reads what is there with
+    os.read (short reads are fine: tarfile's stream mode loops). The buffered stdout object is never read,
+    so no bytes sit unseen in its buffer. On a stall the subprocess is killed (its exit status would
+    otherwise be awaited for WebDataset's 2-hour close timeout) and ShardError names the shard.
+    """
+
+    def __init__(self, pipe: Any, url: str, timeout_s: float) -> None:
+        self._pipe, self.url, self._timeout_s = pipe, url, timeout_s
+        self._fd = pipe.stream.fileno()
+
+    def read(self, size: int = -1) -> bytes:
+        ready, _, _ = select.select([self._fd], [], [], self._timeout_s)
+        if not ready:
+            self._pipe.proc.kill()
+            raise ShardError(f"shard {self.url} sent no data for {self._timeout_s:g} s: the source stalled "
+                             "(raise data.read_timeout_s for a slow source, or check the server / pipe: command)",
+                             self.url)
+        data = os.read(self._fd, size if size is not None and size > 0 else _DRAIN_CHUNK_BYTES)
+        if not data:
+            self._pipe.check_status()  # end of stream: a non-zero exit status of the command raises here
+        return data
+
+    def close(self) -> None:
+        self._pipe.close()
+
+
+def _open_shard(url: str, read_timeout_s: float) -> Any:
+    """WebDataset's opener (files, pipe:, http(s) via curl), with a read deadline for subprocess sources."""
+    stream = wds.gopen(url)
+    if read_timeout_s > 0 and hasattr(stream, "proc") and hasattr(stream, "stream"):  # webdataset's Pipe
+        return _DeadlinePipe(stream, url, read_timeout_s)
+    return stream
+
+
+def worker_error_message(error: BaseException) -> str:
+    """The message of an error as the user should see it: one line for an error that a DataLoader worker
+    raised (torch re-raises it in the training process with the worker's whole traceback in the message:
+    "Caught ShardError in DataLoader worker process 0. Original Traceback ... ShardError: <message>")."""
+    message = str(error)
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    last = next((line for line in reversed(message.splitlines()) if line.strip()), message)
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    for candidate in (prefix, f"{type(error).__name__}: "):
+        if last.startswith(candidate):
+            return last[len(candidate):]
+    return last
+
+
+def reraise_data_error(error: BaseException) -> None:
+    """Re-raise a DataError from a loader worker with its one-line message (same type, same url)."""
+    if isinstance(error, DataError):
+        message = worker_error_message(error)
+        if message != str(error):
+            clean = ShardError(message, getattr(error, "url", None)) if isinstance(error, ShardError) \
+                else type(error)(message)
+            raise clean from None
+
+
 class _ShardSamples:
     """Pipeline stage: {url} dicts -> raw samples {__key__, __url__, png, cls}, enforcing on_corrupt.
 
@@ -223,7 +291,8 @@ class _ShardSamples:
     """
 
     def __init__(self, on_corrupt: str, stats: LoaderStats, max_failures_in_a_row: int | None = None, *,
-                 image_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int | None = None) -> None:
+                 image_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int | None = None,
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> None:
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt (data.on_corrupt) must be one of {', '.join(ON_CORRUPT)}, "
                              f"got {on_corrupt!r}")
@@ -237,6 +306,7 @@ class _ShardSamples:
         self.on_corrupt = on_corrupt
         self.stats = stats
         self.max_failures_in_a_row = max_failures_in_a_row  # None: finite stream, no limit needed
+        self.read_timeout_s = read_timeout_s  # 0: no deadline
         self._current: _CheckedTarStream | None = None
         self._failures_in_a_row = 0
 
@@ -249,7 +319,7 @@ class _ShardSamples:
             url = item["url"]
             self._current = None
             try:
-                stream = wds.gopen(url)
+                stream = _open_shard(url, self.read_timeout_s)
             except Exception as error:  # noqa: BLE001
                 self._handle(ShardError(f"cannot open shard {url}: {type(error).__name__}: {error}", url))
                 continue
@@ -480,7 +550,8 @@ def epoch_batches(dataset: ResolvedDataset, data: DataConfig, batch_size: int, s
     loader_shuffle = _loader_shuffle(data.shuffle_buffer, _derive_seed(seed, epoch, rank, "loader"))
     worker_stats = LoaderStats()  # lives in the worker; its counts travel with the batches
     reader = _ShardSamples(data.on_corrupt, worker_stats, max_failures_in_a_row=10 + 3 * num_urls,
-                           image_shape=dataset.image_shape, num_classes=dataset.num_classes)
+                           image_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                           read_timeout_s=dataset.read_timeout_s)
     dataset_pipeline = wds.DataPipeline(
         # endless shard urls, seeded by (seed, epoch, rank) and the worker id
         wds.ResampledShards(urls, seed=_derive_seed(seed, epoch, rank, "shards"), worker_seed=_worker_id,
@@ -514,6 +585,7 @@ def epoch_batches(dataset: ResolvedDataset, data: DataConfig, batch_size: int, s
         # An error re-raised from a worker keeps the DataLoader iterator in a reference cycle
         # (exception -> traceback -> frames); the cyclic GC's tear-down of it then waits 5 s per worker.
         traceback.clear_frames(error.__traceback__)
+        reraise_data_error(error)
         raise
 
 
@@ -606,7 +678,7 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
 
     def __init__(self, urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str,
                  with_keys: bool, image_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int | None = None,
-                 as_uint8: bool = False) -> None:
+                 as_uint8: bool = False, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> None:
         _check_batch_args(batch_size, rank, world_size)
         url_list = _expand(urls)
         if len(url_list) % world_size == 0:  # whole shards per rank
@@ -615,7 +687,8 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
             self.urls, stride, offset = url_list, world_size, rank
         self.num_samples = 0
         self.stats = LoaderStats()
-        reader = _ShardSamples(on_corrupt, self.stats, image_shape=image_shape, num_classes=num_classes)
+        reader = _ShardSamples(on_corrupt, self.stats, image_shape=image_shape, num_classes=num_classes,
+                               read_timeout_s=read_timeout_s)
         self._batches = _exact_pass(reader, self.urls, offset, stride, batch_size, with_keys, as_uint8)
 
     def __next__(self) -> tuple[Any, ...]:
@@ -626,7 +699,8 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
 
 def eval_batches(urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str = "raise", *,
                  with_keys: bool = False, image_shape: tuple[int, int, int] = MNIST_SHAPE,
-                 num_classes: int | None = None, as_uint8: bool = False) -> EvalBatches:
+                 num_classes: int | None = None, as_uint8: bool = False,
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> EvalBatches:
     """One exact, non-resampled pass in a fixed order; across ranks every sample comes exactly once.
 
     Yields (images float32 (b, C, H, W) in [-1, 1] (uint8 with as_uint8), labels int64 (b,)) [+ keys
@@ -638,7 +712,7 @@ def eval_batches(urls: str, batch_size: int, rank: int, world_size: int, on_corr
     padding, not per-batch collectives.
     """
     return EvalBatches(urls, batch_size, rank, world_size, on_corrupt, with_keys, image_shape, num_classes,
-                       as_uint8)
+                       as_uint8, read_timeout_s)
 
 
 def split_batches(dataset: ResolvedDataset, split: str, batch_size: int, rank: int = 0, world_size: int = 1, *,
@@ -649,4 +723,5 @@ def split_batches(dataset: ResolvedDataset, split: str, batch_size: int, rank: i
     if not urls:
         raise DataError(f"the {split} split of {dataset.describe()} has no samples")
     return eval_batches(urls, batch_size, rank, world_size, dataset.on_corrupt, with_keys=with_keys,
-                        image_shape=dataset.image_shape, num_classes=dataset.num_classes, as_uint8=as_uint8)
+                        image_shape=dataset.image_shape, num_classes=dataset.num_classes, as_uint8=as_uint8,
+                        read_timeout_s=dataset.read_timeout_s)

@@ -5,11 +5,16 @@ tests/data/test_folder.py.)"""
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import random
+import socket
 import tarfile
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -227,8 +232,61 @@ def test_training_workers_report_the_damaged_shard(tiny_shards_copy):
     shard = tiny_shards_copy / "mnist-train-000004.tar"
     damage(shard, "cut_between_members", sample=20)
     batches = stream(tiny_shards_copy, num_workers=1, shuffle_buffer=16)
-    with pytest.raises(ShardError, match=rf"corrupt or truncated shard {shard}: ends at byte \d+ \(between members\)"):
+    with pytest.raises(ShardError, match=rf"corrupt or truncated shard {shard}: ends at byte \d+ \(between members\)") \
+            as raised:
         take(batches, 200)
+    # One line, as the user sees it: torch re-raises a worker's error with the worker's traceback in the
+    # message ("Caught ShardError in DataLoader worker process 0. Original Traceback ...").
+    assert "\n" not in str(raised.value) and "Traceback" not in str(raised.value), str(raised.value)
+
+
+@contextlib.contextmanager
+def silent_http_server() -> Iterator[str]:
+    """An http "server" that accepts connections and never answers: base URL."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+@pytest.mark.parametrize("source", ["pipe", "http"])
+def test_a_stalled_source_times_out_naming_the_shard(tiny_shards, source):
+    """A `pipe:` command that hangs, or an http server that never answers, must fail after
+    data.read_timeout_s, naming the shard, in eval passes and in training workers alike."""
+    with contextlib.ExitStack() as stack:
+        if source == "pipe":
+            url = "pipe:sleep 600 # mnist-train-000000.tar"
+        else:
+            url = f"{stack.enter_context(silent_http_server())}/mnist-train-000000.tar"
+        start = time.monotonic()
+        with pytest.raises(ShardError, match=r"sent no data for 1 s: the source stalled \(raise data.read_timeout_s"):
+            eval_keys(url, 0, 1, read_timeout_s=1.0)
+        batches = stream(tiny_shards, urls=url, num_workers=1, read_timeout_s=1.0)
+        with pytest.raises(ShardError, match=r"sent no data for 1 s") as raised:
+            next(batches)
+        batches.close()
+        assert "\n" not in str(raised.value)
+        assert time.monotonic() - start < 30  # two stalls of 1 s, plus start-up; not sleep's 600 s
 
 
 def test_warn_mode_skips_and_counts_what_it_skipped(tiny_shards_copy):
