@@ -7,7 +7,8 @@ machine hits both, and the best of `repeats` is reported:
     (stream: WebDataset workers, pinned uint8, scaled on the device; memory: on-device gather), with the
     statistics accumulated on the device and read once at the end, as a log line would;
   - bare: the same G, D, Adam kernels and objective math in plain PyTorch (no Accelerate, no loader) on
-    batches already on the device, compiled or captured when the framework is.
+    batches already on the device, compiled or captured when the framework is, with R1 on the same lazy
+    schedule (loss.r1_every) so that both do the same work.
 The ratio framework / bare is the framework's efficiency (1.0 = no overhead). Columns also give ms per
 step, TFLOP/s (FLOPs of one step counted by torch.utils.flop_counter) and its share of the device's peak
 where known, the bound (on CUDA: the share of the step the GPU is busy, from the profiler; host-bound
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from gan_dist.config import Config, to_yaml
+from gan_dist.config import Config, penalizes_gradients, to_yaml
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, for the "share of peak" column.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
@@ -63,15 +65,15 @@ def _variant(config: Config, **changes: Any) -> Config:
 
 def case_config(config: Config, case: BenchCase, device: str) -> Config:
     """The config of one case: its batch, precision, loader, mode and objective; a critic without
-    BatchNorm for the penalized objectives (their configs' choice)."""
-    changes: dict[str, Any] = dict(
-        train__batch_size_per_process=case.batch_size, train__mixed_precision=case.precision,
+    BatchNorm (LayerNorm, the penalized configs' choice) when the case's loss penalizes input gradients."""
+    variant = _variant(
+        config, train__batch_size_per_process=case.batch_size, train__mixed_precision=case.precision,
         train__channels_last=case.channels_last, data__loader=case.loader, loss__name=case.objective,
         train__compile=case.mode == "compile", train__cuda_graph=case.mode == "cuda_graph",
         dist__cpu=device == "cpu")
-    if case.objective == "wgan_gp" and config.model.d_norm == "batch":
-        changes["model__d_norm"] = "layer"
-    return _variant(config, **changes)
+    if penalizes_gradients(variant.loss) and variant.model.d_norm == "batch":
+        variant.model.d_norm = "layer"
+    return variant
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -85,7 +87,7 @@ def _autocast(device: torch.device, precision: str) -> Any:
 def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int, int],
                num_classes: int) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], list[torch.Tensor]]:
     """The step in plain PyTorch, and pre-made real batches on the device."""
-    from gan_dist.models import build_models
+    from gan_dist.models import build_models, uses_channels_last
     from gan_dist.objectives import DPhaseInputs, build_objective
     from gan_dist.train.accelerator import adam_implementation, adam_kwargs
 
@@ -95,7 +97,7 @@ def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int
     torch.manual_seed(config.run.seed)
     G, D = build_models(config.model, image_shape, num_classes)
     G, D = G.to(device), D.to(device)
-    channels_last = train_cfg.channels_last and config.model.name != "mlp"
+    channels_last = uses_channels_last(config.model, train_cfg.channels_last)
     if channels_last:
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)
@@ -115,6 +117,7 @@ def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.mixed_precision == "fp16")
     g_params = list(G.parameters())
     cond = num_classes > 0
+    d_steps = [0]  # D steps taken: lazy R1 (loss.r1_every) on the framework's schedule, for equal work
 
     def step(real: torch.Tensor, real_labels: torch.Tensor) -> None:
         for _ in range(train_cfg.d_steps_per_g):
@@ -124,11 +127,13 @@ def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int
                 fake = G_call(z, fake_labels).float()  # as the framework (Accelerate returns fp32 outputs)
                 mix = torch.rand(batch_size, device=device) if objective.needs_mix else None
                 loss, _ = objective.d_phase(D_call, DPhaseInputs(real, real_labels if cond else None,
-                                                                 fake.detach(), fake_labels, mix))
+                                                                 fake.detach(), fake_labels, mix,
+                                                                 d_step_index=d_steps[0]))
             scaler.scale(loss).backward()
             scaler.step(opt_d)
             scaler.update()
             opt_d.zero_grad(set_to_none=True)
+            d_steps[0] += 1
         with autocast:
             loss, _ = objective.g_phase(D_call, fake, fake_labels)
         scaler.scale(loss).backward(inputs=g_params)
@@ -159,7 +164,7 @@ def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int
 
 def count_flops(config: Config, device: torch.device, image_shape: tuple[int, int, int], num_classes: int) -> float:
     """FLOPs of one bare eager step (matmuls and convolutions, forward and backward, penalties' double
-    backward included), with torch.utils.flop_counter's per-op formulas.
+    backward included; lazy R1 averaged over its cycle), with torch.utils.flop_counter's per-op formulas.
 
     A dispatch mode of our own rather than FlopCounterMode: that one tracks modules with backward hooks,
     which torch.autograd.grad (the gradient penalties) refuses."""
@@ -180,10 +185,14 @@ def count_flops(config: Config, device: torch.device, image_shape: tuple[int, in
     eager = _variant(config, train__compile=False, train__cuda_graph=False)
     step, tensors = _bare_step(eager, device, image_shape, num_classes)
     step(tensors[0], tensors[-1])  # lazy state first
+    # Lazy R1 (every loss.r1_every-th D step) makes steps unequal: average over one whole schedule cycle.
+    loss, d_steps_per_g = eager.loss, eager.train.d_steps_per_g
+    cycle = loss.r1_every // math.gcd(loss.r1_every, d_steps_per_g) if loss.r1_gamma > 0 else 1
     counter = CountFlops()
     with counter:
-        step(tensors[0], tensors[-1])
-    return float(counter.total)
+        for _ in range(cycle):
+            step(tensors[0], tensors[-1])
+    return float(counter.total) / cycle
 
 
 def bare_images_per_s(config: Config, num_steps: int, warmup_steps: int, device: torch.device,

@@ -317,6 +317,20 @@ def _non_finite_floats(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def penalizes_gradients(loss: LossConfig) -> bool:
+    """Whether `loss` penalizes D's input gradients (wgan_gp's gradient penalty, or R1 with r1_gamma > 0):
+    a double backward through D, per sample. The one rule for the objective, validation and the bench."""
+    return loss.name == "wgan_gp" or loss.r1_gamma > 0
+
+
+def _d_has_batchnorm(model: ModelConfig) -> bool:
+    """The architecture's own answer (gan_dist.models); imported here only when a penalty asks, so that
+    loading a config does not import torch."""
+    from gan_dist.models import d_has_batchnorm
+
+    return d_has_batchnorm(model)
+
+
 def validate(config: Config, origin: str = "config") -> None:
     """Check values that types cannot: finite numbers, positive sizes, known names, combinations that
     cannot work. Raises ConfigError naming the key(s)."""
@@ -370,8 +384,8 @@ def validate(config: Config, origin: str = "config") -> None:
     require(lo.r1_gamma >= 0, "loss.r1_gamma", "must be >= 0")
     require(lo.r1_every >= 1, "loss.r1_every", "must be >= 1")
     require(lo.acgan_weight > 0, "loss.acgan_weight", "must be > 0")
-    penalized = lo.name == "wgan_gp" or lo.r1_gamma > 0
-    if penalized and m.name != "mlp" and m.d_norm == "batch":
+    penalized = penalizes_gradients(lo)
+    if penalized and m.d_norm == "batch" and _d_has_batchnorm(m):
         keys = "loss.name=wgan_gp" if lo.name == "wgan_gp" else f"loss.r1_gamma={lo.r1_gamma}"
         raise ConfigError(f"{origin}: keys '{keys.split('=')[0]}' and 'model.d_norm': {keys} penalizes the "
                           "gradient of D for each sample, but BatchNorm in D mixes the samples of a batch; "

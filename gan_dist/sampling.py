@@ -3,7 +3,8 @@
 Noise is drawn on the CPU from a generator seeded by `seed`, so sample i is the same on any device, for
 any batch size and any number of processes (the caller shards rows, never re-draws them). A conditional
 G (`G.num_classes > 0`) gets labels too: balanced (i % num_classes), one class, or one row per class for
-grids.
+grids (`grid_inputs`). `sample_images` is the only call of G on noise: eval mode (BatchNorm on its running
+statistics, so a sample does not depend on its batch), no autograd, G's mode restored afterwards.
 """
 
 from __future__ import annotations
@@ -40,19 +41,39 @@ def num_classes_of(G: nn.Module) -> int:
 
 
 @torch.no_grad()
+def sample_images(G: nn.Module, z: Tensor, labels: Tensor | None = None, device: str | torch.device | None = None,
+                  batch_size: int | None = None) -> Tensor:
+    """G(z, labels) as float32 images (N, C, H, W) in [-1, 1], on `device` (None: where z is).
+
+    G runs in eval mode without autograd and gets its train/eval mode back afterwards, so a grid or an
+    evaluation in the middle of training changes nothing. `batch_size` rows per call of G (None: all at
+    once); z (N, latent_dim) and labels (N,) int64 (None for an unconditional G) come from the caller.
+    """
+    step = batch_size or max(len(z), 1)
+    was_training = G.training
+    G.eval()
+    try:
+        images = []
+        for start in range(0, len(z), step):
+            z_batch = z[start:start + step] if device is None else z[start:start + step].to(device)
+            if labels is None:
+                images.append(G(z_batch).float())
+                continue
+            y_batch = labels[start:start + step] if device is None else labels[start:start + step].to(device)
+            images.append(G(z_batch, y_batch).float())
+    finally:
+        G.train(was_training)
+    return images[0] if len(images) == 1 else torch.cat(images)
+
+
 def generate(G: nn.Module, num_images: int, seed: int, batch_size: int = 500,
              device: str | torch.device = "cpu", labels: Tensor | None = None) -> Tensor:
-    """num_images images (N, C, H, W) float32 on the CPU, in [-1, 1], from G as it is (call G.eval() first
-    for BatchNorm's running statistics). A conditional G without `labels` gets balanced labels."""
+    """num_images images (N, C, H, W) float32 on the CPU, in [-1, 1], from the noise of `seed`. A conditional
+    G without `labels` gets balanced labels."""
     z = latent_noise(num_images, G.latent_dim, seed)  # (N, latent_dim)
     if labels is None:
         labels = class_labels(num_images, num_classes_of(G))
-    images = []
-    for start in range(0, num_images, batch_size):
-        z_batch = z[start:start + batch_size].to(device)
-        y_batch = None if labels is None else labels[start:start + batch_size].to(device)
-        images.append(G(z_batch, y_batch).float().cpu())
-    return torch.cat(images)
+    return sample_images(G, z, labels, device=device, batch_size=batch_size).cpu()
 
 
 def grid_inputs(G: nn.Module, num_images: int, seed: int) -> tuple[Tensor, Tensor | None, int]:
@@ -74,8 +95,11 @@ def grid_inputs(G: nn.Module, num_images: int, seed: int) -> tuple[Tensor, Tenso
 
 def sample_command(run_dir: str | None, checkpoint: str | None, num_images: int, out_png: str,
                    out_npz: str | None, seed: int, use_ema: bool, class_index: int | None = None) -> None:
-    """`gan-dist sample`: a grid PNG (one row per class for a conditional G unless --class is given) and
-    optionally the raw uint8 images (and their labels) in an .npz."""
+    """`gan-dist sample`: a grid PNG and optionally the raw uint8 images (and their labels) in an .npz.
+
+    A conditional G without --class gets the training grid's layout (`grid_inputs`): one row per class and
+    round(sqrt(num_images)) columns, each column one z across all classes (so N = classes x columns);
+    otherwise num_images samples in a square grid, all of class --class when it is given."""
     from pathlib import Path
 
     import numpy as np
@@ -94,12 +118,12 @@ def sample_command(run_dir: str | None, checkpoint: str | None, num_images: int,
                           f"({info.dataset})")
     columns = None
     if num_classes and class_index is None:
-        columns = max(1, num_images // num_classes)  # one row per class
-        labels = torch.arange(num_classes, dtype=torch.int64).repeat_interleave(columns)
-        num_images = len(labels)
+        # The training grid's layout: one row per class, one z per column shared by every row.
+        z, labels, columns = grid_inputs(G, num_images, seed)
+        num_images = len(z)
     else:
-        labels = class_labels(num_images, num_classes, class_index)
-    images = generate(G, num_images, seed, labels=labels)  # (N, C, H, W)
+        z, labels = latent_noise(num_images, G.latent_dim, seed), class_labels(num_images, num_classes, class_index)
+    images = sample_images(G, z, labels, device="cpu", batch_size=500)  # (N, C, H, W) on the CPU
     save_grid_png(images, Path(out_png), columns=columns)
     what = f"class {class_index}" if class_index is not None else ("one row per class" if columns else "")
     print(f"wrote {out_png}: {num_images} samples of {info.model.name} ({info.dataset}) at step {info.step}"

@@ -1,5 +1,6 @@
 """The benchmark's logic on the CPU with tiny settings: every objective and both loaders measured against
-the bare loop in one run, and the prepared GPU check script in its CPU mode."""
+the bare loop in one run, both sides doing the same work (lazy R1), and the prepared GPU check script in its
+CPU mode."""
 
 from __future__ import annotations
 
@@ -11,9 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from gan_dist.bench import bench_training
-from gan_dist.config import load_config
+import gan_dist.objectives as objectives
+from gan_dist.bench import (
+    BenchCase,
+    _bare_step,
+    bench_training,
+    case_config,
+    count_flops,
+    framework_images_per_s,
+)
+from gan_dist.config import load_config, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +44,39 @@ def test_bench_measures_every_objective_and_loader_against_the_bare_loop(mnist_s
     assert flops["wgan_gp"] > 1.3 * flops["ns"]
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(rows))
     assert "framework img/s" in capsys.readouterr().out
+
+
+def test_the_bare_loop_applies_lazy_r1_on_the_frameworks_schedule(tiny_shards, tmp_path, monkeypatch):
+    """loss.r1_every=4 with 2 D steps per G step: R1 at D steps 0, 4, ... in the framework and the bare loop
+    alike, so their ratio compares equal work."""
+    config = load_config("configs/debug.yaml", [
+        f"data.root={tiny_shards}", "data.auto_prepare=false", f"run.out_dir={tmp_path}", "log.tracker=none",
+        "loss.name=hinge", "loss.r1_gamma=1", "loss.r1_every=4", "model.d_norm=layer", "train.d_steps_per_g=2"])
+    calls: list[int] = []
+    r1_penalty = objectives.r1_penalty
+    monkeypatch.setattr(objectives, "r1_penalty", lambda grads: calls.append(1) or r1_penalty(grads))
+    framework_images_per_s(config, num_steps=3, warmup_steps=1)  # 4 G steps = 8 D steps
+    framework_calls, calls[:] = len(calls), []
+    step, tensors = _bare_step(config, torch.device("cpu"), (1, 28, 28), 0)
+    for _ in range(4):
+        step(tensors[0], tensors[-1])
+    assert framework_calls == len(calls) == 2
+    # The FLOPs of a step average R1 over its schedule: between no R1 and R1 at every D step.
+    every_step = load_config("configs/debug.yaml", ["loss.name=hinge", "loss.r1_gamma=1", "model.d_norm=layer",
+                                                    "train.d_steps_per_g=2"])
+    flops = {name: count_flops(cfg, torch.device("cpu"), (1, 28, 28), 0) for name, cfg in (
+        ("lazy", config), ("every", every_step), ("none", load_config("configs/debug.yaml", [
+            "loss.name=hinge", "model.d_norm=layer", "train.d_steps_per_g=2"])))}
+    assert flops["none"] < flops["lazy"] < flops["every"]
+    assert flops["lazy"] == pytest.approx(flops["none"] + (flops["every"] - flops["none"]) / 4, rel=1e-6)
+
+
+def test_a_case_whose_loss_penalizes_gradients_gets_a_critic_without_batchnorm():
+    config = load_config("configs/debug.yaml")  # d_norm=batch
+    for objective in ("ns", "lsgan", "wgan_gp", "hinge"):
+        case = case_config(config, BenchCase(8, "no", "memory", "eager", objective, False), "cpu")
+        assert case.model.d_norm == ("layer" if objective == "wgan_gp" else "batch")
+        validate(case)
 
 
 @pytest.mark.slow

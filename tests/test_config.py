@@ -62,11 +62,29 @@ def test_overrides_win_over_the_file(tmp_path):
     (["train.cuda_graph=true", "optim.lr_decay_start=0.5"], "train.cuda_graph"),
     (["optim.lr_decay_start=1.5"], "optim.lr_decay_start"),
     (["train.cuda_graph=true", "data.loader=memory", "loss.name=wgan_gp", "model.d_norm=layer"], "train.cuda_graph"),
+    (["train.cuda_graph=true", "data.loader=memory", "loss.r1_gamma=1", "model.d_norm=layer"], "train.cuda_graph"),
+    (["train.cuda_graph=true", "data.loader=memory", "train.gradient_accumulation_steps=2"], "train.cuda_graph"),
+    (["train.cuda_graph=true", "data.loader=memory", "train.mixed_precision=fp16"], "train.cuda_graph"),
+    (["train.cuda_graph=true", "data.loader=memory", "train.compile=true"], "train.cuda_graph"),
     (["optim.implementation=apex"], "optim.implementation"),
 ])
 def test_bad_override_names_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides", [["loss.name=wgan_gp"], ["loss.r1_gamma=10"], ["loss.name=hinge", "loss.r1_gamma=1"]])
+def test_a_penalized_loss_takes_the_default_d_norm_where_the_architecture_has_no_batchnorm(overrides):
+    config = load_config(None, ["model.name=mlp", *overrides])  # mlp has no normalization layers at all
+    assert config.model.d_norm == "batch"
+
+
+def test_loading_a_config_does_not_import_torch():
+    """The SLURM scripts load configs for quick checks; architecture facts are asked for only when needed."""
+    code = ("import sys; from gan_dist.config import load_config; "
+            "[load_config(p) for p in ('configs/debug.yaml', 'configs/mnist_wgan_gp.yaml', 'configs/mnist_fast.yaml')]; "
+            "load_config(None, ['loss.r1_gamma=1', 'model.d_norm=none']); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_bad_file_key_names_key_and_file(tmp_path):

@@ -41,7 +41,7 @@ from gan_dist.metrics.classes import class_accuracy, class_fractions, class_hist
 from gan_dist.metrics.features import load_feature_network
 from gan_dist.metrics.fid import class_statistics, feature_statistics, frechet_distance, intra_fid
 from gan_dist.metrics.prdc import DC_K, PR_K, prdc
-from gan_dist.sampling import class_labels, latent_noise, num_classes_of
+from gan_dist.sampling import class_labels, latent_noise, num_classes_of, sample_images
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -275,9 +275,10 @@ class Evaluator:
         num_samples generated images, gathered on every rank.
 
         Sample i's noise (and label) is row i of one tensor drawn by `gan_dist.sampling` from `seed`, the
-        same on every rank; G runs in eval mode (BatchNorm on running statistics), so a sample does not
-        depend on which rank or batch produced it. The row order after gathering depends on the process
-        count. Pass the unwrapped G (not a DDP wrapper): its num_classes decides the labels.
+        same on every rank; G is called through `sampling.sample_images` (eval mode: BatchNorm on running
+        statistics), so a sample does not depend on which rank or batch produced it. The row order after
+        gathering depends on the process count. Pass the unwrapped G (not a DDP wrapper): its num_classes
+        decides the labels.
         """
         from accelerate.data_loader import prepare_data_loader
         from torch.utils.data import DataLoader, TensorDataset
@@ -291,22 +292,17 @@ class Evaluator:
         loader = prepare_data_loader(DataLoader(TensorDataset(*rows), batch_size=self.batch_size),
                                      device=acc.device, num_processes=acc.num_processes,
                                      process_index=acc.process_index, put_on_device=True, even_batches=True)
-        was_training = G.training
-        G.eval()
         features, logits, requested = [], [], []
-        try:
-            for batch in loader:
-                z = batch[0]  # (b, latent_dim)
-                images = (G(z) if labels is None else G(z, batch[1])).float()  # (b, C, H, W) in [-1, 1]
-                f, lg = self.net.features_and_logits(images)
-                outputs = (f, lg) if labels is None else (f, lg, batch[1])
-                gathered = acc.gather_for_metrics(outputs)  # (<= b * processes, D), (.., K) [, (..,)]
-                features.append(gathered[0])
-                logits.append(gathered[1])
-                if labels is not None:
-                    requested.append(gathered[2])
-        finally:
-            G.train(was_training)
+        for batch in loader:
+            batch_labels = None if labels is None else batch[1]  # (b,) on the device
+            images = sample_images(G, batch[0], batch_labels)  # (b, C, H, W) float32 in [-1, 1], eval mode
+            f, lg = self.net.features_and_logits(images)
+            outputs = (f, lg) if labels is None else (f, lg, batch_labels)
+            gathered = acc.gather_for_metrics(outputs)  # (<= b * processes, D), (.., K) [, (..,)]
+            features.append(gathered[0])
+            logits.append(gathered[1])
+            if labels is not None:
+                requested.append(gathered[2])
         return torch.cat(features), torch.cat(logits), (torch.cat(requested) if requested else None)
 
     def evaluate(self, G: nn.Module, seed: int = 0) -> dict[str, float]:

@@ -59,6 +59,9 @@ class Architecture:
     d_width: int
     d_dropout: float
     uses_norm: bool  # False: model.g_norm / model.d_norm are ignored (mlp has no normalization at all)
+    # Convolutions over (C, H, W): the channels_last (NHWC) memory layout applies (train.channels_last).
+    # False: the image is flattened at once, NHWC would only add copies.
+    convolutional: bool
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -68,7 +71,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                                                           norm=m.g_norm),
         discriminator=lambda m, shape, k: KerasDCGANDiscriminator(m.d_width, m.d_dropout, shape, k, m.conditioning,
                                                                   norm=m.d_norm, spectral_norm=m.spectral_norm),
-        g_width=128, d_width=32, d_dropout=0.25, uses_norm=True,
+        g_width=128, d_width=32, d_dropout=0.25, uses_norm=True, convolutional=True,
     ),
     # Radford et al. 2015: G 256/128 channels, D 64/128 channels at 28x28, no dropout.
     "dcgan": Architecture(
@@ -76,14 +79,14 @@ ARCHITECTURES: dict[str, Architecture] = {
                                                      norm=m.g_norm),
         discriminator=lambda m, shape, k: DCGANDiscriminator(m.d_width, m.d_dropout, shape, k, m.conditioning,
                                                              norm=m.d_norm, spectral_norm=m.spectral_norm),
-        g_width=64, d_width=64, d_dropout=0.0, uses_norm=True,
+        g_width=64, d_width=64, d_dropout=0.0, uses_norm=True, convolutional=True,
     ),
     # Goodfellow et al. 2014: hidden layers of 256/512/1024 units, dropout 0.3 in D.
     "mlp": Architecture(
         generator=lambda m, shape, k: MLPGenerator(m.latent_dim, m.g_width, shape, k, m.conditioning),
         discriminator=lambda m, shape, k: MLPDiscriminator(m.d_width, m.d_dropout, shape, k, m.conditioning,
                                                            spectral_norm=m.spectral_norm),
-        g_width=256, d_width=256, d_dropout=0.3, uses_norm=False,
+        g_width=256, d_width=256, d_dropout=0.3, uses_norm=False, convolutional=False,
     ),
 }
 
@@ -95,6 +98,16 @@ def architecture(name: str) -> Architecture:
     except KeyError:
         raise ValueError(f"model.name: unknown architecture {name!r}; choose one of "
                          f"{', '.join(ARCHITECTURES)}") from None
+
+
+def uses_channels_last(model: ModelConfig, requested: bool) -> bool:
+    """Whether train.channels_last (`requested`) applies to model.name: convolutional architectures only."""
+    return requested and architecture(model.name).convolutional
+
+
+def d_has_batchnorm(model: ModelConfig) -> bool:
+    """Whether the D built for `model` has BatchNorm layers (which mix the samples of a batch)."""
+    return architecture(model.name).uses_norm and model.d_norm == "batch"
 
 
 def resolve_model_config(model: ModelConfig) -> ModelConfig:
@@ -152,5 +165,7 @@ __all__ = [
     "build_discriminator",
     "build_generator",
     "build_models",
+    "d_has_batchnorm",
     "resolve_model_config",
+    "uses_channels_last",
 ]

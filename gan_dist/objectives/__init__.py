@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gan_dist.config import LossConfig
+from gan_dist.config import LossConfig, penalizes_gradients
 from gan_dist.objectives import adversarial
 
 Stats = dict[str, Tensor]
@@ -102,7 +102,7 @@ class Objective:
         self.uses_gradient_penalty = loss.name == "wgan_gp"
         self.uses_r1 = loss.r1_gamma > 0
         # Double backward through D: cannot be captured in a CUDA graph, needs per-sample gradients.
-        self.penalizes_gradients = self.uses_gradient_penalty or self.uses_r1
+        self.penalizes_gradients = penalizes_gradients(loss)
         self.needs_mix = self.uses_gradient_penalty
 
     def r1_due(self, d_step_index: int) -> bool:
@@ -191,5 +191,5 @@ def build_objective(loss: LossConfig) -> Objective:
     return Objective(loss)
 
 
-__all__ = ["DPhaseInputs", "Objective", "build_objective", "gradient_penalty", "input_gradients", "r1_penalty",
-           "split_output"]
+__all__ = ["DPhaseInputs", "Objective", "build_objective", "gradient_penalty", "input_gradients",
+           "penalizes_gradients", "r1_penalty", "split_output"]

@@ -23,9 +23,9 @@ from torch import nn
 
 from gan_dist.checkpoint import CheckpointError, GeneratorInfo
 from gan_dist.config import Config, ConfigError
-from gan_dist.models import build_models
+from gan_dist.models import build_models, uses_channels_last
 from gan_dist.objectives import build_objective
-from gan_dist.sampling import grid_inputs
+from gan_dist.sampling import grid_inputs, sample_images
 from gan_dist.tracking import make_tracker, new_run_id, save_grid_png
 from gan_dist.train.accelerator import (
     RunRecord,
@@ -231,10 +231,19 @@ class Trainer:
         if train_cfg.cuda_graph and self.accelerator.num_processes > 1:
             raise ConfigError("key 'train.cuda_graph': captures one process's step without DDP; with "
                               f"{self.accelerator.num_processes} processes set it to false (train.compile works)")
+        if train_cfg.cuda_graph and self.accelerator.scaler is not None:
+            # config.validate refuses a literal fp16; this catches auto -> fp16 (a GPU without bf16) and
+            # `accelerate launch --mixed_precision fp16`, which would otherwise capture the scaler silently.
+            raise ConfigError(
+                "keys 'train.cuda_graph' and 'train.mixed_precision': this run resolved to "
+                f"{self.accelerator.mixed_precision} (train.mixed_precision={train_cfg.mixed_precision}, or "
+                "accelerate launch --mixed_precision), and fp16's GradScaler cannot be captured (its inf checks "
+                "sync with the host); set train.mixed_precision=bf16 (or no), or train.cuda_graph=false")
 
     @property
     def _channels_last(self) -> bool:
-        return self.config.train.channels_last and self.config.model.name != "mlp"
+        """train.channels_last where the architecture has convolutions to gain from it."""
+        return uses_channels_last(self.config.model, self.config.train.channels_last)
 
     def _build_parts(self, G: nn.Module, D: nn.Module) -> tuple[Any, ...]:
         accelerator, config = self.accelerator, self.config
@@ -432,7 +441,6 @@ class Trainer:
         """G_ema when trained (else G), unwrapped."""
         return self.ema.module if self.ema is not None else self.G_raw
 
-    @torch.no_grad()
     def write_samples(self, step: int) -> None:
         """Main process: the fixed-noise grid (one row per class for a conditional G), PNG and tracker."""
         if not self.is_main or self._last_grid_step == step:
@@ -440,11 +448,7 @@ class Trainer:
         self._last_grid_step = step
         G = self.sampling_generator()
         z, labels, columns = grid_inputs(G, self.config.log.num_samples, self.config.run.seed + GRID_SEED_OFFSET)
-        was_training = G.training
-        G.eval()
-        device = self.accelerator.device
-        images = G(z.to(device), None if labels is None else labels.to(device))  # (N, C, H, W)
-        G.train(was_training)
+        images = sample_images(G, z, labels, device=self.accelerator.device)  # (N, C, H, W), one batch
         grid = save_grid_png(images, self.run.path / "samples" / f"step_{step:08d}.png", columns=columns,
                              pixel_scale=self.config.log.grid_pixel_scale)
         self.tracker.log_image("samples", grid, step)

@@ -39,6 +39,14 @@ def evaluator(mnist_shards, cache_dir) -> Evaluator:
     return Evaluator(config, Accelerator(cpu=True), resolve_dataset(config.data), cache_dir=cache_dir)
 
 
+@pytest.fixture(autouse=True)
+def live_accelerator(request) -> None:
+    """tests/conftest.py resets Accelerate's singletons after every test, which leaves the module's
+    evaluator with a dead Accelerator: hand it a fresh one (the same CPU fp32 setup) for each test."""
+    if "evaluator" in request.fixturenames:
+        request.getfixturevalue("evaluator").accelerator = Accelerator(cpu=True)
+
+
 @pytest.fixture(scope="module")
 def test_split(evaluator) -> tuple[torch.Tensor, torch.Tensor]:
     return load_split(evaluator.dataset, "test")  # uint8 (10000, 1, 28, 28), labels (10000,)

@@ -18,7 +18,9 @@ from gan_dist.models import (
     build_discriminator,
     build_generator,
     build_models,
+    d_has_batchnorm,
     resolve_model_config,
+    uses_channels_last,
 )
 from gan_dist.models.base import conv_stages
 
@@ -186,6 +188,21 @@ def test_norm_none_has_no_normalization_layers(name: str) -> None:
     g, d = small_models(name, (1, 32, 32), g_norm="none", d_norm="batch")
     assert not any(isinstance(m, NORM_TYPES) for m in g.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in d.modules()) == (name != "mlp")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_each_architecture_declares_what_its_modules_are(name: str) -> None:
+    """The registry's facts that the trainer, the bench and config.validate ask instead of testing names:
+    `convolutional` (channels_last applies) and `uses_norm` (a BatchNorm critic is possible)."""
+    g, d = small_models(name, (1, 32, 32), d_norm="batch")
+    convs = (nn.Conv2d, nn.ConvTranspose2d)
+    has_convs = any(isinstance(m, convs) for m in [*g.modules(), *d.modules()])
+    assert ARCHITECTURES[name].convolutional == has_convs
+    assert uses_channels_last(ModelConfig(name=name), True) == has_convs
+    assert not uses_channels_last(ModelConfig(name=name), False)
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in d.modules())
+    assert d_has_batchnorm(ModelConfig(name=name, d_norm="batch")) == has_batchnorm == ARCHITECTURES[name].uses_norm
+    assert not d_has_batchnorm(ModelConfig(name=name, d_norm="layer"))
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

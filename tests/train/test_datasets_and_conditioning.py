@@ -1,5 +1,6 @@
 """End to end on your own images (32x32x3: prepare, train, sample, eval with a feature network trained
-here), conditional sampling from the CLI, and the combinations that cannot work refused with exit 2."""
+here), the class-row grid of a conditional run, conditional sampling from the CLI, an unlabeled folder
+trained with evaluation off, and the combinations that cannot work refused with exit 2."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from gan_dist.cli import main as cli_main
+from gan_dist.tracking import auto_pixel_scale
 from tests.metrics.folders import write_image_folder
 
 
@@ -87,3 +89,34 @@ def test_a_folder_smaller_than_one_global_batch_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and "fewer than one global batch" in err and "train.batch_size_per_process" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_conditional_run_writes_one_grid_row_per_class(tiny_shards, tmp_path, capsys):
+    """10 labeled classes, log.num_samples=25: 10 rows of 5 cells (a square grid would be 5 x 5)."""
+    assert cli_main(["train", "configs/debug.yaml", f"data.root={tiny_shards}", "data.auto_prepare=false",
+                     "model.conditioning=concat", f"run.out_dir={tmp_path}", "run.name=cgan", "train.num_steps=2",
+                     "log.num_samples=25", "log.sample_every=0", "checkpoint.every=0"]) == 0
+    cell, scale = 28 + 2, auto_pixel_scale(28)  # images_to_grid: 2 px padding per cell and once more
+    grid = Image.open(tmp_path / "cgan" / "samples" / "step_00000002.png")
+    assert grid.size == (scale * (2 + 5 * cell), scale * (2 + 10 * cell))  # (width, height)
+    # `gan-dist sample` without --class shows the same layout (--num is the square grid it widens).
+    capsys.readouterr()
+    assert cli_main(["sample", "--run", str(tmp_path / "cgan"), "--num", "25", "--out", str(tmp_path / "s.png"),
+                     "--npz", str(tmp_path / "s.npz")]) == 0
+    assert Image.open(tmp_path / "s.png").size == grid.size
+    assert np.load(tmp_path / "s.npz")["labels"].tolist() == [c for c in range(10) for _ in range(5)]
+
+
+def test_an_unlabeled_folder_without_a_feature_net_trains_with_evaluation_off(tmp_path, capsys):
+    flat = write_image_folder(tmp_path / "flat", classes=(), per_class=40, size=(30, 30))
+    status = cli_main(["train", "configs/debug.yaml", "data.dataset=folder", f"data.source=folder:{flat}",
+                       "data.image_size=16", f"data.root={tmp_path / 'shards'}", "model.name=mlp",
+                       "model.g_width=8", "model.d_width=8", f"run.out_dir={tmp_path / 'runs'}", "run.name=flat",
+                       "train.num_steps=6", "eval.eval_every=2", "eval.num_samples=20", "eval.batch_size=10"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.count("evaluation is off for this run: ") == 1  # said once, for 3 evaluations (steps 2, 4, the end)
+    assert "eval.feature_net" in out.split("evaluation is off for this run: ")[1].splitlines()[0]
+    done = json.loads((tmp_path / "runs" / "flat" / "done.json").read_text())
+    assert done["step"] == 6
+    assert not (tmp_path / "runs" / "flat" / "evals.jsonl").exists()

@@ -1,0 +1,88 @@
+"""The one sampling helper: the class-row grid's layout, eval mode around every call of G, and
+`gan-dist sample` showing a conditional G in the training grid's layout."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from gan_dist.config import ModelConfig
+from gan_dist.models import build_generator
+from gan_dist.sampling import grid_inputs, latent_noise, sample_command, sample_images
+from gan_dist.tracking import auto_pixel_scale, images_to_uint8
+
+LATENT_DIM = 8
+
+
+class FakeG(nn.Module):
+    """Only what grid_inputs reads: latent_dim and num_classes."""
+
+    latent_dim = LATENT_DIM
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+
+def _tiny_generator(num_classes: int) -> nn.Module:
+    torch.manual_seed(0)
+    model = ModelConfig(name="keras_dcgan", latent_dim=LATENT_DIM, g_width=8, d_width=8,
+                        conditioning="concat" if num_classes else "none")
+    return build_generator(model, (1, 28, 28), num_classes)
+
+
+@pytest.mark.parametrize("num_images, columns", [(25, 5), (100, 10), (4, 2)])
+def test_a_conditional_grid_is_one_row_per_class_and_a_column_is_one_z(num_images, columns):
+    z, labels, num_columns = grid_inputs(FakeG(10), num_images, seed=7)
+    assert num_columns == columns
+    assert z.shape == (10 * columns, LATENT_DIM) and labels.shape == (10 * columns,)
+    rows_z, rows_y = z.view(10, columns, LATENT_DIM), labels.view(10, columns)
+    for row in range(10):
+        assert rows_y[row].tolist() == [row] * columns  # row r: all class r
+        torch.testing.assert_close(rows_z[row], rows_z[0], rtol=0, atol=0)  # the same z in every row
+    assert len({tuple(v.tolist()) for v in rows_z[0]}) == columns  # and a different z per column
+    torch.testing.assert_close(rows_z[0], latent_noise(columns, LATENT_DIM, 7), rtol=0, atol=0)
+
+
+def test_an_unconditional_grid_is_square_without_labels():
+    z, labels, columns = grid_inputs(FakeG(0), 25, seed=7)
+    assert labels is None and columns == 5
+    torch.testing.assert_close(z, latent_noise(25, LATENT_DIM, 7), rtol=0, atol=0)
+
+
+def test_sample_images_runs_g_in_eval_mode_without_grad_and_restores_its_mode():
+    G = _tiny_generator(10)  # BatchNorm in G: train and eval mode give different images
+    z, labels, _ = grid_inputs(G, 4, seed=1)
+    G.train()
+    with torch.no_grad():
+        in_train_mode = G(z, labels)
+    images = sample_images(G, z, labels)
+    assert G.training and not images.requires_grad and images.dtype == torch.float32
+    with torch.no_grad():
+        expected = G.eval()(z, labels)
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    assert not torch.allclose(images, in_train_mode)
+    # Batches of any size give the same samples (running statistics, not the batch's).
+    torch.testing.assert_close(sample_images(G, z, labels, batch_size=3), images, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_images", [4, 25])
+def test_gan_dist_sample_of_a_conditional_g_uses_the_training_grid(num_images, tmp_path, monkeypatch, capsys):
+    G = _tiny_generator(10).eval()
+    info = SimpleNamespace(model=dataclasses.replace(ModelConfig(), conditioning="concat"), dataset="mnist", step=3)
+    monkeypatch.setattr("gan_dist.checkpoint.load_generator", lambda *args, **kwargs: (G, info))
+    png, npz = tmp_path / "grid.png", tmp_path / "grid.npz"
+    sample_command("run", None, num_images, str(png), str(npz), seed=5, use_ema=True)
+    z, labels, columns = grid_inputs(G, num_images, seed=5)
+    arrays = np.load(npz)
+    assert arrays["labels"].tolist() == labels.tolist()  # one row per class
+    np.testing.assert_array_equal(arrays["images"], images_to_uint8(sample_images(G, z, labels)))
+    scale = auto_pixel_scale(28)
+    assert Image.open(png).size == (scale * (2 + columns * 30), scale * (2 + 10 * 30))  # (width, height)
+    assert f"{10 * columns} samples" in capsys.readouterr().out

@@ -1,0 +1,57 @@
+"""train.compile=true through the whole Trainer on the CPU: a short run writes its checkpoint and done.json
+with finite losses, and resuming from that checkpoint compiles again and carries on.
+
+aot_eager traces G's and D's forward and backward through dynamo and AOTAutograd like inductor does, without
+generating C++; the inductor case runs the code the Trainer runs by default (torch.compile's default
+backend), whose first compile of these graphs takes minutes on 2 cores (later ones hit its cache)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from gan_dist.config import load_config
+from gan_dist.train import train
+
+LOSSES = re.compile(r"^(\d+) \[D loss: (\S+), acc\.: \S+%\] \[G loss: (\S+)\]", re.MULTILINE)
+
+
+@pytest.mark.slow  # about 25 s with aot_eager here; inductor's first compile takes minutes on 2 cores
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_a_compiled_run_checkpoints_finishes_and_resumes(backend, tiny_shards, tmp_path, monkeypatch, capsys):
+    compiled: list[str] = []
+    real_compile = torch.compile
+
+    def compile_with_backend(model: torch.nn.Module, **kwargs: object) -> torch.nn.Module:
+        compiled.append(type(model).__name__)
+        return real_compile(model, **{**kwargs, "backend": backend})
+
+    monkeypatch.setattr(torch, "compile", compile_with_backend)
+    torch._dynamo.reset()
+
+    def run(num_steps: int, *overrides: str) -> list[tuple[str, str, str]]:
+        config = load_config("configs/debug.yaml", [
+            f"data.root={tiny_shards}", "data.auto_prepare=false", f"run.out_dir={tmp_path}", "run.name=compiled",
+            "train.compile=true", f"train.num_steps={num_steps}", "log.log_every=1", "checkpoint.every=2",
+            *overrides])
+        assert train(config) == 0
+        return LOSSES.findall(capsys.readouterr().out)
+
+    first = run(2)
+    run_dir = Path(tmp_path) / "compiled"
+    assert compiled == ["KerasDCGANGenerator", "KerasDCGANDiscriminator"]  # the Trainer compiled G and D
+    assert [int(step) for step, *_ in first] == [1, 2]
+    assert (run_dir / "checkpoints" / "step_00000002" / "meta.json").is_file()
+    assert json.loads((run_dir / "done.json").read_text())["step"] == 2
+
+    resumed = run(4, "checkpoint.resume=auto")
+    assert len(compiled) == 4  # compiled again after the resume
+    assert [int(step) for step, *_ in resumed] == [3, 4]  # carried on from step 2
+    assert json.loads((run_dir / "done.json").read_text())["step"] == 4
+    assert (run_dir / "checkpoints" / "step_00000004" / "meta.json").is_file()
+    assert all(math.isfinite(float(value)) for _, d_loss, g_loss in first + resumed for value in (d_loss, g_loss))
