@@ -2,7 +2,10 @@
 
 Layout of a run folder:
 
-    RUN_DIR/config.yaml, RUN_DIR/run.json      the user's config; the resolved run record
+    RUN_DIR/config.yaml, RUN_DIR/run.json      the latest start's config; its resolved run record (both
+                                               written once the start has resumed)
+    RUN_DIR/starts.jsonl                       one line per start, appended: time, start step, resumed_from,
+                                               the full config, the run record, changed optimizer settings
     RUN_DIR/checkpoints/step_00000500/         one complete checkpoint:
         G.safetensors, D.safetensors           the models' state dicts (unwrapped)
         G_ema.safetensors                      the EMA of G (when train.ema_decay > 0)
@@ -31,6 +34,11 @@ sizes and sha256 of every file) is written last, and the folder appears under it
 rename. Replacing an existing step first renames the old folder to `.old-step_N` (restored at the next
 start if a kill came between the two renames). `--resume auto` verifies every file against meta.json and
 falls back to the next older checkpoint, setting a damaged one aside with the reason.
+
+Verification also requires meta.json to list every file a resume reads (REQUIRED_FILES, the RNG states of
+every rank, G_ema when meta.json says the run had an EMA) and every safetensors file to hold only finite
+floating-point tensors: hashes only prove the files are those meta.json lists, and a bug (or anyone who
+can write to a shared run folder) could rewrite both.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +70,14 @@ META = "meta.json"
 BEST = "best.json"
 DONE = "done.json"
 TRAIN_STATE = "train_state.json"
+EMA_WEIGHTS = "G_ema.safetensors"
+SCALER = "scaler.json"
+# Every file RunFolder.load reads from any checkpoint, besides the per-rank RNG states and G_ema (required
+# when meta.json says the run had an EMA): verification refuses a meta.json that does not list them all.
+REQUIRED_FILES = ("G.safetensors", "D.safetensors", "optimizer_G.safetensors", "optimizer_G.json",
+                  "optimizer_D.safetensors", "optimizer_D.json", TRAIN_STATE)
+# The optimizer settings a resumed run takes from its config rather than from the checkpoint.
+OPTIMIZER_SETTINGS = ("lr", "betas", "weight_decay", "eps")
 FORMAT_VERSION = 2  # 1: accelerate.save_state (pickles); 2: this module's safetensors + JSON
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -72,6 +88,15 @@ class CheckpointError(RuntimeError):
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def rng_files(rank: int) -> tuple[str, str]:
+    """The RNG state files of one rank in a checkpoint (each rank writes its own)."""
+    return f"rng_rank{rank}.safetensors", f"rng_rank{rank}.json"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON/YAML true is not a count
 
 
 # -- writing files durably ------------------------------------------------------------------------------
@@ -99,10 +124,41 @@ def write_bytes_durably(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` whole (a kill leaves the old file or the new one, never a torn one)."""
     tmp_path = path.with_name(f".{path.name}.tmp")
     write_bytes_durably(tmp_path, text.encode())
     os.replace(tmp_path, path)
+
+
+_write_text_atomic = write_text_atomic
+
+
+def append_line_durably(path: Path, line: str) -> None:
+    """Append one line to an append-only log and fsync it. A line torn by a kill is ended first, so that
+    it cannot merge with this one (a reader skips the torn line, see `read_lines`)."""
+    with open(path, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        ends_open = False
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            ends_open = handle.read(1) != b"\n"
+        handle.write((b"\n" if ends_open else b"") + line.encode() + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_lines(path: Path) -> list[Any]:
+    """The JSON values of an append-only log's lines; a line torn by a kill is skipped."""
+    if not path.is_file():
+        return []
+    values = []
+    for text in path.read_text().splitlines():
+        try:
+            values.append(json.loads(text))
+        except ValueError:
+            continue
+    return values
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -120,8 +176,21 @@ def sha256_of(path: Path) -> str:
 # -- safe (de)serialisation of state dicts ---------------------------------------------------------------
 
 def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """safetensors bytes of CPU, contiguous copies of `tensors`."""
-    return save_safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    """safetensors bytes of CPU, contiguous copies of `tensors`; the same bytes for the same input."""
+    data = save_safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return _sort_metadata(data) if metadata and len(metadata) > 1 else data
+
+
+def _sort_metadata(data: bytes) -> bytes:
+    """safetensors (0.8) writes `__metadata__` in a random (hash map) order, so the same weights gave files
+    of different sha256 from one save to the next (exported generators of identical runs differed): rewrite
+    the header with its metadata keys sorted. The data section is unchanged (its offsets are relative)."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + data[8 + length:]
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -139,11 +208,22 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {error})") from error
 
 
-def optimizer_state_files(optimizer: torch.optim.Optimizer) -> tuple[bytes, str]:
+def _settings(group: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
+    """A param group's OPTIMIZER_SETTINGS as JSON values (betas as a list); `lr` replaces the group's own."""
+    values = {key: list(group[key]) if isinstance(group.get(key), tuple) else group.get(key)
+              for key in OPTIMIZER_SETTINGS if key in group}
+    if lr is not None and "lr" in values:
+        values["lr"] = lr
+    return values
+
+
+def optimizer_state_files(optimizer: torch.optim.Optimizer, base_lrs: list[float] | None = None) -> tuple[bytes, str]:
     """(safetensors bytes of the per-parameter tensors, JSON of the param groups and non-tensor state).
 
     torch.optim state dicts are {"state": {index: {name: value}}, "param_groups": [...]}; tensors go to
     safetensors under "state.<index>.<name>", everything else (numbers, booleans, lists) to JSON.
+    "settings" records the configured lr/betas/weight decay/eps of each group (`base_lrs`: the lr before
+    any schedule scaled it), so that a resume can say which of them the new config changes.
     """
     state_dict = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -155,43 +235,108 @@ def optimizer_state_files(optimizer: torch.optim.Optimizer) -> tuple[bytes, str]
                 scalars.setdefault(str(index), {})[name] = value
     groups = [{key: list(value) if isinstance(value, tuple) else value for key, value in group.items()}
               for group in state_dict["param_groups"]]
-    record = {"param_groups": groups, "scalar_state": scalars}
+    lrs = base_lrs if base_lrs is not None and len(base_lrs) == len(groups) else [None] * len(groups)
+    settings = [_settings(group, lr) for group, lr in zip(optimizer.param_groups, lrs, strict=True)]
+    record = {"param_groups": groups, "scalar_state": scalars, "settings": settings}
     return tensors_to_bytes(tensors), json.dumps(record, sort_keys=True)
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors_path: Path, json_path: Path) -> None:
-    """Inverse of `optimizer_state_files`: the per-parameter state (Adam's moments and step counters) comes
-    from the checkpoint, the hyperparameters (lr, betas, weight decay, kernels) stay those the optimizer
-    was built with from the run's config, so a resumed run can change them (torch's load_state_dict would
-    silently restore the saved ones). Raises CheckpointError naming the file on any mismatch."""
-    configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+@dataclass
+class OptimizerState:
+    """An optimizer's checkpointed state, checked against the optimizer it is for (nothing applied yet)."""
+
+    state_dict: dict[str, Any]  # for optimizer.load_state_dict
+    changes: list[tuple[str, Any, Any]]  # (setting, the checkpoint's value, the configured one)
+
+
+def read_optimizer_state(optimizer: torch.optim.Optimizer, tensors_path: Path, json_path: Path) -> OptimizerState:
+    """Read and check an optimizer's saved state without touching `optimizer`: the groups and their sizes,
+    every state index, and the shape of every per-parameter tensor must fit (torch's load_state_dict does
+    not check state shapes: a wrong one would fail, or broadcast, at the first step). Raises
+    CheckpointError naming the files."""
     tensors = read_tensors(tensors_path)
     record = read_json(json_path)
     try:
+        if not isinstance(record, dict):
+            raise TypeError("not a JSON object")
+        groups = [{key: tuple(value) if key == "betas" else value for key, value in group.items()}
+                  for group in record["param_groups"]]
+        if len(groups) != len(optimizer.param_groups):
+            raise ValueError(f"{len(groups)} parameter groups saved, {len(optimizer.param_groups)} in this run")
+        params: dict[int, torch.Tensor] = {}
+        for saved, group in zip(groups, optimizer.param_groups, strict=True):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"a group of {len(saved['params'])} parameters saved, {len(group['params'])} "
+                                 "in this run")
+            params.update(zip((int(index) for index in saved["params"]), group["params"], strict=True))
         state: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
         for index, values in record["scalar_state"].items():
             state.setdefault(int(index), {}).update(values)
-        groups = [{key: tuple(value) if key == "betas" else value for key, value in group.items()}
-                  for group in record["param_groups"]]
-        if len(groups) != len(configured):
-            raise ValueError(f"{len(groups)} parameter groups saved, {len(configured)} in this run")
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-        for group, hyperparameters in zip(optimizer.param_groups, configured, strict=True):
-            group.update(hyperparameters)
-    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        for index, values in state.items():
+            if index not in params:
+                raise ValueError(f"state for parameter {index}, which no saved group lists")
+            for name, value in values.items():
+                if torch.is_tensor(value) and value.ndim > 0 and value.shape != params[index].shape:
+                    raise ValueError(f"state.{index}.{name} has shape {tuple(value.shape)}, the parameter "
+                                     f"{tuple(params[index].shape)}")
+        saved_settings = record.get("settings") or [_settings(group) for group in groups]
+        changes = []
+        for saved, group in zip(saved_settings, optimizer.param_groups, strict=True):
+            for key, now in _settings(group).items():
+                if key in saved and saved[key] != now:
+                    changes.append((key, saved[key], now))
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{tensors_path} / {json_path}: optimizer state does not fit this run "
                               f"({type(error).__name__}: {error})") from error
+    return OptimizerState({"state": state, "param_groups": groups}, changes)
+
+
+def apply_optimizer_state(optimizer: torch.optim.Optimizer, loaded: OptimizerState) -> None:
+    """Load a checked state: the per-parameter state (Adam's moments and step counters) comes from the
+    checkpoint, the hyperparameters (lr, betas, weight decay, kernels) stay those the optimizer was built
+    with from the run's config, so a resumed run can change them (torch's load_state_dict would silently
+    restore the saved ones)."""
+    configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(loaded.state_dict)
+    for group, hyperparameters in zip(optimizer.param_groups, configured, strict=True):
+        group.update(hyperparameters)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors_path: Path,
+                         json_path: Path) -> list[tuple[str, Any, Any]]:
+    """read_optimizer_state + apply_optimizer_state; returns the settings the config changed."""
+    loaded = read_optimizer_state(optimizer, tensors_path, json_path)
+    apply_optimizer_state(optimizer, loaded)
+    return loaded.changes
+
+
+def check_module_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise CheckpointError naming `path` unless `tensors` has exactly the module's keys, shapes and dtypes
+    (checked before anything is loaded, so a mismatch leaves the module as it was)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+    for key in sorted(set(expected) & set(tensors)):
+        saved, own = tensors[key], expected[key]
+        if saved.shape != own.shape or saved.dtype != own.dtype:
+            problems.append(f"{key} is {saved.dtype} {tuple(saved.shape)}, the model's {own.dtype} {tuple(own.shape)}")
+            break
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit this model (was model.* changed?): {'; '.join(problems)}")
 
 
 def load_module_state(module: nn.Module, path: Path) -> None:
-    try:
-        module.load_state_dict(read_tensors(path), strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit this model (was model.* changed?): "
-                              f"{str(error).splitlines()[0]}") from error
+    tensors = read_tensors(path)
+    check_module_state(module, tensors, path)
+    module.load_state_dict(tensors, strict=True)
 
 
 # -- the exported generator ------------------------------------------------------------------------------
@@ -217,20 +362,43 @@ def generator_record_yaml(info: GeneratorInfo) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(record))
 
 
+def _interpolation_key(value: Any, key: str = "") -> str | None:
+    """The first key whose value holds an OmegaConf interpolation (`${...}`, including `${oc.env:...}`)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            found = _interpolation_key(item, f"{key}.{name}" if key else str(name))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _interpolation_key(item, f"{key}[{index}]")
+            if found is not None:
+                return found
+    elif isinstance(value, str) and "${" in value:
+        return key
+    return None
+
+
 def read_generator_record(path: Path) -> GeneratorInfo:
     """Parse and validate a generator.yaml: only the model section and the dataset identity are read,
-    checked like any config (known names, bounded sizes). Unknown sections (e.g. a `data:` with URLs in a
-    shared file) are ignored, never used. Raises ConfigError naming the file and key."""
+    checked like any config (known names, bounded sizes, exact types). Unknown sections (e.g. a `data:` with
+    URLs in a shared file) are ignored, never used. Interpolations (`${...}`) are refused anywhere in the
+    file, never resolved: `${oc.env:...}` in a shared file would read this machine's environment, and an
+    error message could show it. Raises ConfigError naming the file and key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     origin = str(path)
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(path))
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as error:
         raise ConfigError(f"{origin}: not valid YAML: {error}") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise ConfigError(f"{origin}: no 'model' section")
+    interpolated = _interpolation_key(raw)
+    if interpolated is not None:
+        raise ConfigError(f"{origin}: key '{interpolated}' holds an interpolation ('${{...}}'); a generator record "
+                          "takes plain values only (interpolations are never resolved)")
     try:
         schema = OmegaConf.structured(ModelConfig)
         OmegaConf.set_struct(schema, True)
@@ -241,16 +409,22 @@ def read_generator_record(path: Path) -> GeneratorInfo:
     dataset = raw.get("dataset")
     shape = raw.get("image_shape")
     num_classes = raw.get("num_classes", 0)
+    step = raw.get("step", -1)
+    is_ema = raw.get("is_ema", False)
     if not isinstance(dataset, str) or not dataset:
         raise ConfigError(f"{origin}: key 'dataset' must name the dataset the generator was trained on")
-    if (not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(v, int) for v in shape)
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(v) for v in shape)
             or shape[0] not in (1, 3) or not all(1 <= v <= MAX_IMAGE_SIZE for v in shape[1:])):
         raise ConfigError(f"{origin}: key 'image_shape' must be [C, H, W] with C 1 or 3 and sizes in "
                           f"[1, {MAX_IMAGE_SIZE}], got {shape!r}")
-    if not isinstance(num_classes, int) or not 0 <= num_classes <= MAX_CLASSES:
-        raise ConfigError(f"{origin}: key 'num_classes' must be an integer in [0, {MAX_CLASSES}]")
+    if not _is_int(num_classes) or not 0 <= num_classes <= MAX_CLASSES:
+        raise ConfigError(f"{origin}: key 'num_classes' must be an integer in [0, {MAX_CLASSES}], got {num_classes!r}")
+    if not _is_int(step) or step < -1:
+        raise ConfigError(f"{origin}: key 'step' must be the integer training step of the weights, got {step!r}")
+    if not isinstance(is_ema, bool):  # the string "false" would otherwise read as true
+        raise ConfigError(f"{origin}: key 'is_ema' must be true or false, got {is_ema!r}")
     return GeneratorInfo(model=model, dataset=dataset, image_shape=(shape[0], shape[1], shape[2]),
-                         num_classes=num_classes, step=int(raw.get("step", -1)), is_ema=bool(raw.get("is_ema", False)))
+                         num_classes=num_classes, step=step, is_ema=is_ema)
 
 
 def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> dict[str, str]:
@@ -332,51 +506,116 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Check every file listed in meta.json (size, sha256); returns meta. Raises CheckpointError naming
-    the first problem (missing marker, older format, missing/truncated/modified file)."""
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise CheckpointError naming the file and tensor unless every floating-point tensor is finite."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {key!r} holds non-finite values (nan/inf): resuming would "
+                                  "continue a diverged (or tampered) state")
+
+
+def required_files(meta: dict[str, Any], meta_path: Path) -> list[str]:
+    """What a checkpoint must hold for RunFolder.load: the models, optimizers and counters, the RNG states of
+    every rank that wrote it, and G_ema when meta.json says the run had one."""
+    processes = meta.get("num_processes", 1)
+    if not _is_int(processes) or processes < 1:
+        raise CheckpointError(f"{meta_path}: 'num_processes' must be a positive integer, got {processes!r}")
+    ema = meta.get("ema", False)
+    if not isinstance(ema, bool):
+        raise CheckpointError(f"{meta_path}: 'ema' must be true or false, got {ema!r}")
+    names = list(REQUIRED_FILES) + [name for rank in range(processes) for name in rng_files(rank)]
+    return names + ([EMA_WEIGHTS] if ema else [])
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json, checked for shape (not yet against the files): a JSON object of this
+    format whose 'files' maps plain file names to {size_bytes, sha256}. Raises CheckpointError naming it."""
     meta_path = path / META
     if not meta_path.is_file():
         raise CheckpointError(f"{path}: no {META} (an incomplete checkpoint)")
     meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or not isinstance(
-            meta.get("files"), dict):
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: not a JSON object (damaged or replaced)")
+    if meta.get("format_version") != FORMAT_VERSION or "files" not in meta:
         raise CheckpointError(f"{meta_path}: written by an older gan_dist (no file checksums); it cannot be "
                               "verified or resumed safely")
+    files = meta["files"]
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{meta_path}: 'files' is not an object of file entries (damaged or replaced)")
+    for name, entry in files.items():
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise CheckpointError(f"{meta_path}: lists an invalid file name {name!r}")
+        if (not isinstance(entry, dict) or not _is_int(entry.get("size_bytes"))
+                or not isinstance(entry.get("sha256"), str)):
+            raise CheckpointError(f"{meta_path}: the entry of {name!r} is not {{\"size_bytes\": int, \"sha256\": str}} "
+                                  "(damaged or replaced)")
+    missing = [name for name in required_files(meta, meta_path) if name not in files]
+    if missing:
+        raise CheckpointError(f"{meta_path}: does not list {', '.join(missing)}, which a resume reads "
+                              "(incomplete or replaced)")
+    return meta
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check meta.json (see read_meta) and every file it lists (size, sha256; safetensors files must parse
+    and hold only finite floating-point tensors); returns meta. Raises CheckpointError naming the first
+    problem (missing marker, older format, a file missing, truncated, modified or non-finite)."""
+    meta = read_meta(path)
     for name, entry in sorted(meta["files"].items()):
         file_path = path / name
-        if "/" in name or name.startswith("."):
-            raise CheckpointError(f"{meta_path}: lists an invalid file name {name!r}")
         if not file_path.is_file():
             raise CheckpointError(f"{file_path}: missing")
         size = file_path.stat().st_size
-        if size != entry.get("size_bytes"):
-            raise CheckpointError(f"{file_path}: {size} bytes, {META} records {entry.get('size_bytes')} "
+        if size != entry["size_bytes"]:
+            raise CheckpointError(f"{file_path}: {size} bytes, {META} records {entry['size_bytes']} "
                                   "(truncated or replaced)")
-        if sha256_of(file_path) != entry.get("sha256"):
+        try:
+            data = file_path.read_bytes()
+        except OSError as error:
+            raise CheckpointError(f"{file_path}: unreadable ({error})") from error
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CheckpointError(f"{file_path}: sha256 differs from {META} (modified or corrupt)")
+        if name.endswith(".safetensors"):
+            # Hashes only say the files are those meta.json lists: a NaN written by a bug (or by someone who
+            # also rewrote meta.json) would pass them. Every tensor a resume loads is checked here, once.
+            try:
+                tensors = load_safetensors_bytes(data)
+            except Exception as error:  # safetensors raises its own error types
+                raise CheckpointError(f"{file_path}: not a readable safetensors file ({type(error).__name__}: "
+                                      f"{error})") from error
+            check_finite(tensors, file_path)
     return meta
 
 
 def set_aside(path: Path, reason: str, prefix: str = "damaged") -> Path:
-    """Rename a checkpoint out of the resume/retention namespace, keeping it for inspection."""
-    target = path.with_name(f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{path.name}")
+    """Rename a checkpoint out of the resume/retention namespace, keeping it for inspection. The name
+    holds the time and, when another set-aside took that name (the same step twice in one second), a
+    counter: every set-aside folder is kept."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{prefix}-{stamp}-{path.name}")
+    counter = 1
+    while target.exists():
+        target = path.with_name(f"{prefix}-{stamp}.{counter}-{path.name}")
+        counter += 1
     os.replace(path, target)
     _fsync_dir(path.parent)
     (target / "SET_ASIDE.txt").write_text(reason + "\n")
     return target
 
 
-def find_resume_checkpoint(run_dir: Path, resume: str,
-                           report: Callable[[str], None] | None = None) -> Path | None:
+def find_resume_checkpoint(run_dir: Path, resume: str, report: Callable[[str], None] | None = None,
+                           exclude: Collection[Path] = ()) -> Path | None:
     """checkpoint.resume -> a verified folder to load: '' none; 'auto' the newest checkpoint that verifies
-    (damaged newer ones are set aside with the reason, and the next older one is tried); else that path,
-    which must verify (CheckpointError naming the file otherwise). Main process only (it renames)."""
+    (damaged newer ones are set aside with the reason, and the next older one is tried), skipping those in
+    `exclude`; else that path, which must verify (CheckpointError naming the file otherwise). Main process
+    only (it renames)."""
     report = report or (lambda message: print(message, file=sys.stderr, flush=True))
     if not resume:
         return None
     if resume == "auto":
         for step, path in reversed(complete_checkpoints(run_dir)):
+            if path in exclude:
+                continue
             try:
                 verify_checkpoint(path)
                 return path

@@ -278,12 +278,11 @@ class Trainer:
     def _resume(self) -> Path | None:
         """Load the checkpoint that checkpoint.resume selects (verified; 'auto' falls back past damaged ones)."""
         resume = self.config.checkpoint.resume
-        path = self.run.select_resume(resume)
+        path = self.run.resume(resume, self.parts)
         if path is None:
             if resume == "auto":
                 self.print_main(f"checkpoint.resume=auto: no checkpoint in {self.run.path}; starting fresh")
             return None
-        self.run.load(path, self.parts)
         self.print_main(f"resumed from {path} at step {self.counters.step}")
         if resume != "auto":
             for moved in self.run.set_aside_newer(self.counters.step):

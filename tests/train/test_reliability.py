@@ -3,6 +3,7 @@ aside and an older one resumed, divergence stops the run without saving anything
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from gan_dist.checkpoint import complete_checkpoints, verify_checkpoint
+from gan_dist.checkpoint import complete_checkpoints, read_lines, verify_checkpoint
 from gan_dist.cli import main as cli_main
 from gan_dist.config import load_config
 from gan_dist.train import EXIT_DIVERGED, train
@@ -124,3 +125,51 @@ def test_divergence_stops_the_run_and_saves_nothing_non_finite(mnist_shards, tmp
     assert train(run_config(mnist_shards, tmp_path, *common, "train.num_steps=8", "checkpoint.resume=auto")) == 0
     assert "resumed from" in capsys.readouterr().out
     assert json.loads((run_dir / "done.json").read_text())["step"] == 8
+
+
+def test_the_run_folder_records_every_start_and_a_failed_resume_changes_nothing(mnist_shards, tmp_path, capsys):
+    """What each segment of a run used is recoverable: config.yaml / run.json are the latest successful
+    start's, starts.jsonl holds one line per start; a changed optimizer setting is applied and said."""
+    run_dir = tmp_path / "r"
+    assert train(run_config(mnist_shards, tmp_path, "train.num_steps=2", "checkpoint.every=2")) == 0
+    capsys.readouterr()
+    assert train(run_config(mnist_shards, tmp_path, "train.num_steps=4", "checkpoint.every=2",
+                            "checkpoint.resume=auto", "optim.lr_d=1e-4")) == 0
+    out = capsys.readouterr().out
+    assert "optimizer setting changed on resume: optimizer_D lr 0.0002 -> 0.0001 (optim.lr_d" in out
+    assert "optimizer_G" not in out
+    record = {name: (run_dir / name).read_text() for name in ("config.yaml", "run.json", "starts.jsonl")}
+    # A start whose (explicit) resume fails must not pass for what the run used.
+    damaged = run_dir / "checkpoints" / "step_00000002"
+    (damaged / "train_state.json").write_text("{")
+    assert train(run_config(mnist_shards, tmp_path, "train.num_steps=6", f"checkpoint.resume={damaged}",
+                            "optim.lr_d=5e-5")) == 1
+    assert {name: (run_dir / name).read_text() for name in record} == record
+    assert load_config(run_dir / "config.yaml").optim.lr_d == 1e-4
+    starts = read_lines(run_dir / "starts.jsonl")
+    assert [(s["start_step"], s["resumed_from"]) for s in starts] == [
+        (0, None), (2, str(run_dir / "checkpoints" / "step_00000002"))]
+    assert [s["config"]["optim"]["lr_d"] for s in starts] == [2e-4, 1e-4]
+    assert starts[0]["resume_notes"] == [] and "optim.lr_d" in starts[1]["resume_notes"][0]
+    assert starts[0]["record"]["run_id"] == starts[1]["record"]["run_id"] == json.loads(record["run.json"])["run_id"]
+
+
+def test_auto_falls_back_past_a_checkpoint_that_does_not_fit_the_model(mnist_shards, tmp_path, capsys):
+    """A checkpoint whose files verify (meta.json agrees) but whose G lacks a tensor: set aside, not exit 1."""
+    common = ("checkpoint.every=2", "checkpoint.keep_last=5")
+    assert train(run_config(mnist_shards, tmp_path, "train.num_steps=4", *common)) == 0
+    run_dir = tmp_path / "r"
+    newest = run_dir / "checkpoints" / "step_00000004"
+    tensors = load_file(str(newest / "G.safetensors"))
+    tensors.pop(sorted(tensors)[-1])
+    save_file(tensors, str(newest / "G.safetensors"))
+    data = (newest / "G.safetensors").read_bytes()
+    meta = json.loads((newest / "meta.json").read_text())
+    meta["files"]["G.safetensors"] = {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (newest / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert train(run_config(mnist_shards, tmp_path, "train.num_steps=6", "checkpoint.resume=auto", *common)) == 0
+    out, err = capsys.readouterr()
+    assert "step_00000004 could not be loaded and was set aside" in err and "G.safetensors: weights do not fit" in err
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000002'} at step 2" in out
+    assert json.loads((run_dir / "done.json").read_text())["step"] == 6
