@@ -482,10 +482,13 @@ def load_generator(run_dir: str | os.PathLike | None = None, checkpoint: str | o
                                     f"pass a checkpoint folder or drop --no-ema")
         weights_path = raw_weights
         info = dataclasses.replace(info, is_ema=False)
+    tensors = read_tensors(weights_path)
+    check_finite(tensors, weights_path)  # a NaN generator is damaged, not misconfigured: exit 1, not 2
     try:
-        load_module_state(G, weights_path)
+        check_module_state(G, tensors, weights_path)
     except CheckpointError as error:
         raise ConfigError(str(error)) from error
+    G.load_state_dict(tensors, strict=True)
     G.to(map_location).eval()
     return G, info
 

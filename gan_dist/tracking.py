@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from gan_dist.config import Config, LogConfig, to_dict
 
@@ -66,6 +65,8 @@ def images_to_grid(images: torch.Tensor, columns: int | None = None, pixel_scale
     `columns` images per row (default: a square grid); 2 px padding; then each pixel becomes a
     pixel_scale x pixel_scale block (nearest neighbour: digits stay sharp, no interpolation blur).
     """
+    from torchvision.utils import make_grid  # here, not at import: torchvision costs ~3 s to import
+
     num_columns = columns or max(1, round(images.shape[0] ** 0.5))
     grid = make_grid(images.float().cpu(), nrow=num_columns, padding=2, normalize=True, value_range=(-1, 1))
     # (3, H, W) in [0, 1]; make_grid repeats a gray channel three times.

@@ -19,7 +19,9 @@ from gan_dist.checkpoint import (
     apply_retention,
     clean_interrupted_writes,
     complete_checkpoints,
+    export_generator,
     find_resume_checkpoint,
+    load_generator,
     load_optimizer_state,
     mark_best,
     optimizer_state_files,
@@ -192,6 +194,23 @@ def test_a_generator_record_reads_only_the_model_and_the_dataset(tmp_path):
     assert (info.model.name, info.model.g_width, info.dataset, info.image_shape, info.step, info.is_ema) == (
         "mlp", 8, "mnist", (1, 28, 28), 4, True)
     assert not hasattr(info, "data")
+
+
+def test_a_shared_generator_with_non_finite_weights_is_refused_naming_the_tensor(tmp_path):
+    """`gan-dist sample/eval` on a NaN generator would write NaN images (and FIDs): refuse it, exit 1."""
+    from gan_dist.models import build_generator
+
+    model = ModelConfig(name="mlp", g_width=8)
+    G = build_generator(model, (1, 28, 28), 0)
+    info = GeneratorInfo(model=model, dataset="mnist", image_shape=(1, 28, 28), num_classes=0, step=4, is_ema=False)
+    export_generator(G, info, tmp_path)
+    load_generator(checkpoint=tmp_path)  # fine as exported
+    name = next(key for key, value in G.state_dict().items() if value.is_floating_point())
+    with torch.no_grad():
+        G.state_dict()[name].view(-1)[0] = float("nan")
+    export_generator(G, info, tmp_path)
+    with pytest.raises(CheckpointError, match=rf"generator.safetensors.*{name}"):
+        load_generator(checkpoint=tmp_path)
 
 
 @pytest.mark.parametrize(("text", "key"), [
