@@ -27,7 +27,7 @@ Layout of a run folder:
 
 Why not accelerate's save_state/load_state: they pickle registered objects and RNG states and load them
 with `torch.load(weights_only=False)`, so a crafted file in a shared run folder runs code on resume, and
-a failed RNG load is only logged (DESIGN.md). Nothing here is ever unpickled.
+a failed RNG load is only logged (docs/design-notes.md). Nothing here is ever unpickled.
 
 Atomicity: files are written into the temp folder and fsynced, the folder is fsynced, meta.json (the
 sizes and sha256 of every file) is written last, and the folder appears under its final name by a

@@ -225,7 +225,7 @@ class DistConfig:
     # processes form a gloo group.
     cpu: bool = False
     # DDP's broadcast_buffers: off because D runs two forwards (real, fake) before one backward,
-    # which can fail with an in-place error through buffer broadcasting (see DESIGN.md).
+    # which can fail with an in-place error through buffer broadcasting (see docs/design-notes.md).
     broadcast_buffers: bool = False
     find_unused_parameters: bool = False
     # Process-group timeout in seconds.

@@ -1,7 +1,7 @@
 """Streaming batches of any dataset's WebDataset shards: an endless, resumable training stream per
 process, and an exact, non-resampled pass for evaluation.
 
-Training (per process, `train_batches(dataset, data, ...)`), following DESIGN.md:
+Training (per process, `train_batches(dataset, data, ...)`), following docs/design-notes.md:
   in each DataLoader worker: resampled shard urls -> this rank's share (explicit node splitter) ->
   this worker's share -> tar samples -> shuffle buffer -> PNG decode (checked against the dataset's
   (C, H, W)) -> batches of B
@@ -13,7 +13,7 @@ Every rank yields the same number of batches per epoch (the stream is endless; a
 ceil(train_size / (B * world_size)) batches). Each epoch's pipeline is seeded from (seed, epoch, rank)
 (and the worker id inside a worker), so batch k is a function of (seed, rank, world_size, B,
 data.num_workers, data.shuffle_buffer, urls); `start_step=s` rebuilds epoch s // steps_per_epoch and
-skips s % steps_per_epoch batches without decoding them. Not for `accelerator.prepare` (DESIGN.md).
+skips s % steps_per_epoch batches without decoding them. Not for `accelerator.prepare` (docs/design-notes.md).
 
 Any WebDataset URL works: a brace pattern of local files, `pipe:cat ...`, http(s):// (read with curl).
 A shard that is missing, corrupt or truncated raises ShardError naming it; with data.on_corrupt=warn
@@ -642,7 +642,7 @@ def train_batches(dataset: ResolvedDataset, data: DataConfig, batch_size: int, s
     single undecodable sample was dropped before s). pin_memory=True (when a CUDA device consumes the
     batches) puts them in page-locked memory, for `.to(device, non_blocking=True)`; then
     `to_unit_range` on the device gives float32 in [-1, 1]. Never pass it through accelerator.prepare
-    (DESIGN.md).
+    (docs/design-notes.md).
     """
     return TrainBatches(dataset, data, batch_size, seed, rank, world_size, start_step, pin_memory)
 

@@ -1,6 +1,6 @@
 """The seed DCGAN of the classic Keras tutorial (Keras-GAN's dcgan.py), ported to PyTorch layer by layer.
 
-Faithful where it changes what is learned or counted (see DESIGN.md, "Reference shapes"):
+Faithful where it changes what is learned or counted (see docs/design-notes.md, "Reference shapes"):
 - parameter counts equal Keras's: G 855,809 trainable, D 392,833 trainable at the default widths
   (G 128, D 32), latent 100 and MNIST's 28x28x1; adding BN running mean/var gives Keras's totals
   (G 856,193, D 393,729). Convolutions keep their biases even when followed by BN, as in Keras.

@@ -14,7 +14,7 @@ real/fake interpolates), hinge. Any of them takes the R1 penalty (`loss.r1_gamma
 `loss.r1_every` D steps). A D that also classifies (model.conditioning=acgan) returns (logits,
 class_logits): its class cross-entropy is added in both phases (`loss.acgan_weight`).
 
-Gradient penalties under DDP (see DESIGN.md): the penalty needs d D(x)/dx with create_graph=True, i.e. a
+Gradient penalties under DDP (see docs/design-notes.md): the penalty needs d D(x)/dx with create_graph=True, i.e. a
 double backward through D. `torch.autograd.grad(..., inputs=x)` accumulates nothing into parameters, so
 DDP's reducer hooks (on the parameters' gradient accumulation) do not fire there; they fire once per
 parameter in the single `backward()` of the total loss, whose gradient autograd has already summed over

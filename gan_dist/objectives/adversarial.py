@@ -19,7 +19,7 @@ def ns_d_loss(real_logits: Tensor, fake_logits: Tensor, label_smoothing: float =
 
     With target t, BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x), where softplus(-x) = -log(sigmoid(x))
     and softplus(x) = -log(1 - sigmoid(x)); binary_cross_entropy_with_logits is the stable, autocast-safe
-    form (DESIGN.md). One-sided smoothing moves only the real target (to 1 - s).
+    form (docs/design-notes.md). One-sided smoothing moves only the real target (to 1 - s).
     Stats: d_loss, d_loss_real, d_loss_fake; d_real = mean D(x), d_fake = mean D(G(z)) (probabilities);
     d_accuracy in [0, 1]: "real" iff logit > 0 (Keras's 0.5 threshold), the mean of the real and fake
     halves' accuracies (the tutorial's 0.5 * (acc_r + acc_f)).

@@ -12,7 +12,7 @@ With one micro-batch (the default), the G forward of the last D step is shared w
 the seed (one G forward per step). With accumulation, the G phase draws its own noise per micro-batch
 (keeping every micro-batch's graph alive would defeat the memory saving).
 
-Rules (DESIGN.md): G and D are separate DDP modules; D's DDP wrapper is used only in the D phase; the G
+Rules (docs/design-notes.md): G and D are separate DDP modules; D's DDP wrapper is used only in the D phase; the G
 phase calls D unwrapped and restricts the backward to G's parameters (`inputs=`), so D gets neither
 gradients nor an all-reduce there, without toggling requires_grad. Accumulation is done here, not by
 Accelerate: `no_sync` on all but the last micro-batch of a phase, losses divided by the micro-batch count;

@@ -87,7 +87,7 @@ def peak_rss_mb() -> dict[str, float]:
 
 
 def _sync_buffers(modules: list[nn.Module]) -> None:
-    """Broadcast BatchNorm running stats from rank 0 (DDP runs with broadcast_buffers=False, see DESIGN.md),
+    """Broadcast BatchNorm running stats from rank 0 (DDP runs with broadcast_buffers=False, see docs/design-notes.md),
     so that evaluation, samples and checkpoints see the same G on every rank. Collective: every rank."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
@@ -251,7 +251,7 @@ class Trainer:
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
         if config.train.sync_batchnorm and accelerator.num_processes > 1:
-            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)  # before prepare (DESIGN.md)
+            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)  # before prepare (docs/design-notes.md)
             D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
         G_raw, D_raw = G.to(accelerator.device), D.to(accelerator.device)
         optim_cfg = config.optim

@@ -80,12 +80,16 @@ def _stop_at(trainer: Trainer, step: int) -> None:
 
 
 @pytest.mark.parametrize("loader", ["stream", "memory"])
-def test_d_steps_and_accumulation_resume_exactly_and_count_images(mnist_shards, tmp_path, loader):
+def test_d_steps_and_accumulation_resume_exactly_and_count_images(mnist_shards, tiny_shards, tmp_path, loader):
     """d_steps_per_g=2 and 2 micro-batches: preempted + resumed == uninterrupted, bit for bit, and every
-    real batch is counted (steps x d_steps x micro-batches x batch)."""
+    real batch is counted (steps x d_steps x micro-batches x batch). The memory loader reads the 300-image
+    synthetic set (the whole MNIST train split would be decoded at each of the three starts)."""
     common = ("train.num_steps=8", "checkpoint.every=100", "train.ema_decay=0.9", "run.deterministic=true",
               "train.d_steps_per_g=2", "train.gradient_accumulation_steps=2", f"data.loader={loader}",
               "loss.name=wgan_gp", "model.d_norm=layer", "data.num_workers=1")
+    if loader == "memory":
+        mnist_shards = tiny_shards
+        common += ("data.auto_prepare=false", "data.samples_per_shard=50")
     assert train(config_for(mnist_shards, tmp_path / "straight", *common)) == 0
     trainer = Trainer(config_for(mnist_shards, tmp_path / "split", *common))
     _stop_at(trainer, 3)
