@@ -33,6 +33,7 @@ SEED_SCHEDULE = ["train.batch_size_per_process=32", "log.sample_every=50"]
 RECIPES = {
     "keras_dcgan": ("configs/mnist_dcgan.yaml", SEED_SCHEDULE),
     "dcgan": ("configs/mnist_radford_dcgan.yaml", SEED_SCHEDULE),
+    "dcgan_own": ("configs/mnist_radford_dcgan.yaml", []),
     "mlp": ("configs/mnist_mlp.yaml", SEED_SCHEDULE),
     "mlp_own": ("configs/mnist_mlp.yaml", []),
     "lsgan": ("configs/mnist_lsgan.yaml", []),
@@ -162,9 +163,12 @@ def sample_figure(out: Path, recipes: list[str], steps: list[int]) -> Path:
     return path
 
 
-def plot_runs(run_dirs: list[Path], out_png: Path, metric: str = "fid", floor: bool = True) -> Path:
+def plot_runs(run_dirs: list[Path], out_png: Path, metric: str = "fid", floor: bool = True,
+              images_only: list[Path] = ()) -> Path:
     """FID (or another metric) against wall-clock minutes and against images seen, one line per run,
-    from each run's evals.jsonl; the real-data floor as a dashed line."""
+    from each run's evals.jsonl; the real-data floor as a dashed line. Runs in `images_only` are drawn
+    against images seen only (dotted): runs whose wall-clock is not comparable (e.g. measured while the
+    machine was shared with other work)."""
     try:
         import matplotlib
 
@@ -174,13 +178,16 @@ def plot_runs(run_dirs: list[Path], out_png: Path, metric: str = "fid", floor: b
         raise SystemExit("--plot needs matplotlib: pip install -e '.[plot]'") from error
     figure, (by_time, by_images) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     floor_value = None
-    for run_dir in run_dirs:
+    for run_dir in [*run_dirs, *images_only]:
         records = [read_evals(run_dir)[step] for step in sorted(read_evals(run_dir))]
         if not records:
             raise SystemExit(f"{run_dir}: no evals.jsonl (train with eval.eval_every > 0)")
         values = [record["metrics"][metric] for record in records]
-        by_time.plot([r["elapsed_s"] / 60 for r in records], values, marker="o", label=run_dir.name)
-        by_images.plot([r["images_seen"] for r in records], values, marker="o", label=run_dir.name)
+        if run_dir in images_only:
+            by_images.plot([r["images_seen"] for r in records], values, marker=".", linestyle=":", label=run_dir.name)
+        else:
+            by_time.plot([r["elapsed_s"] / 60 for r in records], values, marker="o", label=run_dir.name)
+            by_images.plot([r["images_seen"] for r in records], values, marker="o", label=run_dir.name)
         floor_value = floor_value or records[-1].get("floor", {}).get(metric)
     for axis, label in ((by_time, "wall-clock minutes (2 CPU cores; start-up and evaluations included)"),
                         (by_images, "real images seen")):
@@ -190,6 +197,7 @@ def plot_runs(run_dirs: list[Path], out_png: Path, metric: str = "fid", floor: b
         if floor and floor_value:
             axis.axhline(floor_value, color="gray", linestyle="--", label="real data (floor)")
     by_time.set_ylabel(f"{metric.upper() if metric == 'fid' else metric} (log scale)")
+    by_time.legend(loc="upper right", fontsize=8)
     by_images.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -211,11 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="do not train; tabulate existing runs")
     parser.add_argument("--plot", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                         help="instead: plot FID vs minutes and vs images of these runs into --out (a .png)")
+    parser.add_argument("--plot-images-only", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                        help="with --plot: more runs, drawn against images seen only (wall-clock not comparable)")
     parser.add_argument("overrides", nargs="*", default=[], help="extra key=value config overrides")
     args = parser.parse_args(argv)
     if args.plot:
         out_png = args.out if args.out.suffix == ".png" else args.out / "fid_vs_time.png"
-        print(f"wrote {plot_runs(args.plot, out_png)}")
+        print(f"wrote {plot_runs(args.plot, out_png, images_only=args.plot_images_only)}")
         return 0
     out: Path = args.out
     steps = sorted(set(args.steps))

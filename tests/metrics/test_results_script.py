@@ -36,8 +36,8 @@ def test_results_script_writes_table_json_figure_and_plot(mnist_shards, tmp_path
     evals = [json.loads(line) for line in (out / "runs" / "mlp" / "evals.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [2, 4] and all(e["elapsed_s"] > 0 and "fid" in e["metrics"] for e in evals)
     pytest.importorskip("matplotlib")
-    plot = _run(["--plot", str(out / "runs" / "mlp"), str(out / "runs" / "cgan"), "--out", str(tmp_path / "fid.png")],
-                tmp_path)
+    plot = _run(["--plot", str(out / "runs" / "mlp"), "--plot-images-only", str(out / "runs" / "cgan"),
+                 "--out", str(tmp_path / "fid.png")], tmp_path)
     assert plot.returncode == 0, plot.stderr[-3000:]
     from PIL import Image
 
