@@ -1,8 +1,10 @@
 """`gan-dist bench`: training throughput of the framework against a bare PyTorch loop, measured in one run.
 
-For each case (batch size x precision x data.loader x step mode x objective) the same model trains the
-same number of steps two ways, interleaved (bare, framework, bare, framework, ...) so that drift of the
-machine hits both, and the best of `repeats` is reported:
+For each case (batch size x precision x data.loader x step mode x objective) the same model trains two
+ways, both built and warmed up once and then timed in alternating chunks of `num_steps` steps (framework,
+bare, bare, framework, ...; `repeats` rounds), so that the machine's drift hits both alike. The img/s columns
+are each side's best chunk; the ratio is the median of the rounds' paired ratios (adjacent chunks), with
+its range:
   - framework: the Trainer's step (`GANStep.run`, or its CUDA graph) fed by the real batch source
     (stream: WebDataset workers, pinned uint8, scaled on the device; memory: on-device gather), with the
     statistics accumulated on the device and read once at the end, as a log line would;
@@ -22,6 +24,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,8 +95,6 @@ def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int
     from gan_dist.train.accelerator import adam_implementation, adam_kwargs
 
     train_cfg, optim_cfg = config.train, config.optim
-    if train_cfg.compile:
-        torch._dynamo.reset()  # fresh compile caches: models rebuilt in one process would hit recompile limits
     torch.manual_seed(config.run.seed)
     G, D = build_models(config.model, image_shape, num_classes)
     G, D = G.to(device), D.to(device)
@@ -195,18 +196,20 @@ def count_flops(config: Config, device: torch.device, image_shape: tuple[int, in
     return float(counter.total) / cycle
 
 
-def bare_images_per_s(config: Config, num_steps: int, warmup_steps: int, device: torch.device,
-                      image_shape: tuple[int, int, int], num_classes: int) -> float:
-    step, tensors = _bare_step(config, device, image_shape, num_classes)
-    reals, labels = tensors[:-1], tensors[-1]
-    for index in range(warmup_steps):
-        step(reals[index % len(reals)], labels)
-    _sync(device)
-    start = time.perf_counter()
-    for index in range(num_steps):
-        step(reals[index % len(reals)], labels)
-    _sync(device)
-    return num_steps * config.train.batch_size_per_process * config.train.d_steps_per_g / (time.perf_counter() - start)
+class BareRunner:
+    """The bare loop of `config`'s model and objective on batches already on the device."""
+
+    def __init__(self, config: Config, device: torch.device, image_shape: tuple[int, int, int], num_classes: int):
+        self.device = device
+        self._step, tensors = _bare_step(config, device, image_shape, num_classes)
+        self._reals, self._labels = tensors[:-1], tensors[-1]
+        self._index = 0
+
+    def run(self, num_steps: int) -> None:
+        for _ in range(num_steps):
+            self._step(self._reals[self._index % len(self._reals)], self._labels)
+            self._index += 1
+        _sync(self.device)
 
 
 def _busy_share(run_steps: Callable[[int], None], device: torch.device, ms_per_step: float) -> float | None:
@@ -225,46 +228,45 @@ def _busy_share(run_steps: Callable[[int], None], device: torch.device, ms_per_s
         return None
 
 
-def framework_images_per_s(config: Config, num_steps: int, warmup_steps: int) -> dict[str, Any]:
-    """Trainer's step fed by the real batch source, statistics summed on the device and read at the end."""
-    from gan_dist.train import Trainer
+class FrameworkRunner:
+    """The Trainer's step fed by the real batch source, statistics summed on the device and read after every
+    `run` (the host sync a log line does). Close it: it owns loader workers."""
 
-    if config.train.compile:
-        torch._dynamo.reset()  # as in the bare loop
-    trainer = Trainer(config)
-    try:
+    def __init__(self, config: Config):
+        from gan_dist.train import Trainer
         from gan_dist.train.logger import StatsAccumulator
 
-        device = trainer.accelerator.device
-        stats_sum = StatsAccumulator(device)
-        batches = trainer.batch_source()
+        self.trainer = Trainer(config)
+        try:
+            self.device = self.trainer.accelerator.device
+            self._stats_sum = StatsAccumulator(self.device)
+            self._batches = self.trainer.batch_source()
+        except BaseException:
+            self.trainer.close()
+            raise
 
-        def run_steps(count: int) -> None:
-            for _ in range(count):
-                for stats in trainer.step.run(batches):
-                    stats_sum.add(stats, trainer.counters.step)
+    def run(self, num_steps: int) -> None:
+        for _ in range(num_steps):
+            for stats in self.trainer.step.run(self._batches):
+                self._stats_sum.add(stats, self.trainer.counters.step)
+        self._stats_sum.read()
+        _sync(self.device)
 
-        run_steps(warmup_steps)
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        run_steps(num_steps)
-        stats_sum.read()  # the host sync a log line does
-        _sync(device)
-        elapsed_s = time.perf_counter() - start
-        ms_per_step = 1000 * elapsed_s / num_steps
-        busy = _busy_share(run_steps, device, ms_per_step)
-        batches.close()
-        images = num_steps * config.train.batch_size_per_process * config.train.d_steps_per_g
-        memory_mb = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-                     else _peak_rss_mb())
-        return {"images_per_s": images / elapsed_s, "ms_per_step": ms_per_step, "busy_share": busy,
-                "device": str(device), "device_name": _device_name(device), "memory_mb": memory_mb,
-                "image_shape": trainer.dataset.image_shape, "num_classes": trainer.num_classes,
-                "adam": trainer.adam_implementation}
-    finally:
-        trainer.close()
+    def close(self) -> None:
+        self._batches.close()
+        self.trainer.close()
+
+
+def time_interleaved(framework: FrameworkRunner, bare: BareRunner, num_steps: int,
+                     rounds: int) -> tuple[list[float], list[float]]:
+    """Seconds per chunk of num_steps for each side, in rounds that alternate which side goes first."""
+    framework_s, bare_s = [], []
+    for round_index in range(rounds):
+        for side in ((framework, bare) if round_index % 2 == 0 else (bare, framework)):
+            start = time.perf_counter()
+            side.run(num_steps)
+            (framework_s if side is framework else bare_s).append(time.perf_counter() - start)
+    return framework_s, bare_s
 
 
 def _peak_rss_mb() -> float:
@@ -286,14 +288,49 @@ def peak_flops(device_name: str, precision: str) -> float | None:
 
 
 HEADER = (f"{'batch':>5} {'prec':>4} {'loader':>6} {'mode':>10} {'loss':>7} {'framework img/s':>15} "
-          f"{'bare img/s':>10} {'ratio':>5} {'ms/step':>7} {'TFLOP/s':>7} {'% peak':>6} {'bound':>6} {'mem MiB':>7}")
+          f"{'bare img/s':>10} {'ratio':>5} {'range':>11} {'ms/step':>7} {'TFLOP/s':>7} {'% peak':>6} {'bound':>6} {'mem MiB':>7}")
 
 
 def _row_line(row: dict[str, Any]) -> str:
     peak = f"{100 * row['peak_share']:.1f}" if row["peak_share"] is not None else "-"
     return (f"{row['batch_size']:>5} {row['precision']:>4} {row['loader']:>6} {row['mode']:>10} {row['objective']:>7} "
             f"{row['framework_images_per_s']:>15.1f} {row['bare_images_per_s']:>10.1f} {row['ratio']:>5.3f} "
+            f"{row['ratio_range'][0]:>5.3f}-{row['ratio_range'][1]:<5.3f} "
             f"{row['ms_per_step']:>7.2f} {row['tflops']:>7.3f} {peak:>6} {row['bound']:>6} {row['memory_mb']:>7.0f}")
+
+
+def _measure_case(config: Config, case: BenchCase, num_steps: int, warmup_steps: int, rounds: int,
+                  device: torch.device, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """One row: both sides built and warmed up once, then timed interleaved (see the module docstring)."""
+    framework = FrameworkRunner(config)
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        framework.run(max(warmup_steps, 1))
+        # the framework's own peak (the bare loop is not built yet); on CPUs the process's peak RSS
+        memory_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb()
+        num_classes = framework.trainer.num_classes
+        bare = BareRunner(config, device, image_shape, num_classes)
+        bare.run(max(warmup_steps, 1))
+        framework_s, bare_s = time_interleaved(framework, bare, num_steps, rounds)
+        ms_per_step = 1000 * min(framework_s) / num_steps
+        busy = _busy_share(framework.run, device, ms_per_step)
+        adam = framework.trainer.adam_implementation
+    finally:
+        framework.close()
+    images = num_steps * config.train.batch_size_per_process * config.train.d_steps_per_g
+    paired = sorted(bare / fw for fw, bare in zip(framework_s, bare_s, strict=True))  # framework / bare img/s
+    flops = count_flops(config, device, image_shape, num_classes)
+    tflops = flops * 1000 / ms_per_step / 1e12
+    device_name = _device_name(device)
+    peak = peak_flops(device_name, case.precision)
+    return {**asdict(case), "device": device_name,
+            "framework_images_per_s": images / min(framework_s), "bare_images_per_s": images / min(bare_s),
+            "ratio": statistics.median(paired), "ratio_range": [paired[0], paired[-1]],
+            "ms_per_step": ms_per_step, "flops_per_step": flops, "tflops": tflops,
+            "peak_share": tflops * 1e12 / peak if peak else None,
+            "bound": "cpu" if busy is None else ("device" if busy >= 0.8 else "host"),
+            "gpu_busy_share": busy, "memory_mb": memory_mb, "adam": adam}
 
 
 def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmup_steps: int,
@@ -309,8 +346,8 @@ def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmu
                       eval__eval_every=-1)
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     torch_device = torch.device("cpu" if use_cpu else "cuda")
-    print(f"{config.model.name} on {dataset.describe()}, {num_steps} timed steps after {warmup_steps} warm-up, best "
-          f"of {repeats}; device {_device_name(torch_device)}, torch {torch.__version__}, "
+    print(f"{config.model.name} on {dataset.describe()}, chunks of {num_steps} timed steps after {warmup_steps} "
+          f"warm-up, {repeats} interleaved round(s); device {_device_name(torch_device)}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
     print(HEADER, flush=True)
     rows = []
@@ -323,23 +360,11 @@ def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmu
                         if mode == "cuda_graph" and (use_cpu or loader != "memory"):
                             continue  # a graph replays device buffers: CUDA and the memory loader only
                         variant = case_config(config, case, "cpu" if use_cpu else "cuda")
-                        framework, bare = [], []
-                        for _ in range(repeats):
-                            framework.append(framework_images_per_s(variant, num_steps, warmup_steps))
-                            bare.append(bare_images_per_s(variant, num_steps, warmup_steps, torch_device,
-                                                          dataset.image_shape, framework[-1]["num_classes"]))
-                        best = max(framework, key=lambda result: result["images_per_s"])
-                        flops = count_flops(variant, torch_device, dataset.image_shape, best["num_classes"])
-                        tflops = flops * 1000 / best["ms_per_step"] / 1e12
-                        peak = peak_flops(best["device_name"], precision)
-                        busy = best["busy_share"]
-                        row = {**asdict(case), "model": config.model.name, "device": best["device_name"],
-                               "framework_images_per_s": best["images_per_s"], "bare_images_per_s": max(bare),
-                               "ratio": best["images_per_s"] / max(bare), "ms_per_step": best["ms_per_step"],
-                               "flops_per_step": flops, "tflops": tflops,
-                               "peak_share": tflops * 1e12 / peak if peak else None,
-                               "bound": "cpu" if busy is None else ("device" if busy >= 0.8 else "host"),
-                               "gpu_busy_share": busy, "memory_mb": best["memory_mb"], "adam": best["adam"]}
+                        if variant.train.compile:
+                            torch._dynamo.reset()  # fresh caches per case: rebuilt models would hit recompile limits
+                        row = _measure_case(variant, case, num_steps, warmup_steps, repeats, torch_device,
+                                            dataset.image_shape)
+                        row["model"] = config.model.name
                         rows.append(row)
                         print(_row_line(row), flush=True)
                         if out_json:

@@ -242,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loss.name values to compare (default: the config's)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (conv models)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--steps", type=int, default=60, help="timed steps per measurement (0: skip the step table)")
+    p.add_argument("--steps", type=int, default=60, help="timed steps per chunk (0: skip the step table)")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best of each is reported")
+    p.add_argument("--repeats", type=int, default=2, help="rounds of one framework and one bare chunk, interleaved: the best chunk's img/s and the median "
+                   "paired ratio are reported")
     p.add_argument("--train-runs", type=int, default=0, metavar="STEPS",
                    help="also time whole `gan-dist train` runs of this many steps (the config as given)")
     p.add_argument("--processes", type=int, nargs="*", default=[],
