@@ -244,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--steps", type=int, default=60, help="timed steps per chunk (0: skip the step table)")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=2, help="rounds of one framework and one bare chunk, interleaved: the best chunk's img/s and the median "
-                   "paired ratio are reported")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="rounds of one framework and one bare chunk, interleaved: the best chunk's img/s and "
+                        "the median paired ratio are reported")
     p.add_argument("--train-runs", type=int, default=0, metavar="STEPS",
                    help="also time whole `gan-dist train` runs of this many steps (the config as given)")
     p.add_argument("--processes", type=int, nargs="*", default=[],
