@@ -7,7 +7,7 @@ are each side's best chunk; the ratio is the median of the rounds' paired ratios
 its range:
   - framework: the Trainer's step (`GANStep.run`, or its CUDA graph) fed by the real batch source
     (stream: WebDataset workers, pinned uint8, scaled on the device; memory: on-device gather), with the
-    statistics accumulated on the device and read once at the end, as a log line would;
+    statistics accumulated on the device and read at the end of every chunk, as a log line would;
   - bare: the same G, D, Adam kernels and objective math in plain PyTorch (no Accelerate, no loader) on
     batches already on the device, compiled or captured when the framework is, with R1 on the same lazy
     schedule (loss.r1_every) so that both do the same work.

@@ -63,7 +63,7 @@ def test_chunks_alternate_so_that_drift_hits_both_sides():
     framework_s, bare_s = time_interleaved(framework, bare, num_steps=7, rounds=4)
     assert [name for name, _ in order] == ["framework", "bare", "bare", "framework"] * 2
     assert {steps for _, steps in order} == {7}
-    assert len(framework_s) == len(bare_s) == 4 and min(framework_s + bare_s) >= 0
+    assert len(framework_s) == len(bare_s) == 4
 
 
 def test_the_bare_loop_applies_lazy_r1_on_the_frameworks_schedule(tiny_shards, tmp_path, monkeypatch):

@@ -23,6 +23,8 @@ the conditioning heads; with conditioning none it computes exactly what the seed
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations
@@ -179,7 +181,7 @@ class GeneratorBase(nn.Module):
         return torch.cat([z, one_hot(labels, self.num_classes, z.dtype)], dim=1)  # (B, latent_dim + K)
 
 
-class DiscriminatorBase(nn.Module):
+class DiscriminatorBase(nn.Module, ABC):
     """images (B, C, H, W) [, labels (B,)] -> logits (B,), or (logits (B,), class_logits (B, K)) for acgan.
 
     Subclasses build their layers, then call `add_conditioning_heads(feature_dim)` before their init, and
@@ -209,13 +211,13 @@ class DiscriminatorBase(nn.Module):
         maps = one_hot(labels, self.num_classes, x.dtype)[:, :, None, None]  # (B, K, 1, 1)
         return torch.cat([x, maps.expand(-1, -1, *x.shape[2:])], dim=1)  # (B, C + K, H, W)
 
+    @abstractmethod
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """(B, input_channels, H, W) -> h (B, F)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def logit(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, F) -> unconditional logits (B,)."""
-        raise NotImplementedError
 
     def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The penultimate features h (B, F) (concat: of the image with its label maps)."""
