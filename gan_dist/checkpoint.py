@@ -1,44 +1,9 @@
 """Checkpoints that cannot run code: safetensors and JSON only, verified before use, replaced atomically.
 
-Layout of a run folder:
-
-    RUN_DIR/config.yaml, RUN_DIR/run.json      the latest start's config; its resolved run record (both
-                                               written once the start has resumed)
-    RUN_DIR/starts.jsonl                       one line per start, appended: time, start step, resumed_from,
-                                               the full config, the run record, changed optimizer settings
-    RUN_DIR/checkpoints/step_00000500/         one complete checkpoint:
-        G.safetensors, D.safetensors           the models' state dicts (unwrapped)
-        G_ema.safetensors                      the EMA of G (when train.ema_decay > 0)
-        optimizer_G.safetensors + .json        Adam's tensors, and its param groups / scalars
-        optimizer_D.safetensors + .json
-        scaler.json                            fp16 GradScaler state (when fp16)
-        rng_rank<R>.safetensors + .json        per-process RNG states (torch CPU/CUDA, the noise generator,
-                                               numpy, python): each rank writes its own
-        train_state.json                       step, images seen, run id, best FID, ...
-        generator.safetensors + generator.yaml the exported generator (G_ema when trained), for sharing
-        meta.json                              the completion marker, written last: size and sha256 of
-                                               every file above
-    RUN_DIR/checkpoints/.tmp-step_*            a checkpoint being written: never resumed from, removed at start
-    RUN_DIR/checkpoints/damaged-*-step_*       a checkpoint that failed verification, set aside (kept)
-    RUN_DIR/checkpoints/abandoned-*-step_*     newer checkpoints of a trajectory abandoned by an explicit resume
-    RUN_DIR/checkpoints/best.json              which step had the best FID (kept by retention)
-    RUN_DIR/generator.safetensors + .yaml      exported at the end
-    RUN_DIR/done.json                          written when the run reached train.num_steps
-
-Why not accelerate's save_state/load_state: they pickle registered objects and RNG states and load them
-with `torch.load(weights_only=False)`, so a crafted file in a shared run folder runs code on resume, and
-a failed RNG load is only logged (docs/design-notes.md). Nothing here is ever unpickled.
-
-Atomicity: files are written into the temp folder and fsynced, the folder is fsynced, meta.json (the
-sizes and sha256 of every file) is written last, and the folder appears under its final name by a
-rename. Replacing an existing step first renames the old folder to `.old-step_N` (restored at the next
-start if a kill came between the two renames). `--resume auto` verifies every file against meta.json and
-falls back to the next older checkpoint, setting a damaged one aside with the reason.
-
-Verification also requires meta.json to list every file a resume reads (REQUIRED_FILES, the RNG states of
-every rank, G_ema when meta.json says the run had an EMA) and every safetensors file to hold only finite
-floating-point tensors: hashes only prove the files are those meta.json lists, and a bug (or anyone who
-can write to a shared run folder) could rewrite both.
+The file formats and the handful of operations on them: write (`write_rank_files`, `write_checkpoint`),
+read verified (`verify_checkpoint`, `read_checkpoint`, `apply_checkpoint`), select for resume
+(`select_resume`), retention, export (`export_generator`, `load_generator`) and the best-FID mark. The run
+folder's layout, atomicity and what verification checks: docs/design-notes.md ("Checkpoints without pickle").
 """
 
 from __future__ import annotations
@@ -47,21 +12,28 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import sys
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from gan_dist.config import MAX_CLASSES, MAX_IMAGE_SIZE, ConfigError, ModelConfig, validate_model
+from gan_dist.config import MAX_CLASSES, MAX_IMAGE_SIZE, ConfigError, ModelConfig
+from gan_dist.configure import validate_model
+from gan_dist.files import fsync_dir, sha256_file, write_bytes_durably, write_json_atomic, write_text_atomic
+from gan_dist.models.build import build_generator
+from gan_dist.progress import ProgressError, TrainState
 
 CHECKPOINTS = "checkpoints"
 GENERATOR_WEIGHTS = "generator.safetensors"
@@ -80,6 +52,10 @@ REQUIRED_FILES = ("G.safetensors", "D.safetensors", "optimizer_G.safetensors", "
 OPTIMIZER_SETTINGS = ("lr", "betas", "weight_decay", "eps")
 FORMAT_VERSION = 2  # 1: accelerate.save_state (pickles); 2: this module's safetensors + JSON
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+MAX_HEADER_BYTES = 100 << 20  # a safetensors header (JSON) longer than this is refused unread
+# A shared generator record may not declare more (parameters and buffers): 4 GiB of float32, far above
+# anything these architectures are used at (StyleGAN2 at 1024 px has 30 M).
+MAX_GENERATOR_PARAMETERS = 1 << 30
 
 
 class CheckpointError(RuntimeError):
@@ -97,80 +73,6 @@ def rng_files(rank: int) -> tuple[str, str]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON/YAML true is not a count
-
-
-# -- writing files durably ------------------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in `path` durable (POSIX: the directory entry is in the directory)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-def write_bytes_durably(path: Path, data: bytes) -> str:
-    """Write `data` to `path` (no temp name: callers write into a temp folder), fsync; returns its sha256."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` whole (a kill leaves the old file or the new one, never a torn one)."""
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    write_bytes_durably(tmp_path, text.encode())
-    os.replace(tmp_path, path)
-
-
-_write_text_atomic = write_text_atomic
-
-
-def append_line_durably(path: Path, line: str) -> None:
-    """Append one line to an append-only log and fsync it. A line torn by a kill is ended first, so that
-    it cannot merge with this one (a reader skips the torn line, see `read_lines`)."""
-    with open(path, "a+b") as handle:
-        handle.seek(0, os.SEEK_END)
-        ends_open = False
-        if handle.tell() > 0:
-            handle.seek(-1, os.SEEK_END)
-            ends_open = handle.read(1) != b"\n"
-        handle.write((b"\n" if ends_open else b"") + line.encode() + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_lines(path: Path) -> list[Any]:
-    """The JSON values of an append-only log's lines; a line torn by a kill is skipped."""
-    if not path.is_file():
-        return []
-    values = []
-    for text in path.read_text().splitlines():
-        try:
-            values.append(json.loads(text))
-        except ValueError:
-            continue
-    return values
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    _write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- safe (de)serialisation of state dicts ---------------------------------------------------------------
@@ -305,14 +207,6 @@ def apply_optimizer_state(optimizer: torch.optim.Optimizer, loaded: OptimizerSta
         group.update(hyperparameters)
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors_path: Path,
-                         json_path: Path) -> list[tuple[str, Any, Any]]:
-    """read_optimizer_state + apply_optimizer_state; returns the settings the config changed."""
-    loaded = read_optimizer_state(optimizer, tensors_path, json_path)
-    apply_optimizer_state(optimizer, loaded)
-    return loaded.changes
-
-
 def check_module_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Raise CheckpointError naming `path` unless `tensors` has exactly the module's keys, shapes and dtypes
     (checked before anything is loaded, so a mismatch leaves the module as it was)."""
@@ -331,12 +225,6 @@ def check_module_state(module: nn.Module, tensors: dict[str, torch.Tensor], path
             break
     if problems:
         raise CheckpointError(f"{path}: weights do not fit this model (was model.* changed?): {'; '.join(problems)}")
-
-
-def load_module_state(module: nn.Module, path: Path) -> None:
-    tensors = read_tensors(path)
-    check_module_state(module, tensors, path)
-    module.load_state_dict(tensors, strict=True)
 
 
 # -- the exported generator ------------------------------------------------------------------------------
@@ -436,7 +324,7 @@ def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> dict[s
     digests[GENERATOR_WEIGHTS] = write_bytes_durably(tmp, weights)
     os.replace(tmp, out_dir / GENERATOR_WEIGHTS)
     text = generator_record_yaml(info)
-    _write_text_atomic(out_dir / GENERATOR_RECORD, text)
+    write_text_atomic(out_dir / GENERATOR_RECORD, text)
     digests[GENERATOR_RECORD] = hashlib.sha256(text.encode()).hexdigest()
     return digests
 
@@ -459,22 +347,37 @@ def _generator_source(run_dir: str | os.PathLike | None, checkpoint: str | os.Pa
     return checkpoints[-1][1] / GENERATOR_WEIGHTS
 
 
+def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (dtype, shape)} from a safetensors file's header alone (no tensor is read). Raises
+    CheckpointError naming the file when the header is not one."""
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 0 < length <= MAX_HEADER_BYTES:
+                raise ValueError(f"header length {length}")
+            header = json.loads(handle.read(length))
+        return {name: (entry["dtype"], tuple(int(size) for size in entry["shape"]))
+                for name, entry in header.items() if name != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: not a safetensors file ({type(error).__name__}: {error})") from error
+
+
 def load_generator(run_dir: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
                    use_ema: bool = True, map_location: str | torch.device = "cpu") -> tuple[nn.Module, GeneratorInfo]:
     """(G in eval mode, what it declares) from a run folder, a checkpoint folder or a generator.safetensors.
 
-    Only generator.yaml's model section and dataset identity are read (validated, bounded); the weights are
-    safetensors. The exported weights are G_ema when the run trained one; use_ema=False loads the raw G
-    from a checkpoint folder instead.
+    Nothing in the folder runs or allocates before it is checked: generator.yaml's model section and dataset
+    identity are validated (known names, bounded sizes), G is first built on the meta device (no memory) and
+    the tensor names and shapes declared in the weights' header must equal its own, with at most
+    MAX_GENERATOR_PARAMETERS parameters; only then is G built for real and the (finite) weights loaded. The
+    exported weights are G_ema when the run trained one; use_ema=False loads the raw G from a checkpoint.
+    Errors: ConfigError (the record or the weights do not fit: exit 2), CheckpointError (damaged: exit 1).
     """
-    from gan_dist.models import build_generator
-
     weights_path = _generator_source(run_dir, checkpoint)
     record_path = weights_path.with_name(GENERATOR_RECORD)
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path}: missing (it says which model the weights belong to)")
     info = read_generator_record(record_path)
-    G = build_generator(info.model, info.image_shape, info.num_classes)
     if not use_ema and info.is_ema:
         raw_weights = weights_path.parent / "G.safetensors"
         if not raw_weights.is_file():
@@ -482,8 +385,22 @@ def load_generator(run_dir: str | os.PathLike | None = None, checkpoint: str | o
                                     f"pass a checkpoint folder or drop --no-ema")
         weights_path = raw_weights
         info = dataclasses.replace(info, is_ema=False)
+    with torch.device("meta"):  # shapes only: an absurd record allocates nothing here
+        skeleton = build_generator(info.model, info.image_shape, info.num_classes)
+    count = sum(tensor.numel() for tensor in skeleton.state_dict().values())
+    if count > MAX_GENERATOR_PARAMETERS:
+        raise ConfigError(f"{record_path}: key 'model': the model it declares has {count:,} parameters and "
+                          f"buffers, over the {MAX_GENERATOR_PARAMETERS:,} a generator may have")
+    declared = safetensors_header(weights_path)
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    if {name: shape for name, (_, shape) in declared.items()} != expected:
+        differ = sorted(set(declared) ^ set(expected)) or sorted(
+            name for name in expected if declared[name][1] != expected[name])
+        raise ConfigError(f"{weights_path}: its tensors do not fit the model {record_path.name} declares "
+                          f"(model.name={info.model.name}): first difference {differ[0]!r}")
+    check_finite_file(weights_path)  # a NaN generator is damaged, not misconfigured: exit 1, not 2
+    G = build_generator(info.model, info.image_shape, info.num_classes)
     tensors = read_tensors(weights_path)
-    check_finite(tensors, weights_path)  # a NaN generator is damaged, not misconfigured: exit 1, not 2
     try:
         check_module_state(G, tensors, weights_path)
     except CheckpointError as error:
@@ -526,8 +443,11 @@ def required_files(meta: dict[str, Any], meta_path: Path) -> list[str]:
     ema = meta.get("ema", False)
     if not isinstance(ema, bool):
         raise CheckpointError(f"{meta_path}: 'ema' must be true or false, got {ema!r}")
+    extra = meta.get("extra", [])
+    if not isinstance(extra, list) or not all(isinstance(n, str) and re.fullmatch(r"[a-z0-9_]+", n) for n in extra):
+        raise CheckpointError(f"{meta_path}: 'extra' must be a list of state names, got {extra!r}")
     names = list(REQUIRED_FILES) + [name for rank in range(processes) for name in rng_files(rank)]
-    return names + ([EMA_WEIGHTS] if ema else [])
+    return names + ([EMA_WEIGHTS] if ema else []) + [_extra_file(name) for name in extra]
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -559,10 +479,26 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def check_finite_file(path: Path) -> None:
+    """Raise CheckpointError naming the file and tensor unless every floating-point tensor of a safetensors
+    file is finite; tensors are read one at a time (memory-mapped), never the whole file at once."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise CheckpointError(f"{path}: tensor {key!r} holds non-finite values (nan/inf): resuming "
+                                          "would continue a diverged (or tampered) state")
+    except CheckpointError:
+        raise
+    except Exception as error:  # safetensors raises its own error types for bad headers and truncation
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from error
+
+
 def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Check meta.json (see read_meta) and every file it lists (size, sha256; safetensors files must parse
-    and hold only finite floating-point tensors); returns meta. Raises CheckpointError naming the first
-    problem (missing marker, older format, a file missing, truncated, modified or non-finite)."""
+    """Check meta.json (see read_meta) and every file it lists (size, sha256 hashed in chunks; safetensors
+    files must parse and hold only finite floating-point tensors); returns meta. Raises CheckpointError naming
+    the first problem (missing marker, older format, a file missing, truncated, modified or non-finite)."""
     meta = read_meta(path)
     for name, entry in sorted(meta["files"].items()):
         file_path = path / name
@@ -573,20 +509,15 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{file_path}: {size} bytes, {META} records {entry['size_bytes']} "
                                   "(truncated or replaced)")
         try:
-            data = file_path.read_bytes()
+            digest = sha256_file(file_path)
         except OSError as error:
             raise CheckpointError(f"{file_path}: unreadable ({error})") from error
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        if digest != entry["sha256"]:
             raise CheckpointError(f"{file_path}: sha256 differs from {META} (modified or corrupt)")
         if name.endswith(".safetensors"):
             # Hashes only say the files are those meta.json lists: a NaN written by a bug (or by someone who
             # also rewrote meta.json) would pass them. Every tensor a resume loads is checked here, once.
-            try:
-                tensors = load_safetensors_bytes(data)
-            except Exception as error:  # safetensors raises its own error types
-                raise CheckpointError(f"{file_path}: not a readable safetensors file ({type(error).__name__}: "
-                                      f"{error})") from error
-            check_finite(tensors, file_path)
+            check_finite_file(file_path)
     return meta
 
 
@@ -601,12 +532,12 @@ def set_aside(path: Path, reason: str, prefix: str = "damaged") -> Path:
         target = path.with_name(f"{prefix}-{stamp}.{counter}-{path.name}")
         counter += 1
     os.replace(path, target)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     (target / "SET_ASIDE.txt").write_text(reason + "\n")
     return target
 
 
-def find_resume_checkpoint(run_dir: Path, resume: str, report: Callable[[str], None] | None = None,
+def select_resume(run_dir: Path, resume: str, report: Callable[[str], None] | None = None,
                            exclude: Collection[Path] = ()) -> Path | None:
     """checkpoint.resume -> a verified folder to load: '' none; 'auto' the newest checkpoint that verifies
     (damaged newer ones are set aside with the reason, and the next older one is tried), skipping those in
@@ -653,7 +584,7 @@ def clean_interrupted_writes(run_dir: Path) -> list[str]:
             else:
                 os.replace(child, final)
                 notes.append(f"restored {final.name} (a replacement of it was interrupted)")
-    _fsync_dir(root)
+    fsync_dir(root)
     return notes
 
 
@@ -664,14 +595,14 @@ def publish_checkpoint(tmp_dir: Path, final_dir: Path, files: dict[str, str], me
                for name, digest in sorted(files.items())}
     write_bytes_durably(tmp_dir / META, (json.dumps(
         {**meta, "format_version": FORMAT_VERSION, "files": entries}, indent=2, sort_keys=True) + "\n").encode())
-    _fsync_dir(tmp_dir)
+    fsync_dir(tmp_dir)
     old_dir = final_dir.with_name(f".old-{final_dir.name}")
     if final_dir.exists():
         if old_dir.exists():
             shutil.rmtree(old_dir)
         os.replace(final_dir, old_dir)
     os.replace(tmp_dir, final_dir)
-    _fsync_dir(final_dir.parent)
+    fsync_dir(final_dir.parent)
     if old_dir.exists():
         shutil.rmtree(old_dir)
 
@@ -714,3 +645,222 @@ def read_best(run_dir: Path) -> dict[str, Any]:
 def mark_best(run_dir: Path, step: int, metrics: dict[str, float]) -> None:
     write_json_atomic(Path(run_dir) / CHECKPOINTS / BEST,
                       {"step": step, "checkpoint": step_dir_name(step), "metrics": metrics})
+
+
+# -- a training checkpoint: what it holds, writing it, reading it back ----------------------------------
+
+class NoiseState(Protocol):
+    """The step's noise generator, as a checkpoint sees it."""
+
+    device: torch.device
+
+    def get_state(self) -> torch.Tensor: ...
+    def set_state(self, state: torch.Tensor) -> None: ...
+
+
+class TensorState(Protocol):
+    """Extra state a checkpoint carries as tensors (e.g. an adaptive augmentation's p)."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]: ...
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+@dataclass
+class Checkpointable:
+    """The live objects a checkpoint saves and restores, as the trainer built them (unwrapped modules)."""
+
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: Any  # torch.amp.GradScaler (fp16) or None
+    noise: NoiseState
+    state: TrainState
+    generator_info: Callable[[int], GeneratorInfo]  # step -> what the exported generator declares
+    base_lrs: dict[str, float] = field(default_factory=dict)  # optimizer file -> configured lr (before schedules)
+    extra: dict[str, TensorState] = field(default_factory=dict)  # name -> state saved as extra_<name>.safetensors
+
+
+# optimizer file -> the config keys of its settings (what a note about a changed setting names)
+_SETTING_KEYS = {"optimizer_G": {"lr": "optim.lr_g", "betas": "optim.beta1/optim.beta2",
+                                 "weight_decay": "optim.weight_decay", "eps": "eps"},
+                 "optimizer_D": {"lr": "optim.lr_d", "betas": "optim.beta1/optim.beta2",
+                                 "weight_decay": "optim.weight_decay", "eps": "eps"}}
+
+
+def _extra_file(name: str) -> str:
+    return f"extra_{name}.safetensors"
+
+
+def write_rank_files(tmp_dir: Path, rank: int, noise: NoiseState) -> None:
+    """This process's RNG states into a checkpoint being written (every rank writes its own): torch CPU and
+    CUDA (dropout), the noise generator, numpy and python."""
+    tensors = {"torch_cpu": torch.get_rng_state(), "noise": noise.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    python_version, python_state, python_gauss = random.getstate()
+    record = {"numpy": [kind, int(position), int(has_gauss), float(cached_gaussian)],
+              "python": [python_version, list(python_state), python_gauss]}
+    tensors_name, json_name = rng_files(rank)
+    write_bytes_durably(tmp_dir / tensors_name, tensors_to_bytes(tensors))
+    write_bytes_durably(tmp_dir / json_name, json.dumps(record).encode())
+
+
+def write_checkpoint(tmp_dir: Path, final_dir: Path, target: Checkpointable, step: int, meta: dict[str, Any],
+                     num_processes: int) -> None:
+    """Main process, once every rank wrote its RNG files into tmp_dir: write the models, EMA, optimizers,
+    scaler, counters, extra state and the exported generator, then publish (meta.json with every file's size
+    and sha256, written last, and an atomic rename to final_dir). The caller checked everything is finite."""
+    files: dict[str, str] = {}
+
+    def put(name: str, data: bytes) -> None:
+        files[name] = write_bytes_durably(tmp_dir / name, data)
+
+    put("G.safetensors", tensors_to_bytes(target.G.state_dict()))
+    put("D.safetensors", tensors_to_bytes(target.D.state_dict()))
+    if target.G_ema is not None:
+        put(EMA_WEIGHTS, tensors_to_bytes(target.G_ema.state_dict()))
+    for name, optimizer in (("optimizer_G", target.opt_g), ("optimizer_D", target.opt_d)):
+        # The configured lr (a schedule may have scaled the group's): what a resume compares with.
+        base_lr = target.base_lrs.get(name)
+        base_lrs = None if base_lr is None else [base_lr] * len(optimizer.param_groups)
+        tensors, record = optimizer_state_files(optimizer, base_lrs)
+        put(f"{name}.safetensors", tensors)
+        put(f"{name}.json", record.encode())
+    if target.scaler is not None:
+        put(SCALER, json.dumps(target.scaler.state_dict()).encode())
+    for name, holder in sorted(target.extra.items()):
+        put(_extra_file(name), tensors_to_bytes(holder.state_tensors()))
+    put(TRAIN_STATE, (json.dumps(target.state.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    exported = target.G_ema if target.G_ema is not None else target.G
+    files.update(export_generator(exported, target.generator_info(step), tmp_dir))
+    for rank in range(num_processes):
+        for name in rng_files(rank):
+            files[name] = sha256_file(tmp_dir / name)
+    # "ema" makes G_ema a required file: a meta.json without it would resume a copy of G as the EMA.
+    publish_checkpoint(tmp_dir, final_dir, files, {**meta, "step": step, "ema": target.G_ema is not None,
+                                                   "extra": sorted(target.extra), "num_processes": num_processes})
+
+
+@dataclass
+class RngStates:
+    torch_cpu: torch.Tensor
+    noise: torch.Tensor
+    torch_cuda: torch.Tensor | None
+    numpy: tuple[Any, ...]
+    python: tuple[Any, ...]
+
+
+def _read_rng(directory: Path, rank: int, noise: NoiseState) -> RngStates:
+    """This rank's saved RNG states, each tried on a scratch generator first (nothing global is touched)."""
+    tensors_name, json_name = rng_files(rank)
+    tensors = read_tensors(directory / tensors_name)
+    record = read_json(directory / json_name)
+    try:
+        kind, position, has_gauss, cached_gaussian = record["numpy"]
+        numpy_state = (kind, tensors["numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+        version, state, gauss = record["python"]
+        python_state = (version, tuple(state), gauss)
+        states = RngStates(torch_cpu=tensors["torch_cpu"], noise=tensors["noise"],
+                           torch_cuda=tensors.get("torch_cuda"), numpy=numpy_state, python=python_state)
+        torch.Generator().set_state(states.torch_cpu)
+        torch.Generator(device=noise.device).set_state(states.noise)
+        np.random.RandomState().set_state(numpy_state)
+        random.Random().setstate(python_state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{directory / tensors_name} / {json_name}: unreadable RNG state "
+                              f"({type(error).__name__}: {error})") from error
+    return states
+
+
+def _apply_rng(states: RngStates, noise: NoiseState) -> None:
+    torch.set_rng_state(states.torch_cpu)
+    noise.set_state(states.noise)
+    if states.torch_cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states.torch_cuda)
+    np.random.set_state(states.numpy)
+    random.setstate(states.python)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Everything one rank will load from a checkpoint, read and checked against the live objects, not yet
+    applied (`apply_checkpoint`)."""
+
+    path: Path
+    G: dict[str, torch.Tensor]
+    D: dict[str, torch.Tensor]
+    G_ema: dict[str, torch.Tensor] | None  # None: the checkpoint has no EMA
+    optimizers: dict[str, OptimizerState]
+    scaler: dict[str, Any] | None
+    extra: dict[str, dict[str, torch.Tensor]]
+    state: dict[str, Any]
+    rng: RngStates | None  # None: this rank did not write it (a different process count)
+    saved_processes: int
+    notes: list[str] = field(default_factory=list)  # optimizer settings the config changed
+
+
+def read_checkpoint(path: Path, rank: int, target: Checkpointable) -> LoadedCheckpoint:
+    """Rank `rank`'s part of a verified checkpoint, read and checked against `target` (nothing applied).
+    Only files that meta.json lists (and the main process verified) are read. Raises CheckpointError naming
+    the file that does not fit."""
+    meta = read_meta(path)
+    listed = set(meta["files"])
+    G, D = read_tensors(path / "G.safetensors"), read_tensors(path / "D.safetensors")
+    check_module_state(target.G, G, path / "G.safetensors")
+    check_module_state(target.D, D, path / "D.safetensors")
+    G_ema = None
+    if target.G_ema is not None and EMA_WEIGHTS in listed:
+        G_ema = read_tensors(path / EMA_WEIGHTS)
+        check_module_state(target.G_ema, G_ema, path / EMA_WEIGHTS)
+    optimizers = {name: read_optimizer_state(optimizer, path / f"{name}.safetensors", path / f"{name}.json")
+                  for name, optimizer in (("optimizer_G", target.opt_g), ("optimizer_D", target.opt_d))}
+    scaler = None
+    if target.scaler is not None and SCALER in listed:
+        scaler = read_json(path / SCALER)
+        if not isinstance(scaler, dict) or not {"scale", "_growth_tracker"} <= set(scaler):
+            raise CheckpointError(f"{path / SCALER}: not a GradScaler state")
+    extra = {}
+    for name, holder in target.extra.items():
+        if _extra_file(name) not in listed:
+            continue  # switched on at this resume: it starts fresh
+        tensors = read_tensors(path / _extra_file(name))
+        expected = holder.state_tensors()
+        if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+            raise CheckpointError(f"{path / _extra_file(name)}: holds {sorted(tensors)}, this run's {name} "
+                                  f"has {sorted(expected)} (of other shapes?)")
+        extra[name] = tensors
+    try:
+        state = TrainState.parse(read_json(path / TRAIN_STATE), path / TRAIN_STATE)
+    except ProgressError as error:
+        raise CheckpointError(str(error)) from None
+    if meta.get("step", state["step"]) != state["step"]:
+        raise CheckpointError(f"{path / TRAIN_STATE}: step {state['step']}, {META} says {meta.get('step')} "
+                              "(files of different checkpoints)")
+    rng = _read_rng(path, rank, target.noise) if rng_files(rank)[0] in listed else None
+    notes = [f"optimizer setting changed on resume: {name} {key} {old} -> {new} ({_SETTING_KEYS[name][key]}; "
+             "the configured value is used)"
+             for name, loaded in optimizers.items() for key, old, new in loaded.changes]
+    return LoadedCheckpoint(path=path, G=G, D=D, G_ema=G_ema, optimizers=optimizers, scaler=scaler, extra=extra,
+                            state=state, rng=rng, saved_processes=meta.get("num_processes", 1), notes=notes)
+
+
+def apply_checkpoint(loaded: LoadedCheckpoint, target: Checkpointable) -> None:
+    """Restore the models, EMA, optimizers, scaler, extra state, counters and this rank's RNG states."""
+    target.G.load_state_dict(loaded.G, strict=True)
+    target.D.load_state_dict(loaded.D, strict=True)
+    if target.G_ema is not None:
+        # Without a saved EMA (switched on at this resume) it starts from the loaded G.
+        target.G_ema.load_state_dict(loaded.G_ema if loaded.G_ema is not None else target.G.state_dict())
+    apply_optimizer_state(target.opt_g, loaded.optimizers["optimizer_G"])
+    apply_optimizer_state(target.opt_d, loaded.optimizers["optimizer_D"])
+    if loaded.scaler is not None:
+        target.scaler.load_state_dict(loaded.scaler)
+    for name, tensors in loaded.extra.items():
+        target.extra[name].load_state_tensors(tensors)
+    target.state.apply(loaded.state)
+    if loaded.rng is not None:
+        _apply_rng(loaded.rng, target.noise)

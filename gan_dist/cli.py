@@ -1,7 +1,9 @@
-"""The only argument parser: `gan-dist prepare-data | bench-data | train | sample | eval | train-classifier | bench`.
+"""The only argument parser and every command handler: `gan-dist prepare-data | bench-data | train | sample |
+eval | train-classifier | bench`.
 
-Each subcommand parses, loads the typed config where it takes one, and calls one function. Heavy
-imports (torch, accelerate, webdataset) happen inside the handlers so `gan-dist --help` is instant.
+Each handler parses, loads the typed config where it takes one, calls the library and reports. The
+handlers import torch and the package's heavy modules inside themselves, so that `gan-dist --help` and a
+config error answer at once (torch alone costs seconds to import).
 Exit codes (README "Failure behaviour"):
   0   done (or nothing to do: the run had already reached train.num_steps)
   1   an expected failure, in one line naming the file or key: missing or corrupt data, a stalled shard
@@ -14,10 +16,14 @@ Exit codes (README "Failure behaviour"):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from gan_dist.config import ConfigError, load_config
+from gan_dist.config import Config, DataConfig, ModelConfig
+from gan_dist.configure import ConfigError, load_config, validate
+from gan_dist.registry.datasets import DATASETS, dataset_spec
+from gan_dist.registry.objectives import OBJECTIVES
 
 EXIT_CONFIG_ERROR = 2
 
@@ -44,39 +50,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         overrides.append(f"checkpoint.resume={args.resume}")
     config = load_config(config_path, overrides)
-    from gan_dist.train import train
+    from gan_dist.train.trainer import dry_run, train
 
-    return train(config)
+    return dry_run(config) if args.dry_run else train(config)
 
 
 def _cmd_prepare_data(args: argparse.Namespace) -> int:
-    from gan_dist.config import DATA_SOURCES, DATASET_NAMES, MAX_IMAGE_SIZE, DataConfig
-    from gan_dist.data.datasets import dataset_dir, dataset_spec
-    from gan_dist.data.shards import manifest_report, prepare_from_config
+    from gan_dist.data.shards import dataset_dir, manifest_report, prepare_from_config
     from gan_dist.data.sources import DataError
 
-    if args.dataset not in DATASET_NAMES:
-        raise ConfigError(f"--dataset {args.dataset!r} is not one of {', '.join(DATASET_NAMES)}")
-    spec = dataset_spec(args.dataset)
-    if not (args.source in DATA_SOURCES or (args.source.startswith(("idx:", "folder:"))
-                                            and len(args.source.split(":", 1)[1]) > 0)):
-        raise ConfigError(f"--source {args.source!r} is not one of auto, idx:DIR, torchvision, wheel, folder:DIR")
-    if not spec.accepts_source(args.source):
-        raise ConfigError(f"--source {args.source!r} does not apply to --dataset {spec.name} "
-                          f"({' | '.join(spec.sources)})")
     if args.samples_per_shard <= 0:
         raise ConfigError(f"--samples-per-shard must be > 0, got {args.samples_per_shard}")
-    if spec.kind != "folder" and (args.channels not in (None, 1) or args.image_size not in (None, 28)):
-        raise ConfigError(f"--channels and --image-size apply to --dataset folder ({spec.name} is 1x28x28)")
-    if args.channels not in (None, 1, 3):
-        raise ConfigError(f"--channels must be 1 or 3, got {args.channels}")
-    if args.image_size is not None and not 8 <= args.image_size <= MAX_IMAGE_SIZE:
-        raise ConfigError(f"--image-size must be in [8, {MAX_IMAGE_SIZE}], got {args.image_size}")
-    if not 0.0 < args.test_fraction < 1.0:
-        raise ConfigError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    spec = dataset_spec(args.dataset)
     data = DataConfig(dataset=spec.name, source=args.source, channels=args.channels, image_size=args.image_size,
                       test_fraction=args.test_fraction, samples_per_shard=args.samples_per_shard,
                       on_corrupt=args.on_corrupt, root=args.out or "")
+    # The data section's own checks (the same as `train`'s), with a model that builds any size (mlp).
+    validate(Config(data=data, model=ModelConfig(name="mlp")), "command line (--dataset, --source, ...)")
     try:
         out_dir = dataset_dir(data)
         manifest = prepare_from_config(data, out_dir)
@@ -90,7 +80,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
 def _cmd_bench_data(args: argparse.Namespace) -> int:
     config_path, overrides = _split_config_and_overrides(args)
     config = load_config(config_path, overrides)
-    from gan_dist.data.bench import bench_data
+    from gan_dist.bench.data import bench_data
     from gan_dist.data.sources import DataError
 
     try:
@@ -102,48 +92,164 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from gan_dist.sampling import sample_command
+    """A grid PNG and optionally the raw uint8 images (and their labels) in an .npz.
+
+    A conditional G without --class gets the training grid's layout (one row per class, round(sqrt(num))
+    columns, each column one z across all classes: N = classes x columns); otherwise num samples in a
+    square grid, all of class --class when it is given."""
+    import numpy as np
+
+    from gan_dist.checkpoint import load_generator
+    from gan_dist.sampling import (
+        class_labels,
+        grid_inputs,
+        images_to_uint8,
+        latent_noise,
+        num_classes_of,
+        sample_images,
+        save_grid_png,
+    )
 
     if args.num <= 0:
         raise ConfigError(f"--num must be > 0, got {args.num}")
-    sample_command(run_dir=args.run, checkpoint=args.checkpoint, num_images=args.num, out_png=args.out,
-                   out_npz=args.npz, seed=args.seed, use_ema=not args.no_ema, class_index=args.class_index)
+    G, info = load_generator(args.run, args.checkpoint, use_ema=not args.no_ema)
+    num_images, class_index = args.num, args.class_index
+    num_classes = num_classes_of(G)
+    if class_index is not None and num_classes == 0:
+        raise ConfigError(f"--class {class_index}: this generator is unconditional (model.conditioning="
+                          f"{info.model.conditioning}); train with model.conditioning=concat|acgan|projection")
+    if class_index is not None and not 0 <= class_index < num_classes:
+        raise ConfigError(f"--class {class_index}: the generator knows classes 0..{num_classes - 1} "
+                          f"({info.dataset})")
+    columns = None
+    if num_classes and class_index is None:
+        z, labels, columns = grid_inputs(G, num_images, args.seed)
+        num_images = len(z)
+    else:
+        z, labels = latent_noise(num_images, G.latent_dim, args.seed), class_labels(num_images, num_classes,
+                                                                                    class_index)
+    images = sample_images(G, z, labels, device="cpu", batch_size=500)  # (N, C, H, W) on the CPU
+    save_grid_png(images, Path(args.out), columns=columns)
+    what = f"class {class_index}" if class_index is not None else ("one row per class" if columns else "")
+    print(f"wrote {args.out}: {num_images} samples of {info.model.name} ({info.dataset}) at step {info.step}"
+          f"{f', {what}' if what else ''}")
+    if args.npz:
+        payload = {"images": images_to_uint8(images)}
+        if labels is not None:
+            payload["labels"] = labels.numpy()
+        np.savez_compressed(args.npz, **payload)
+        print(f"wrote {args.npz}: images uint8 {tuple(payload['images'].shape)}"
+              f"{', labels int64' if labels is not None else ''}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    # Data locations and evaluation settings come from the caller's config, never from the checkpoint's
-    # generator.yaml (untrusted: a `pipe:` URL there would run a shell command).
+    """Metrics of a trained generator (G_ema when trained), printed and written as JSON (to --out, else
+    RUN/eval_step_N.json, else beside the checkpoint). Data locations and eval.* come from the caller's
+    config, never from the generator's record (untrusted: a `pipe:` URL there would run a shell command)."""
     config_path, overrides = _split_config_and_overrides(args)
     if args.num is not None:
         overrides.append(f"eval.num_samples={args.num}")
     if args.batch_size is not None:
         overrides.append(f"eval.batch_size={args.batch_size}")
     config = load_config(config_path, overrides)
-    from gan_dist.metrics.evaluate import eval_command
+    from gan_dist.checkpoint import load_generator
+    from gan_dist.metrics.evaluate import evaluate_generator, format_table
 
-    eval_command(config, run_dir=args.run, checkpoint=args.checkpoint, out_json=args.out, seed=args.seed,
-                 use_ema=not args.no_ema)
+    G, info = load_generator(run_dir=args.run, checkpoint=args.checkpoint, use_ema=not args.no_ema)
+    result, is_main = evaluate_generator(config, G, info, seed=args.seed)
+    result = {"run_dir": args.run, "checkpoint": args.checkpoint, **result}
+    if not is_main:
+        return 0
+    if args.out:
+        out = Path(args.out)
+    elif args.run:
+        out = Path(args.run) / f"eval_step_{info.step}.json"
+    else:
+        source = Path(args.checkpoint)
+        out = source / "eval.json" if source.is_dir() else source.with_name(f"{source.stem}.eval.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    num_images = result["num_images"]
+    conditional = f", conditional on {info.num_classes} classes (balanced labels)" if info.num_classes else ""
+    print(f"gan-dist eval: {args.run or args.checkpoint} (step {info.step}{conditional}) on {result['dataset']}, "
+          f"{num_images} images, seed {args.seed}, {result['num_processes']} process(es); floor = {num_images} "
+          "real train images vs the test split")
+    print(format_table(result["metrics"], result["floor"]))
+    print(f"wrote {out}")
     return 0
 
 
 def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    """Train the dataset's classifier (the metrics' feature space) on its train split, report the test accuracy
+    and write the weights: to the dataset's default place (the packaged file for mnist / fashion_mnist, beside
+    the shards for a folder) unless --out is given. An unlabeled dataset has nothing to learn: refused."""
     if args.epochs <= 0:
         raise ConfigError(f"--epochs must be > 0, got {args.epochs}")
     config_path, overrides = _split_config_and_overrides(args)
     if args.dataset is not None:
         overrides.append(f"data.dataset={args.dataset}")
     config = load_config(config_path, overrides)
-    from gan_dist.metrics.classifier import train_classifier_command
+    import time
 
-    train_classifier_command(config, out=args.out, num_epochs=args.epochs, seed=args.seed)
+    import torch
+
+    from gan_dist.data.datasets import resolve_dataset
+    from gan_dist.metrics.classifier import (
+        accuracy,
+        default_weights_path,
+        load_split,
+        reproduce_command,
+        save_weights,
+        train_classifier,
+    )
+
+    dataset = resolve_dataset(config.data)
+    if dataset.num_classes == 0:
+        raise ConfigError(
+            f"data.dataset={dataset.name} (data.source={config.data.source}) has no labels, so there is no "
+            "classifier to train. Evaluate with a feature network of your own (eval.feature_net=PATH.safetensors "
+            "with its .json record), or train without evaluation (eval.eval_every=-1)")
+    default_path = default_weights_path(dataset)
+    out_path = Path(args.out) if args.out else default_path
+    if out_path is None:
+        raise ConfigError("the shards are remote (data.train_urls / data.test_urls): pass --out PATH for the "
+                          "weights and set eval.feature_net=PATH when training and evaluating")
+    train_x, train_y = load_split(dataset, "train")
+    test_x, test_y = load_split(dataset, "test")
+    shape = "x".join(str(size) for size in dataset.image_shape)
+    print(f"train-classifier: {dataset.name} ({shape}, {dataset.num_classes} classes): {len(train_x)} train / "
+          f"{len(test_x)} test images", flush=True)
+    start = time.perf_counter()
+    model = train_classifier(train_x, train_y, num_epochs=args.epochs, seed=args.seed,
+                             num_classes=dataset.num_classes)
+    train_seconds = time.perf_counter() - start
+    test_accuracy = accuracy(model, test_x, test_y)
+    print(f"train-classifier: test accuracy {test_accuracy:.4%} after {args.epochs} epochs "
+          f"({train_seconds / 60:.1f} min)", flush=True)
+    minimum = dataset.spec.min_classifier_accuracy
+    if minimum is not None and test_accuracy < minimum:
+        print(f"train-classifier: WARNING: below the {minimum:.0%} the metrics assume for {dataset.name}; "
+              "train longer (--epochs)", flush=True)
+    info = {"dataset": dataset.name, "image_shape": list(dataset.image_shape),
+            "class_names": list(dataset.class_names), "test_accuracy": round(test_accuracy, 6),
+            "num_train": len(train_x), "num_test": len(test_x), "epochs": args.epochs, "seed": args.seed,
+            "command": reproduce_command(config.data, args.epochs, args.seed), "torch": torch.__version__,
+            "num_threads": torch.get_num_threads(), "train_seconds": round(train_seconds, 1),
+            "dataset_fingerprint": dataset.fingerprint}
+    save_weights(model, out_path, info)
+    print(f"train-classifier: wrote {out_path} and {out_path.with_suffix('.json')}", flush=True)
+    if default_path is not None and out_path.resolve() == default_path.resolve():
+        print("train-classifier: evaluation finds it there (eval.feature_net='', the default)", flush=True)
+    else:
+        print(f"train-classifier: to evaluate with it, set eval.feature_net={out_path}", flush=True)
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     config_path, overrides = _split_config_and_overrides(args)
     config = load_config(config_path, overrides)
-    from gan_dist.bench import bench_train_runs, bench_training
+    from gan_dist.bench.training import bench_train_runs, bench_training
 
     if args.steps > 0:
         bench_training(config, batch_sizes=args.batch_sizes, num_steps=args.steps, warmup_steps=args.warmup,
@@ -163,13 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", default=None,
                    help="'auto' (newest complete checkpoint of the run, if any) or a checkpoint folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and the run record (device, precision, loader, global batch, "
+                        "data shape, parameter counts), write nothing, exit 0")
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("prepare-data", help="write a dataset as WebDataset tar shards + manifest.json")
-    p.add_argument("--dataset", default="mnist", help="mnist | fashion_mnist | folder (default: mnist)")
+    p.add_argument("--dataset", default=DataConfig().dataset, choices=list(DATASETS),
+                   help=f"default: {DataConfig().dataset}")
     p.add_argument("--source", default="auto",
-                   help="mnist: auto | idx:DIR | torchvision | wheel; fashion_mnist: auto | idx:DIR | torchvision; "
-                        "folder: folder:DIR (default: auto)")
+                   help="; ".join(f"{spec.name}: {' | '.join(spec.sources)}" for spec in DATASETS.values())
+                        + " (default: auto)")
     p.add_argument("--out", default=None,
                    help="output folder (default: $GAN_DIST_DATA_DIR/<dataset> or ~/.cache/gan_dist/<dataset>; "
                         "a folder dataset adds <folder name>-<hash of its settings>)")
@@ -222,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-classifier", help="train the feature network the metrics use for a dataset")
     _add_config_args(p)
-    p.add_argument("--dataset", default=None,
-                   help="shorthand for data.dataset=NAME: mnist | fashion_mnist | folder (with data.source=folder:DIR)")
+    p.add_argument("--dataset", default=None, choices=list(DATASETS),
+                   help="shorthand for data.dataset=NAME (a folder needs data.source=folder:DIR)")
     p.add_argument("--out", default=None,
                    help="weights file (default: the packaged weights' path for mnist / fashion_mnist, "
                         "feature_net.safetensors beside the shards for a folder)")
@@ -238,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loaders", nargs="+", default=["stream", "memory"], choices=["stream", "memory"])
     p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile", "cuda_graph"],
                    help="the step as is, torch.compile'd, or captured in a CUDA graph (CUDA, memory loader)")
-    p.add_argument("--objectives", nargs="+", default=None, choices=["ns", "lsgan", "wgan_gp", "hinge"],
+    p.add_argument("--objectives", nargs="+", default=None, choices=list(OBJECTIVES),
                    help="loss.name values to compare (default: the config's)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (conv models)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -1,37 +1,29 @@
-"""The typed configuration: one dataclass tree, YAML files that mirror it, dotlist overrides.
+"""The configuration schema: one dataclass tree (sections data, model, loss, augment, optim, train, log,
+eval, checkpoint, dist, run) and `ConfigError`. Every field is commented here; YAML files mirror it.
 
-`load_config(path, overrides)` merges, in order: the schema defaults (the seed Keras DCGAN tutorial's
-settings), the YAML file, then `key=value` overrides. Struct mode makes unknown keys fail; omegaconf
-checks types; `validate()` checks values. Every error is a `ConfigError` that names the key (and the
-file), raised before anything is written. Code downstream receives `Config` objects, never dicts.
+This module is the bottom of the import order: it imports nothing of gan_dist. Names and rules of the
+things a config chooses between (architectures, objectives, datasets, augmentations, feature networks)
+live in `gan_dist.registry`; `gan_dist.configure.load_config` merges, type-checks and validates.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-MODEL_NAMES = ("keras_dcgan", "dcgan", "mlp")
-DATASET_NAMES = ("mnist", "fashion_mnist", "folder")
-CONDITIONING_MODES = ("none", "concat", "acgan", "projection")
-G_NORMS = ("batch", "none")
-D_NORMS = ("batch", "layer", "none")
-LOSS_NAMES = ("ns", "lsgan", "wgan_gp", "hinge")
-ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
-LOADERS = ("auto", "stream", "memory")
-MIXED_PRECISION_MODES = ("no", "fp16", "bf16", "auto")
-TRACKERS = ("wandb", "tensorboard", "none")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
-ON_CORRUPT = ("raise", "warn")
+# The choices of fields that are not registries (those names live in gan_dist/registry/).
+CONDITIONING_MODES = ("none", "concat", "acgan", "projection")  # model.conditioning
+G_NORMS = ("batch", "none")  # model.g_norm
+D_NORMS = ("batch", "layer", "none")  # model.d_norm
+ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")  # optim.implementation
+LOADERS = ("auto", "stream", "memory")  # data.loader
+MIXED_PRECISION_MODES = ("no", "fp16", "bf16", "auto")  # train.mixed_precision
+TRACKERS = ("wandb", "tensorboard", "none")  # log.tracker
+WANDB_MODES = ("auto", "online", "offline", "disabled")  # log.wandb_mode
+ON_CORRUPT = ("raise", "warn")  # data.on_corrupt
 DEFAULT_READ_TIMEOUT_S = 120.0  # data.read_timeout_s
-DATA_SOURCES = ("auto", "torchvision", "wheel")  # plus "idx:DIR" and "folder:DIR"
 # Upper bounds that keep a hostile or mistyped config (e.g. a shared generator.yaml) from allocating
 # absurd models: far above anything these architectures are used at.
 MAX_WIDTH = 4096
@@ -47,10 +39,10 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     # Which dataset: mnist | fashion_mnist | folder (your own images, data.source=folder:DIR).
-    # gan_dist/data/datasets.py declares each one (sources, checks, shape, classes, feature network).
+    # gan_dist/registry/datasets.py declares each one (sources, checks, shape, classes, feature network).
     dataset: str = "mnist"
     # Folder holding the shards and manifest.json. "" means $GAN_DIST_DATA_DIR/<dataset>, else
-    # ~/.cache/gan_dist/<dataset> (see `resolved_data_dir`).
+    # ~/.cache/gan_dist/<dataset> (gan_dist.data.datasets.dataset_dir).
     root: str = ""
     # Where `prepare-data` reads the dataset from when shards are missing: auto | idx:DIR | torchvision |
     # wheel (MNIST only) | folder:DIR (data.dataset=folder).
@@ -92,7 +84,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # keras_dcgan (the seed Keras tutorial's DCGAN) | dcgan (Radford et al. 2015) | mlp (Goodfellow et al. 2014).
+    # keras_dcgan (the seed Keras tutorial's DCGAN) | dcgan (Radford et al. 2015) | mlp (Goodfellow et al. 2014)
+    # | the others in gan_dist/registry/architectures.py.
     name: str = "keras_dcgan"
     # Size of the noise vector z fed to G.
     latent_dim: int = 100
@@ -111,6 +104,9 @@ class ModelConfig:
     # Class conditioning: none | concat (CGAN: one-hot label into G's input and D's input) | acgan (D also
     # classifies, loss.acgan_weight) | projection (Miyato & Koyama 2018). Needs a labeled dataset.
     conditioning: str = "none"
+    # Architecture-specific settings, checked against the architecture's own options (registry/architectures.py:
+    # an unknown key or a wrong type is refused naming model.options.<key>); {} = the paper's defaults.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +124,22 @@ class LossConfig:
     r1_every: int = 1
     # model.conditioning=acgan: weight of the class cross-entropy in both phases.
     acgan_weight: float = 1.0
+
+
+@dataclass
+class AugmentConfig:
+    # Differentiable augmentation of every image D sees, real and fake, in both phases (G learns through it):
+    # none | the others in gan_dist/registry/augmentations.py.
+    name: str = "none"
+    # diffaugment: comma-separated operations (color, translation, cutout).
+    policy: str = "color,translation,cutout"
+    # Probability of each operation per image: ada starts from it and adapts it; a fixed-p pipeline keeps it.
+    p: float = 0.0
+    # ada: the target of E[sign(D(real))] (the overfitting heuristic r_t), the D steps between adjustments of
+    # p, and how fast p may move (from 0 to 1 in this many thousand real images).
+    target: float = 0.6
+    interval: int = 4
+    speed_kimg: float = 500.0
 
 
 @dataclass
@@ -247,6 +259,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -256,237 +269,11 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def _error_key(error: OmegaConfBaseException) -> str:
-    full_key = getattr(error, "full_key", None)
-    return str(full_key) if full_key else "?"
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Schema defaults <- YAML file <- `key=value` overrides, checked; raises ConfigError naming the key."""
-    schema = OmegaConf.structured(Config)
-    OmegaConf.set_struct(schema, True)
-    layers: list[tuple[str, Any]] = []
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            file_cfg = OmegaConf.load(path)
-        except Exception as error:  # yaml.YAMLError and friends
-            raise ConfigError(f"{path}: not valid YAML: {error}") from error
-        layers.append((str(path), file_cfg))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.num_steps=100)")
-    if overrides:
-        try:
-            layers.append(("command-line overrides", OmegaConf.from_dotlist(list(overrides))))
-        except OmegaConfBaseException as error:
-            raise ConfigError(f"command-line overrides: {error}") from error
-    merged = schema
-    for origin, layer in layers:
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as error:
-            message = str(error).splitlines()[0]
-            raise ConfigError(f"{origin}: key '{_error_key(error)}': {message}") from error
-    try:
-        config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as error:
-        message = str(error).splitlines()[0]
-        raise ConfigError(f"key '{_error_key(error)}': {message}") from error
-    # YAML 1.1 reads a bare `no` as a boolean, which omegaconf then stores as the string 'False':
-    # `train.mixed_precision=no` is what users (and accelerate's own configs) write, so accept it.
-    if config.train.mixed_precision in ("False", "false"):
-        config.train.mixed_precision = "no"
-    origin = " or ".join(o for o, _ in layers) or "schema defaults"
-    validate(config, origin)
-    return config
-
-
-def _non_finite_floats(node: Any, prefix: str = "") -> list[str]:
-    """Dotted keys of every float field that is inf or nan (omegaconf accepts both for float fields)."""
-    keys = []
-    for item in dataclasses.fields(node):
-        value = getattr(node, item.name)
-        key = f"{prefix}{item.name}"
-        if dataclasses.is_dataclass(value):
-            keys += _non_finite_floats(value, f"{key}.")
-        elif isinstance(value, float) and not math.isfinite(value):
-            keys.append(key)
-    return keys
-
-
-def penalizes_gradients(loss: LossConfig) -> bool:
-    """Whether `loss` penalizes D's input gradients (wgan_gp's gradient penalty, or R1 with r1_gamma > 0):
-    a double backward through D, per sample. The one rule for the objective, validation and the bench."""
-    return loss.name == "wgan_gp" or loss.r1_gamma > 0
-
-
-def _d_has_batchnorm(model: ModelConfig) -> bool:
-    """The architecture's own answer (gan_dist.models); imported here only when a penalty asks, so that
-    loading a config does not import torch."""
-    from gan_dist.models import d_has_batchnorm
-
-    return d_has_batchnorm(model)
-
-
-def validate(config: Config, origin: str = "config") -> None:
-    """Check values that types cannot: finite numbers, positive sizes, known names, combinations that
-    cannot work. Raises ConfigError naming the key(s)."""
-
-    def require(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{origin}: key '{key}': {message}")
-
-    def one_of(value: str, choices: tuple[str, ...], key: str) -> None:
-        require(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
-
-    for key in _non_finite_floats(config):
-        raise ConfigError(f"{origin}: key '{key}': must be a finite number, got {_lookup(config, key)}")
-
-    validate_model(config.model, origin)
-    d, m, lo, o, t, lg, e, c, r = (config.data, config.model, config.loss, config.optim, config.train,
-                                   config.log, config.eval, config.checkpoint, config.run)
-    one_of(d.dataset, DATASET_NAMES, "data.dataset")
-    require(d.source in DATA_SOURCES or (d.source.startswith(("idx:", "folder:")) and len(d.source.split(":", 1)[1]) > 0),
-            "data.source", f"{d.source!r} is not one of auto, idx:DIR, folder:DIR, torchvision, wheel")
-    require(not (d.source.startswith("folder:") and d.dataset != "folder"), "data.source",
-            f"{d.source!r} needs data.dataset=folder (got data.dataset={d.dataset})")
-    require(not (d.dataset == "folder" and (d.source.startswith("idx:") or d.source in ("torchvision", "wheel"))),
-            "data.source", f"data.dataset=folder reads images with data.source=folder:DIR, not {d.source!r}")
-    require(not (d.source == "wheel" and d.dataset != "mnist"), "data.source",
-            f"the wheel source holds MNIST only (data.dataset={d.dataset})")
-    if d.dataset != "folder":
-        require(d.channels in (None, 1), "data.channels", f"{d.dataset} is grayscale (1 channel); "
-                "data.channels applies to data.dataset=folder")
-        require(d.image_size in (None, 28), "data.image_size", f"{d.dataset} images are 28x28; "
-                "data.image_size applies to data.dataset=folder")
-    require(d.channels in (None, 1, 3), "data.channels", f"must be 1 or 3, got {d.channels}")
-    require(d.image_size is None or 8 <= d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
-            f"must be in [8, {MAX_IMAGE_SIZE}], got {d.image_size}")
-    require(0.0 < d.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
-    require(not any(char in d.root for char in "{}$"), "data.root",
-            f"{d.root!r}: braces and '$' would be read as a WebDataset URL pattern; choose another folder")
-    require(d.samples_per_shard > 0, "data.samples_per_shard", "must be > 0")
-    require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
-    one_of(d.on_corrupt, ON_CORRUPT, "data.on_corrupt")
-    one_of(d.loader, LOADERS, "data.loader")
-    require(d.memory_max_mb > 0, "data.memory_max_mb", "must be > 0")
-    require(d.read_timeout_s >= 0, "data.read_timeout_s", "must be >= 0 (0: no deadline)")
-
-    one_of(lo.name, LOSS_NAMES, "loss.name")
-    require(0.0 <= lo.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)")
-    require(lo.label_smoothing == 0.0 or lo.name == "ns", "loss.label_smoothing",
-            f"applies to loss.name=ns only (loss.name={lo.name})")
-    require(lo.gp_weight > 0, "loss.gp_weight", "must be > 0")
-    require(lo.r1_gamma >= 0, "loss.r1_gamma", "must be >= 0")
-    require(lo.r1_every >= 1, "loss.r1_every", "must be >= 1")
-    require(lo.acgan_weight > 0, "loss.acgan_weight", "must be > 0")
-    penalized = penalizes_gradients(lo)
-    if penalized and m.d_norm == "batch" and _d_has_batchnorm(m):
-        keys = "loss.name=wgan_gp" if lo.name == "wgan_gp" else f"loss.r1_gamma={lo.r1_gamma}"
-        raise ConfigError(f"{origin}: keys '{keys.split('=')[0]}' and 'model.d_norm': {keys} penalizes the "
-                          "gradient of D for each sample, but BatchNorm in D mixes the samples of a batch; "
-                          "set model.d_norm=layer (the WGAN-GP paper's choice) or model.d_norm=none")
-
-    require(o.lr_g > 0, "optim.lr_g", "must be > 0")
-    require(o.lr_d > 0, "optim.lr_d", "must be > 0")
-    require(0.0 <= o.beta1 < 1.0, "optim.beta1", "must be in [0, 1)")
-    require(0.0 <= o.beta2 < 1.0, "optim.beta2", "must be in [0, 1)")
-    require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    require(o.grad_clip_norm >= 0, "optim.grad_clip_norm", "must be >= 0")
-    one_of(o.implementation, ADAM_IMPLEMENTATIONS, "optim.implementation")
-    require(0.0 <= o.lr_decay_start <= 1.0, "optim.lr_decay_start", "must be in [0, 1] (1 = constant)")
-
-    require(t.num_steps > 0, "train.num_steps", "must be > 0")
-    require(t.d_steps_per_g >= 1, "train.d_steps_per_g", "must be >= 1")
-    require(t.batch_size_per_process > 0, "train.batch_size_per_process", "must be > 0")
-    require(t.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps", "must be > 0")
-    one_of(t.mixed_precision, MIXED_PRECISION_MODES, "train.mixed_precision")
-    require(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
-    require(t.ema_warmup_steps >= 0, "train.ema_warmup_steps", "must be >= 0")
-    if t.cuda_graph:
-        require(d.loader in ("memory", "auto"), "train.cuda_graph", "needs data.loader=memory (a graph replays "
-                "fixed device buffers; the stream loader's batches come from the host)")
-        require(t.gradient_accumulation_steps == 1, "train.cuda_graph",
-                "needs train.gradient_accumulation_steps=1")
-        require(not penalized, "train.cuda_graph", "cannot capture the double backward of a gradient penalty "
-                "(loss.name=wgan_gp or loss.r1_gamma > 0); use train.compile instead")
-        require(t.mixed_precision != "fp16", "train.cuda_graph", "cannot capture fp16's GradScaler (its "
-                "inf checks sync with the host); use bf16")
-        require(not t.compile, "train.cuda_graph", "and train.compile are alternatives; choose one")
-        require(o.lr_decay_start == 1.0, "train.cuda_graph", "replays a fixed learning rate: set "
-                "optim.lr_decay_start=1.0")
-
-    one_of(lg.tracker, TRACKERS, "log.tracker")
-    one_of(lg.wandb_mode, WANDB_MODES, "log.wandb_mode")
-    require(lg.log_every > 0, "log.log_every", "must be > 0")
-    require(lg.sample_every >= 0, "log.sample_every", "must be >= 0")
-    require(0 <= lg.grid_pixel_scale <= 16, "log.grid_pixel_scale", "must be in [0, 16] (0 = auto)")
-    require(lg.num_samples > 0 and round(lg.num_samples**0.5) ** 2 == lg.num_samples, "log.num_samples",
-            f"{lg.num_samples} is not a positive square number (25 gives a 5x5 grid)")
-
-    require(e.eval_every >= -1, "eval.eval_every", "must be >= -1 (-1 = never, 0 = at the end)")
-    # The k-NN metrics need more samples than their k (5 for density/coverage).
-    require(e.num_samples > 5, "eval.num_samples", "must be > 5")
-    require(e.batch_size > 0, "eval.batch_size", "must be > 0")
-
-    require(c.every >= 0, "checkpoint.every", "must be >= 0")
-    require(c.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
-
-    require(config.dist.timeout_s > 0, "dist.timeout_s", "must be > 0")
-    require("/" not in r.name and r.name not in (".", ".."), "run.name", f"{r.name!r} must be a plain folder name")
-
-
-def validate_model(m: ModelConfig, origin: str = "config") -> None:
-    """The model section alone (also for the model section of a shared generator.yaml): known names and
-    bounded sizes, so that no file can make `build_models` allocate an absurd network."""
-
-    def require(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{origin}: key '{key}': {message}")
-
-    require(m.name in MODEL_NAMES, "model.name", f"{m.name!r} is not one of {', '.join(MODEL_NAMES)}")
-    require(0 < m.latent_dim <= MAX_LATENT_DIM, "model.latent_dim", f"must be in [1, {MAX_LATENT_DIM}]")
-    require(m.g_width is None or 0 < m.g_width <= MAX_WIDTH, "model.g_width", f"must be in [1, {MAX_WIDTH}]")
-    require(m.d_width is None or 0 < m.d_width <= MAX_WIDTH, "model.d_width", f"must be in [1, {MAX_WIDTH}]")
-    require(m.d_dropout is None or (math.isfinite(m.d_dropout) and 0.0 <= m.d_dropout < 1.0), "model.d_dropout",
-            "must be in [0, 1)")
-    require(m.g_norm in G_NORMS, "model.g_norm", f"{m.g_norm!r} is not one of {', '.join(G_NORMS)}")
-    require(m.d_norm in D_NORMS, "model.d_norm", f"{m.d_norm!r} is not one of {', '.join(D_NORMS)}")
-    require(m.conditioning in CONDITIONING_MODES, "model.conditioning",
-            f"{m.conditioning!r} is not one of {', '.join(CONDITIONING_MODES)}")
-
-
-def _lookup(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
-
-
-def resolved_data_dir(data: DataConfig) -> Path:
-    """Where the shards live: data.root, else $GAN_DIST_DATA_DIR/<dataset>, else ~/.cache/gan_dist/<dataset>.
-
-    Keyed by data.dataset so that two datasets never share a cache folder (a folder dataset is further
-    keyed by its source folder and settings). The rule lives in gan_dist.data.datasets.dataset_dir."""
-    from gan_dist.data.datasets import dataset_dir
-
-    return dataset_dir(data)
-
-
 def to_yaml(config: Config) -> str:
     """The fully resolved config as YAML (saved into every run folder and next to exported generators)."""
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
-def config_from_yaml(text: str) -> Config:
-    """Inverse of `to_yaml`, checked against the schema (for exported generators and checkpoints)."""
-    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
-
-
 def to_dict(config: Config) -> dict[str, Any]:
-    """Plain nested dict (for trackers' config panels)."""
+    """Plain nested dict (for trackers' config panels and starts.jsonl)."""
     return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]

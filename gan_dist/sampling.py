@@ -1,16 +1,23 @@
-"""The one place G meets noise: sample grids, evaluation and `gan-dist sample` all draw through here.
+"""Samples of a trained G, for grids, evaluation and `gan-dist sample` (training draws its own noise, on
+the device: gan_dist.train.step.NoiseSource), and the sample grid as a PNG.
 
 Noise is drawn on the CPU from a generator seeded by `seed`, so sample i is the same on any device, for
-any batch size and any number of processes (the caller shards rows, never re-draws them). A conditional
-G (`G.num_classes > 0`) gets labels too: balanced (i % num_classes), one class, or one row per class for
-grids (`grid_inputs`). `sample_images` is the only call of G on noise: eval mode (BatchNorm on its running
-statistics, so a sample does not depend on its batch), no autograd, G's mode restored afterwards.
+any batch size and any number of processes (callers shard rows, never re-draw them). A conditional G gets
+labels: balanced (i % num_classes), one class, or one row per class for grids (`grid_inputs`).
+`sample_images` runs G in eval mode (BatchNorm on running statistics: a sample does not depend on its
+batch), without autograd, and gives G its mode back.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
+
+from gan_dist.files import atomic_write
 
 
 def latent_noise(num_images: int, latent_dim: int, seed: int) -> Tensor:
@@ -93,45 +100,45 @@ def grid_inputs(G: nn.Module, num_images: int, seed: int) -> tuple[Tensor, Tenso
     return z, labels, columns
 
 
-def sample_command(run_dir: str | None, checkpoint: str | None, num_images: int, out_png: str,
-                   out_npz: str | None, seed: int, use_ema: bool, class_index: int | None = None) -> None:
-    """`gan-dist sample`: a grid PNG and optionally the raw uint8 images (and their labels) in an .npz.
+MIN_CELL_PIXELS = 96  # a grid cell is upscaled (nearest neighbour) to at least this many pixels per side
 
-    A conditional G without --class gets the training grid's layout (`grid_inputs`): one row per class and
-    round(sqrt(num_images)) columns, each column one z across all classes (so N = classes x columns);
-    otherwise num_images samples in a square grid, all of class --class when it is given."""
-    from pathlib import Path
 
-    import numpy as np
+def auto_pixel_scale(image_size: int) -> int:
+    """The integer upscale that makes an image of image_size pixels at least MIN_CELL_PIXELS wide (28 -> 4)."""
+    return max(1, -(-MIN_CELL_PIXELS // image_size))
 
-    from gan_dist.checkpoint import load_generator
-    from gan_dist.config import ConfigError
-    from gan_dist.tracking import images_to_uint8, save_grid_png
 
-    G, info = load_generator(run_dir, checkpoint, use_ema=use_ema)
-    num_classes = num_classes_of(G)
-    if class_index is not None and num_classes == 0:
-        raise ConfigError(f"--class {class_index}: this generator is unconditional (model.conditioning="
-                          f"{info.model.conditioning}); train with model.conditioning=concat|acgan|projection")
-    if class_index is not None and not 0 <= class_index < num_classes:
-        raise ConfigError(f"--class {class_index}: the generator knows classes 0..{num_classes - 1} "
-                          f"({info.dataset})")
-    columns = None
-    if num_classes and class_index is None:
-        # The training grid's layout: one row per class, one z per column shared by every row.
-        z, labels, columns = grid_inputs(G, num_images, seed)
-        num_images = len(z)
-    else:
-        z, labels = latent_noise(num_images, G.latent_dim, seed), class_labels(num_images, num_classes, class_index)
-    images = sample_images(G, z, labels, device="cpu", batch_size=500)  # (N, C, H, W) on the CPU
-    save_grid_png(images, Path(out_png), columns=columns)
-    what = f"class {class_index}" if class_index is not None else ("one row per class" if columns else "")
-    print(f"wrote {out_png}: {num_images} samples of {info.model.name} ({info.dataset}) at step {info.step}"
-          f"{f', {what}' if what else ''}")
-    if out_npz:
-        payload = {"images": images_to_uint8(images)}
-        if labels is not None:
-            payload["labels"] = labels.numpy()
-        np.savez_compressed(out_npz, **payload)
-        print(f"wrote {out_npz}: images uint8 {tuple(payload['images'].shape)}"
-              f"{', labels int64' if labels is not None else ''}")
+def images_to_grid(images: torch.Tensor, columns: int | None = None, pixel_scale: int = 1) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 grid, (H', W') for C = 1 or (H', W', 3) for C = 3.
+
+    `columns` images per row (default: a square grid); 2 px padding; then each pixel becomes a
+    pixel_scale x pixel_scale block (nearest neighbour: digits stay sharp, no interpolation blur).
+    """
+    from torchvision.utils import make_grid  # here, not at import: torchvision costs ~3 s to import
+
+    num_columns = columns or max(1, round(images.shape[0] ** 0.5))
+    grid = make_grid(images.float().cpu(), nrow=num_columns, padding=2, normalize=True, value_range=(-1, 1))
+    # (3, H, W) in [0, 1]; make_grid repeats a gray channel three times.
+    pixels = (grid * 255).round().clamp(0, 255).to(torch.uint8)
+    if pixel_scale > 1:
+        pixels = pixels.repeat_interleave(pixel_scale, dim=1).repeat_interleave(pixel_scale, dim=2)
+    if images.shape[1] == 1:
+        return pixels[0].numpy()  # (H', W')
+    return pixels.permute(1, 2, 0).contiguous().numpy()  # (H', W', 3)
+
+
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8, the inverse of the loader's x / 127.5 - 1: (N, H, W) for one channel
+    (MNIST's layout), (N, H, W, C) otherwise."""
+    pixels = ((images.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    if pixels.shape[1] == 1:
+        return pixels[:, 0].numpy()
+    return pixels.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def save_grid_png(images: torch.Tensor, path: Path, columns: int | None = None, pixel_scale: int = 0) -> np.ndarray:
+    """Write the sample grid as a PNG (atomically) and return it. pixel_scale 0 = `auto_pixel_scale`."""
+    grid = images_to_grid(images, columns, pixel_scale or auto_pixel_scale(images.shape[-1]))
+    image = Image.fromarray(grid, mode="L" if grid.ndim == 2 else "RGB")
+    atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+    return grid

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
 from gan_dist.config import Config, LogConfig, to_dict
 
@@ -49,52 +47,6 @@ def resolve_wandb_mode(log: LogConfig) -> str:
     if env_mode == "dryrun":
         return "offline"
     return "online" if wandb_api_key_configured() else "offline"
-
-
-MIN_CELL_PIXELS = 96  # a grid cell is upscaled (nearest neighbour) to at least this many pixels per side
-
-
-def auto_pixel_scale(image_size: int) -> int:
-    """The integer upscale that makes an image of image_size pixels at least MIN_CELL_PIXELS wide (28 -> 4)."""
-    return max(1, -(-MIN_CELL_PIXELS // image_size))
-
-
-def images_to_grid(images: torch.Tensor, columns: int | None = None, pixel_scale: int = 1) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> uint8 grid, (H', W') for C = 1 or (H', W', 3) for C = 3.
-
-    `columns` images per row (default: a square grid); 2 px padding; then each pixel becomes a
-    pixel_scale x pixel_scale block (nearest neighbour: digits stay sharp, no interpolation blur).
-    """
-    from torchvision.utils import make_grid  # here, not at import: torchvision costs ~3 s to import
-
-    num_columns = columns or max(1, round(images.shape[0] ** 0.5))
-    grid = make_grid(images.float().cpu(), nrow=num_columns, padding=2, normalize=True, value_range=(-1, 1))
-    # (3, H, W) in [0, 1]; make_grid repeats a gray channel three times.
-    pixels = (grid * 255).round().clamp(0, 255).to(torch.uint8)
-    if pixel_scale > 1:
-        pixels = pixels.repeat_interleave(pixel_scale, dim=1).repeat_interleave(pixel_scale, dim=2)
-    if images.shape[1] == 1:
-        return pixels[0].numpy()  # (H', W')
-    return pixels.permute(1, 2, 0).contiguous().numpy()  # (H', W', 3)
-
-
-def images_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> uint8, the inverse of the loader's x / 127.5 - 1: (N, H, W) for one channel
-    (MNIST's layout), (N, H, W, C) otherwise."""
-    pixels = ((images.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    if pixels.shape[1] == 1:
-        return pixels[:, 0].numpy()
-    return pixels.permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def save_grid_png(images: torch.Tensor, path: Path, columns: int | None = None, pixel_scale: int = 0) -> np.ndarray:
-    """Write the sample grid as a PNG (atomically) and return it. pixel_scale 0 = `auto_pixel_scale`."""
-    grid = images_to_grid(images, columns, pixel_scale or auto_pixel_scale(images.shape[-1]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid, mode="L" if grid.ndim == 2 else "RGB").save(tmp_path, format="PNG")
-    os.replace(tmp_path, path)
-    return grid
 
 
 class NullTracker:

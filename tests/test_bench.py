@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import gan_dist.objectives as objectives
-from gan_dist.bench import (
+from gan_dist.bench.training import (
     BenchCase,
     FrameworkRunner,
     _bare_step,
@@ -23,7 +23,7 @@ from gan_dist.bench import (
     count_flops,
     time_interleaved,
 )
-from gan_dist.config import load_config, validate
+from gan_dist.configure import load_config, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,31 +13,33 @@ from torch import nn
 
 from gan_dist.checkpoint import (
     REQUIRED_FILES,
+    Checkpointable,
     CheckpointError,
     GeneratorInfo,
-    append_line_durably,
+    apply_optimizer_state,
     apply_retention,
     clean_interrupted_writes,
     complete_checkpoints,
     export_generator,
-    find_resume_checkpoint,
     load_generator,
-    load_optimizer_state,
     mark_best,
     optimizer_state_files,
     publish_checkpoint,
     read_generator_record,
-    read_lines,
+    read_optimizer_state,
+    select_resume,
     set_aside,
     set_aside_newer_checkpoints,
     step_dir_name,
     tensors_to_bytes,
     verify_checkpoint,
-    write_bytes_durably,
 )
-from gan_dist.config import ConfigError, ModelConfig, load_config
-from gan_dist.train.run_dir import Parts, RunFolder, TrainState
-from gan_dist.train.step import EMA, NoiseSource, StepCounters
+from gan_dist.config import ConfigError, ModelConfig
+from gan_dist.configure import load_config
+from gan_dist.files import append_line_durably, read_lines, write_bytes_durably
+from gan_dist.progress import StepCounters, TrainState
+from gan_dist.train.run_folder import RunFolder
+from gan_dist.train.step import EMA, NoiseSource
 
 
 def _checkpoint(run_dir: Path, step: int, payload: float = 1.0) -> Path:
@@ -80,13 +82,13 @@ def test_incomplete_folders_are_never_resumed_from(tmp_path):
     _checkpoint(tmp_path, 100)
     (tmp_path / "checkpoints" / "step_00000200").mkdir()  # killed before meta.json
     (tmp_path / "checkpoints" / ".tmp-step_00000300").mkdir()  # killed before the rename
-    assert find_resume_checkpoint(tmp_path, "auto").name == "step_00000100"
-    assert find_resume_checkpoint(tmp_path, "") is None
-    assert find_resume_checkpoint(tmp_path / "elsewhere", "auto") is None
+    assert select_resume(tmp_path, "auto").name == "step_00000100"
+    assert select_resume(tmp_path, "") is None
+    assert select_resume(tmp_path / "elsewhere", "auto") is None
     with pytest.raises(CheckpointError, match="no meta.json"):
-        find_resume_checkpoint(tmp_path, str(tmp_path / "checkpoints" / "step_00000200"))
+        select_resume(tmp_path, str(tmp_path / "checkpoints" / "step_00000200"))
     with pytest.raises(ConfigError, match="checkpoint.resume"):
-        find_resume_checkpoint(tmp_path, str(tmp_path / "checkpoints" / "step_99999999"))
+        select_resume(tmp_path, str(tmp_path / "checkpoints" / "step_99999999"))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "modify", "remove", "meta"])
@@ -103,7 +105,7 @@ def test_auto_sets_a_damaged_newest_checkpoint_aside_and_falls_back(tmp_path, da
     else:
         (newest / "meta.json").write_text("{not json")
     reports = []
-    assert find_resume_checkpoint(tmp_path, "auto", report=reports.append).name == "step_00000100"
+    assert select_resume(tmp_path, "auto", report=reports.append).name == "step_00000100"
     assert len(reports) == 1 and "step 200 is damaged" in reports[0]
     [aside] = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("damaged-")]
     assert aside.name.endswith("step_00000200") and (aside / "SET_ASIDE.txt").is_file()
@@ -114,7 +116,7 @@ def test_an_explicit_damaged_checkpoint_is_refused_naming_the_file(tmp_path):
     path = _checkpoint(tmp_path, 100)
     (path / "G.safetensors").write_bytes(b"x")
     with pytest.raises(CheckpointError, match=r"G\.safetensors: 1 bytes"):
-        find_resume_checkpoint(tmp_path, str(path))
+        select_resume(tmp_path, str(path))
     assert path.is_dir()  # an explicit path is never renamed
 
 
@@ -124,7 +126,7 @@ def test_an_older_unverifiable_format_is_not_resumed(tmp_path):
     (path / "meta.json").write_text("{}")  # format 1 (accelerate.save_state): no checksums
     (path / "custom_checkpoint_0.pkl").write_bytes(b"\x80\x04N.")
     with pytest.raises(CheckpointError, match="older gan_dist"):
-        find_resume_checkpoint(tmp_path, str(path))
+        select_resume(tmp_path, str(path))
 
 
 def test_replacing_a_step_is_atomic_and_leftovers_are_cleaned(tmp_path):
@@ -135,7 +137,7 @@ def test_replacing_a_step_is_atomic_and_leftovers_are_cleaned(tmp_path):
     notes = clean_interrupted_writes(tmp_path)
     assert any("restored step_00000100" in note for note in notes)
     assert not (tmp_path / "checkpoints" / ".tmp-step_00000200").exists()
-    assert find_resume_checkpoint(tmp_path, "auto") == first
+    assert select_resume(tmp_path, "auto") == first
     # A re-save of the same step replaces it whole.
     second = _checkpoint(tmp_path, 100, payload=2.0)
     assert second == first and verify_checkpoint(second)
@@ -150,7 +152,7 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     moved = set_aside_newer_checkpoints(tmp_path, 1000)
     assert [p.name.split("-")[-1] for p in moved] == ["step_00001500", "step_00002000"]
     assert all(p.is_dir() for p in moved)
-    assert find_resume_checkpoint(tmp_path, "auto").name == "step_00001000"
+    assert select_resume(tmp_path, "auto").name == "step_00001000"
     assert [step for step, _ in complete_checkpoints(tmp_path)] == [1000]
 
 
@@ -168,7 +170,7 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path, impl
     (tmp_path / "o.json").write_text(record)
     assert "pickle" not in record and json.loads(record)["param_groups"][0]["betas"] == [0.5, 0.9]
     restored = torch.optim.Adam(model.parameters(), lr=1.0, **implementation)
-    load_optimizer_state(restored, tmp_path / "o.safetensors", tmp_path / "o.json")
+    apply_optimizer_state(restored, read_optimizer_state(restored, tmp_path / "o.safetensors", tmp_path / "o.json"))
     original, loaded = optimizer.state_dict(), restored.state_dict()
     # The state comes from the checkpoint, the hyperparameters stay the run's own (a resumed run may change lr).
     assert (loaded["param_groups"][0]["lr"], loaded["param_groups"][0]["betas"]) == (1.0, (0.9, 0.999))
@@ -177,7 +179,7 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path, impl
             torch.testing.assert_close(loaded["state"][index][name], value, rtol=0, atol=0)
     other = torch.optim.Adam(torch.nn.Linear(2, 2).parameters())
     with pytest.raises(CheckpointError, match="does not fit"):
-        load_optimizer_state(other, tmp_path / "o.safetensors", tmp_path / "o.json")
+        read_optimizer_state(other, tmp_path / "o.safetensors", tmp_path / "o.json")
 
 
 def _record(tmp_path: Path, text: str) -> Path:
@@ -198,7 +200,7 @@ def test_a_generator_record_reads_only_the_model_and_the_dataset(tmp_path):
 
 def test_a_shared_generator_with_non_finite_weights_is_refused_naming_the_tensor(tmp_path):
     """`gan-dist sample/eval` on a NaN generator would write NaN images (and FIDs): refuse it, exit 1."""
-    from gan_dist.models import build_generator
+    from gan_dist.models.build import build_generator
 
     model = ModelConfig(name="mlp", g_width=8)
     G = build_generator(model, (1, 28, 28), 0)
@@ -242,7 +244,7 @@ def test_a_malformed_meta_json_is_a_checkpoint_error_naming_it_and_auto_falls_ba
     with pytest.raises(CheckpointError, match=f"meta.json: .*{problem}"):
         verify_checkpoint(newest)
     reports = []
-    assert find_resume_checkpoint(tmp_path, "auto", report=reports.append).name == "step_00000100"
+    assert select_resume(tmp_path, "auto", report=reports.append).name == "step_00000100"
     assert len(reports) == 1 and "meta.json" in reports[0]
 
 
@@ -260,7 +262,7 @@ def test_verification_requires_every_file_a_resume_reads(tmp_path, unlisted):
         _rewrite(newest, unlisted, None)
     with pytest.raises(CheckpointError, match=rf"meta.json: does not list .*{unlisted}"):
         verify_checkpoint(newest)
-    assert find_resume_checkpoint(tmp_path, "auto", report=lambda _: None).name == "step_00000100"
+    assert select_resume(tmp_path, "auto", report=lambda _: None).name == "step_00000100"
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -271,7 +273,7 @@ def test_non_finite_tensors_fail_verification_even_with_a_consistent_meta_json(t
     with pytest.raises(CheckpointError, match=r"optimizer_D\.safetensors: tensor 'state\.0\.exp_avg' holds non-finite"):
         verify_checkpoint(newest)
     reports = []
-    assert find_resume_checkpoint(tmp_path, "auto", report=reports.append).name == "step_00000100"
+    assert select_resume(tmp_path, "auto", report=reports.append).name == "step_00000100"
     [aside] = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("damaged-")]
     assert "non-finite" in (aside / "SET_ASIDE.txt").read_text()
 
@@ -335,7 +337,7 @@ class FakeAccelerator:
 
 
 def _parts(seed: int = 0, width: int = 4, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
-           lr_d: float = 2e-4) -> Parts:
+           lr_d: float = 2e-4) -> Checkpointable:
     """G (with BatchNorm buffers), D, EMA, Adam for both, trained a few steps so every state is non-trivial."""
     torch.manual_seed(seed)
     G = nn.Sequential(nn.Linear(3, width), nn.BatchNorm1d(width), nn.Linear(width, 2))
@@ -350,20 +352,20 @@ def _parts(seed: int = 0, width: int = 4, lr: float = 2e-4, betas: tuple[float, 
         ema.update(G, step=1)
     info = GeneratorInfo(model=ModelConfig(name="mlp"), dataset="mnist", image_shape=(1, 28, 28), num_classes=0,
                          step=0, is_ema=True)
-    return Parts(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, scaler=None,
-                 noise=NoiseSource(seed, 0, torch.device("cpu")), state=TrainState(StepCounters()),
-                 export_info=lambda step: info)
+    return Checkpointable(G=G, D=D, G_ema=ema.module, opt_g=opt_g, opt_d=opt_d, scaler=None,
+                          noise=NoiseSource(seed, 0, torch.device("cpu")), state=TrainState(StepCounters()),
+                          generator_info=lambda step: info, base_lrs={"optimizer_G": lr, "optimizer_D": lr_d})
 
 
-def _save(run_dir: Path, parts: Parts, step: int, folder: RunFolder | None = None) -> Path:
+def _save(run_dir: Path, parts: Checkpointable, step: int, folder: RunFolder | None = None) -> Path:
     parts.state.counters.step = step
     return (folder or RunFolder(run_dir, FakeAccelerator())).save(step, parts, {}, keep_last=5)
 
 
-def _snapshot(parts: Parts) -> dict[str, torch.Tensor]:
+def _snapshot(parts: Checkpointable) -> dict[str, torch.Tensor]:
     tensors = {f"G.{k}": v.clone() for k, v in parts.G.state_dict().items()}
     tensors.update({f"D.{k}": v.clone() for k, v in parts.D.state_dict().items()})
-    tensors.update({f"ema.{k}": v.clone() for k, v in parts.ema.module.state_dict().items()})
+    tensors.update({f"ema.{k}": v.clone() for k, v in parts.G_ema.state_dict().items()})
     for name, optimizer in (("opt_g", parts.opt_g), ("opt_d", parts.opt_d)):
         for index, state in optimizer.state_dict()["state"].items():
             tensors.update({f"{name}.{index}.{k}": v.clone() for k, v in state.items()})
@@ -468,7 +470,8 @@ def test_a_missing_resume_path_is_a_config_error_on_every_rank(tmp_path, monkeyp
     missing = str(tmp_path / "no-such-checkpoint")
     for rank in (0, 1):
         with pytest.raises(ConfigError, match="checkpoint.resume="):
-            RunFolder(tmp_path, FakeAccelerator(rank, 2)).select_resume(missing)
+            folder = RunFolder(tmp_path, FakeAccelerator(rank, 2))
+            folder.on_main(lambda folder=folder: select_resume(folder.path, missing))
 
 
 def test_the_same_tensors_and_metadata_always_give_the_same_bytes():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gan_dist.config import ConfigError, config_from_yaml, load_config, to_yaml
+from gan_dist.config import ConfigError, to_yaml
+from gan_dist.configure import config_from_yaml, load_config
 
 
 def test_defaults_are_the_seed_settings():
@@ -81,7 +82,7 @@ def test_a_penalized_loss_takes_the_default_d_norm_where_the_architecture_has_no
 
 def test_loading_a_config_does_not_import_torch():
     """The SLURM scripts load configs for quick checks; architecture facts are asked for only when needed."""
-    code = ("import sys; from gan_dist.config import load_config; "
+    code = ("import sys; from gan_dist.configure import load_config; "
             "[load_config(p) for p in ('configs/debug.yaml', 'configs/mnist_wgan_gp.yaml', 'configs/mnist_fast.yaml')]; "
             "load_config(None, ['loss.r1_gamma=1', 'model.d_norm=none']); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

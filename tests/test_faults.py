@@ -26,10 +26,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gan_dist.checkpoint import complete_checkpoints, read_lines, verify_checkpoint
+from gan_dist.checkpoint import complete_checkpoints, verify_checkpoint
 from gan_dist.cli import main as cli_main
-from gan_dist.config import load_config
-from gan_dist.train import train
+from gan_dist.configure import load_config
+from gan_dist.files import read_lines
+from gan_dist.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The kill plan (kinds, order, delays) is seeded: GAN_DIST_KILL_SEED=N explores others. Where a kill lands

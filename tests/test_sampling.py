@@ -12,10 +12,16 @@ import torch
 from PIL import Image
 from torch import nn
 
+from gan_dist.cli import main as cli_main
 from gan_dist.config import ModelConfig
-from gan_dist.models import build_generator
-from gan_dist.sampling import grid_inputs, latent_noise, sample_command, sample_images
-from gan_dist.tracking import auto_pixel_scale, images_to_uint8
+from gan_dist.models.build import build_generator
+from gan_dist.sampling import (
+    auto_pixel_scale,
+    grid_inputs,
+    images_to_uint8,
+    latent_noise,
+    sample_images,
+)
 
 LATENT_DIM = 8
 
@@ -78,7 +84,8 @@ def test_gan_dist_sample_of_a_conditional_g_uses_the_training_grid(num_images, t
     info = SimpleNamespace(model=dataclasses.replace(ModelConfig(), conditioning="concat"), dataset="mnist", step=3)
     monkeypatch.setattr("gan_dist.checkpoint.load_generator", lambda *args, **kwargs: (G, info))
     png, npz = tmp_path / "grid.png", tmp_path / "grid.npz"
-    sample_command("run", None, num_images, str(png), str(npz), seed=5, use_ema=True)
+    assert cli_main(["sample", "--run", "run", "--num", str(num_images), "--out", str(png), "--npz", str(npz),
+                     "--seed", "5"]) == 0
     z, labels, columns = grid_inputs(G, num_images, seed=5)
     arrays = np.load(npz)
     assert arrays["labels"].tolist() == labels.tolist()  # one row per class

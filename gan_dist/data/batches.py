@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import traceback
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -42,15 +41,6 @@ from gan_dist.data.loader import (
 from gan_dist.data.sources import DataError
 
 MEMORY_READ_BATCH = 1000  # samples per read while filling the memory source
-
-
-class BatchSource(Protocol):
-    batches_per_epoch: int  # per rank
-    stats: LoaderStats
-
-    def __next__(self) -> tuple[Tensor, Tensor]: ...
-
-    def close(self) -> None: ...
 
 
 def _to_device(images: Tensor, labels: Tensor, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:

@@ -52,7 +52,6 @@ from gan_dist.data.sources import DataError
 if TYPE_CHECKING:
     from gan_dist.data.datasets import ResolvedDataset
 
-MNIST_SHAPE = (1, 28, 28)  # (C, H, W): eval_batches' default, for callers that predate datasets
 TAR_BLOCK_BYTES = 512
 _ZERO_BLOCK = bytes(TAR_BLOCK_BYTES)
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: their own checks catch cuts
@@ -291,7 +290,7 @@ class _ShardSamples:
     """
 
     def __init__(self, on_corrupt: str, stats: LoaderStats, max_failures_in_a_row: int | None = None, *,
-                 image_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int | None = None,
+                 image_shape: tuple[int, int, int], num_classes: int | None = None,
                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> None:
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt (data.on_corrupt) must be one of {', '.join(ON_CORRUPT)}, "
@@ -677,7 +676,7 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
     """One exact pass; see `eval_batches`. Attributes: num_samples (yielded so far), stats."""
 
     def __init__(self, urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str,
-                 with_keys: bool, image_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int | None = None,
+                 with_keys: bool, image_shape: tuple[int, int, int], num_classes: int | None = None,
                  as_uint8: bool = False, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> None:
         _check_batch_args(batch_size, rank, world_size)
         url_list = _expand(urls)
@@ -698,7 +697,7 @@ class EvalBatches(Iterator[tuple[Any, ...]]):
 
 
 def eval_batches(urls: str, batch_size: int, rank: int, world_size: int, on_corrupt: str = "raise", *,
-                 with_keys: bool = False, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+                 with_keys: bool = False, image_shape: tuple[int, int, int],
                  num_classes: int | None = None, as_uint8: bool = False,
                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> EvalBatches:
     """One exact, non-resampled pass in a fixed order; across ranks every sample comes exactly once.

@@ -25,6 +25,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +33,15 @@ import numpy as np
 from PIL import Image
 
 from gan_dist.config import DataConfig
-from gan_dist.data.datasets import (
-    DatasetSpec,
-    FolderSettings,
-    data_folder_settings,
-    dataset_dir,
-    dataset_spec,
-    folder_settings,
-)
-from gan_dist.data.folder import default_workers, ordered_map
-from gan_dist.data.sources import (
+from gan_dist.data.folder import convert_image, default_workers, ordered_map, scan_folder, split_files
+from gan_dist.data.sources import DataError, ImageArrays, SourceError, load_arrays, report
+from gan_dist.files import atomic_write, sha256_file, user_cache_dir
+from gan_dist.registry.datasets import (
+    FOLDER_DEFAULT_CHANNELS,
+    FOLDER_DEFAULT_IMAGE_SIZE,
     SPLITS,
-    DataError,
-    ImageArrays,
-    SourceError,
-    _atomic_write,
-    _report,
-    load_arrays,
-    sha256_file,
+    DatasetSpec,
+    dataset_spec,
 )
 
 MANIFEST_NAME = "manifest.json"
@@ -63,6 +55,67 @@ TAR_OWNER = "gan_dist"
 TAR_MODE = 0o444
 STALE_TEMP_AGE_S = 3600  # leftover temp files of killed writers older than this are removed
 MAX_LISTED_FILES = 20  # unreadable files named one per line in a message, then "... and N more"
+
+
+# --- where the shards live -------------------------------------------------------------------------
+# data.root if set; else $GAN_DIST_DATA_DIR/<dataset>, else ~/.cache/gan_dist/<dataset> ($XDG_CACHE_HOME
+# respected); a folder dataset adds a level keyed by (absolute source folder, channels, image size, test
+# fraction): .../folder/<folder name>-<12 hex digits>. Two datasets, two folders, or one folder at two
+# settings never share a cache folder; shard file names carry the dataset too.
+
+
+@dataclass(frozen=True)
+class FolderSettings:
+    """What a folder dataset's shards are a function of (besides the files): the cache key."""
+
+    directory: Path  # absolute, symlinks resolved
+    channels: int  # 1 | 3
+    image_size: int  # pixels per side
+    test_fraction: float  # expected share of each class in the test split
+
+    def identity(self) -> dict[str, Any]:
+        """The JSON-able identity recorded in manifest.json and hashed into the cache folder name."""
+        return {"path": str(self.directory), "channels": self.channels, "image_size": self.image_size,
+                "test_fraction": self.test_fraction}
+
+    def cache_key(self) -> str:
+        """<folder name>-<12 hex digits of sha256(identity)>, safe in a WebDataset URL."""
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.directory.name).strip("._")[:40] or "folder"
+        return f"{name}-{digest}"
+
+
+def folder_settings(source: str, channels: int | None = None, image_size: int | None = None,
+                    test_fraction: float = 0.1) -> FolderSettings:
+    """FolderSettings of data.source=folder:DIR with the defaults filled in (3 channels, 32 pixels)."""
+    if not source.startswith("folder:") or len(source) <= len("folder:"):
+        raise DataError(f"data.dataset=folder reads images from data.source=folder:DIR (--source folder:DIR), "
+                        f"got data.source={source!r}")
+    return FolderSettings(directory=Path(source[len("folder:"):]).expanduser().resolve(),
+                          channels=FOLDER_DEFAULT_CHANNELS if channels is None else channels,
+                          image_size=FOLDER_DEFAULT_IMAGE_SIZE if image_size is None else image_size,
+                          test_fraction=float(test_fraction))
+
+
+def data_folder_settings(data: DataConfig) -> FolderSettings:
+    """folder_settings of a data config (data.dataset=folder)."""
+    return folder_settings(data.source, data.channels, data.image_size, data.test_fraction)
+
+
+def dataset_dir(data: DataConfig) -> Path:
+    """Where `data`'s shards live (see the module docstring); never shared by two datasets or folders."""
+    if data.root:
+        return Path(data.root).expanduser()
+    if os.environ.get("GAN_DIST_DATA_DIR"):
+        base = Path(os.environ["GAN_DIST_DATA_DIR"]).expanduser() / data.dataset
+    else:
+        base = user_cache_dir() / data.dataset
+    if dataset_spec(data.dataset).kind == "folder":
+        if not data.source.startswith("folder:"):
+            raise DataError("data.dataset=folder needs data.source=folder:DIR (the images), or data.root=DIR "
+                            "(a folder already holding its shards and manifest.json)")
+        return base / data_folder_settings(data).cache_key()
+    return base
 
 
 class ShardError(DataError):
@@ -237,7 +290,7 @@ def _store(out: Path, split: str, name: str, data: bytes, num_samples: int) -> d
     digest = hashlib.sha256(data).hexdigest()
     path = out / name
     if not (path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == digest):
-        _atomic_write(path, lambda stream: stream.write(data))
+        atomic_write(path, lambda stream: stream.write(data))
     return {"split": split, "name": name, "num_samples": num_samples, "sha256": digest, "size_bytes": len(data)}
 
 
@@ -249,7 +302,7 @@ def _finish(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         if match and match["dataset"] == manifest["dataset"] and path.name not in listed:
             path.unlink(missing_ok=True)  # from an older layout (other samples_per_shard)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / MANIFEST_NAME, lambda stream: stream.write(text.encode()))
+    atomic_write(out / MANIFEST_NAME, lambda stream: stream.write(text.encode()))
     return manifest
 
 
@@ -335,7 +388,6 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
     files: on_corrupt=warn lists them (stderr, and manifest.json's folder.skipped_files) and skips them;
     on_corrupt=raise converts the rest without writing more shards, then raises SourceError naming all.
     """
-    from gan_dist.data.folder import convert_image, scan_folder, split_files
 
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be > 0 (data.samples_per_shard / --samples-per-shard), "
@@ -371,7 +423,7 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
             if png is None:
                 failures.append((relative, error or "unreadable"))
                 if on_corrupt == "warn":
-                    _report(f"skipping unreadable image {listing.root / relative} (data.on_corrupt=warn): {error}")
+                    report(f"skipping unreadable image {listing.root / relative} (data.on_corrupt=warn): {error}")
                 continue
             if failures and on_corrupt == "raise":
                 continue  # keep converting only to name every unreadable file
@@ -419,7 +471,6 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
 
 def _folder_problem(manifest: dict[str, Any], settings: FolderSettings) -> str | None:
     """Why a folder manifest does not describe `settings` and the folder's current files, or None."""
-    from gan_dist.data.folder import scan_folder
 
     recorded = manifest.get("folder", {})
     wanted = settings.identity()
@@ -427,7 +478,7 @@ def _folder_problem(manifest: dict[str, Any], settings: FolderSettings) -> str |
     if changed:
         return f"the shards were made with other settings ({', '.join(changed)})"
     if not settings.directory.is_dir():
-        _report(f"source folder {settings.directory} is gone; using its shards as they are")
+        report(f"source folder {settings.directory} is gone; using its shards as they are")
         return None
     if scan_folder(settings.directory).listing_sha256 != recorded.get("listing_sha256"):
         return f"files in {settings.directory} were added, removed or modified since the shards were written"
@@ -462,8 +513,8 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
                 problem = f"{samples_per_shard} samples per shard asked, {manifest['samples_per_shard']} written"
             if problem is None and not _check_shards(out, manifest, full=True):
                 return manifest
-            _report(f"rewriting the image folder shards in {out}: {problem or 'damaged shards'}")
-        _report(f"writing image folder shards ({settings.channels}x{settings.image_size}x{settings.image_size}, "
+            report(f"rewriting the image folder shards in {out}: {problem or 'damaged shards'}")
+        report(f"writing image folder shards ({settings.channels}x{settings.image_size}x{settings.image_size}, "
                 f"{samples_per_shard} samples each) to {out} from folder:{settings.directory}")
         return write_folder_shards(out, settings, samples_per_shard, on_corrupt=on_corrupt, workers=workers)
     reuse: dict[str, dict[str, Any]] = {}
@@ -472,15 +523,15 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
         if not problems:
             return manifest
         for name, problem in problems:
-            _report(f"shard {out / name}: {problem}; rewriting it")
+            report(f"shard {out / name}: {problem}; rewriting it")
         bad = {name for name, _ in problems}
         reuse = {entry["name"]: entry for entry in manifest["shards"] if entry["name"] not in bad}
     elif manifest is not None:
-        _report(f"{out / MANIFEST_NAME} lists {manifest['samples_per_shard']} samples per shard; rewriting "
+        report(f"{out / MANIFEST_NAME} lists {manifest['samples_per_shard']} samples per shard; rewriting "
                 f"all shards with {samples_per_shard}")
     arrays = load_arrays(spec, source, data_root=out, cache_dir=cache_dir,
                          verify_official_counts=verify_official_counts)  # verified inside
-    _report(f"writing {spec.title} shards ({samples_per_shard} samples each) to {out} from {arrays.source}")
+    report(f"writing {spec.title} shards ({samples_per_shard} samples each) to {out} from {arrays.source}")
     if manifest is not None and any(manifest["splits"][s]["num_samples"] != len(arrays.split(s)[1])
                                     for s in SPLITS):
         reuse = {}  # the old shards hold another data set (e.g. a test set): re-encode everything
@@ -546,23 +597,12 @@ def ensure_dataset_shards(data: DataConfig, directory: Path | None = None) -> tu
         raise DataError(f"no usable {spec.title} shards in {directory} ({problem}); run `gan-dist prepare-data "
                         f"--dataset {spec.name}{source} --out {directory}`, or set data.auto_prepare=true, or point "
                         "data.root at a shard folder")
-    _report(f"preparing {spec.title} shards in {directory} ({problem}) from data.source={data.source}")
+    report(f"preparing {spec.title} shards in {directory} ({problem}) from data.source={data.source}")
     prepare_from_config(data, directory)
     loaded = load_manifest(directory)
     if loaded is None:
         raise DataError(f"{directory / MANIFEST_NAME} unreadable right after prepare-data wrote it")
     return loaded
-
-
-def ensure_shards(data: DataConfig) -> Path:
-    """The shard folder for `data`, prepared first if needed (see ensure_dataset_shards). When data.train_urls
-    and data.test_urls are both set, the shards live elsewhere and nothing is checked.
-    Compatibility wrapper: new code calls gan_dist.data.datasets.resolve_dataset."""
-    directory = dataset_dir(data)
-    if data.train_urls and data.test_urls:
-        return directory
-    ensure_dataset_shards(data, directory)
-    return directory
 
 
 def manifest_report(manifest: dict[str, Any], title: str, directory: Path) -> str:
@@ -617,19 +657,3 @@ def shard_urls(directory: str | os.PathLike, split: str) -> str:
         raise DataError(f"no readable {Path(directory) / MANIFEST_NAME}: run `gan-dist prepare-data --out "
                         f"{directory}` (or let training prepare it: data.auto_prepare=true)")
     return local_shard_urls(directory, manifest, split)
-
-
-def train_urls(data: DataConfig) -> str:
-    """data.train_urls if set, else the local train shards' pattern. Compatibility wrapper: new code reads
-    ResolvedDataset.train_urls."""
-    return data.train_urls or shard_urls(dataset_dir(data), "train")
-
-
-def test_urls(data: DataConfig) -> str:
-    """data.test_urls if set, else the local test shards' pattern. Compatibility wrapper: new code reads
-    ResolvedDataset.test_urls."""
-    return data.test_urls or shard_urls(dataset_dir(data), "test")
-
-
-test_urls.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into tests
-

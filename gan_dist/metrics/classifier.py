@@ -36,10 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_dist.data.sources import DataError, sha256_file
+from gan_dist.config import DataConfig
+from gan_dist.data.loader import split_batches
+from gan_dist.data.sources import DataError
+from gan_dist.files import sha256_file
+from gan_dist.registry.datasets import dataset_spec
 
 if TYPE_CHECKING:
-    from gan_dist.config import Config, DataConfig
     from gan_dist.data.datasets import ResolvedDataset
 
 FEATURE_DIM = 128  # width of the penultimate layer: the feature space of FID, precision/recall, ...
@@ -49,8 +52,6 @@ POOLED_SIZE = 7  # side of the grid fc1 sees: what two 2x poolings leave of a 28
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_NAME = "mnist_lenet.safetensors"
 FOLDER_WEIGHTS_NAME = "feature_net.safetensors"  # beside a folder dataset's shards (+ feature_net.json)
-# Test accuracy below which train-classifier warns: the packaged networks reach it (MNIST 99.27%).
-MIN_TEST_ACCURACY = {"mnist": 0.99, "fashion_mnist": 0.90}
 
 
 class FeatureNet(nn.Module):
@@ -159,8 +160,6 @@ def train_classifier(train_images: torch.Tensor, train_labels: torch.Tensor, num
 def load_split(dataset: ResolvedDataset, split: str, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split (train | test) in memory, in the shards' order: uint8 (N, C, H, W) pixels (1 byte per
     pixel; `to_unit_range` gives the loader's float32 values bitwise) and (N,) int64 labels."""
-    from gan_dist.data.loader import split_batches
-
     images, labels = [], []
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = split_batches(dataset, split, batch_size, as_uint8=True)
     for batch_images, batch_labels in batches:
@@ -199,71 +198,10 @@ def save_weights(model: FeatureNet, out: str | Path, info: dict) -> Path:
 def reproduce_command(data: DataConfig, num_epochs: int, seed: int) -> str:
     """The command line that trains these weights again (recorded in their JSON)."""
     parts = ["gan-dist train-classifier"]
-    if data.dataset != "mnist":  # the packaged MNIST record predates --dataset; keep its command as it was
+    if data.dataset != DataConfig().dataset:  # the default dataset needs no flag (the packaged MNIST record's)
         parts.append(f"--dataset {data.dataset}")
-    if data.dataset == "folder":
+    if dataset_spec(data.dataset).kind == "folder":
         parts.append(f"data.source={data.source}")
         parts += [f"data.{key}={getattr(data, key)}" for key in ("channels", "image_size") if getattr(data, key)]
     parts.append(f"--epochs {num_epochs} --seed {seed}")
     return " ".join(parts)
-
-
-def train_classifier_command(config: Config, out: str | None = None, num_epochs: int = 5,
-                             seed: int = 0) -> float:
-    """`gan-dist train-classifier`: train on the dataset's train split, report test accuracy, write the weights.
-
-    Returns the test accuracy. Writes to the dataset's default location (`default_weights_path`: the
-    packaged file for mnist / fashion_mnist, beside the shards for a folder) unless `out` is given.
-    An unlabeled folder has no classes to learn: refused with a ConfigError naming eval.feature_net.
-    """
-    from gan_dist.config import ConfigError
-    from gan_dist.data.datasets import resolve_dataset
-
-    dataset = resolve_dataset(config.data)
-    if dataset.num_classes == 0:
-        raise ConfigError(
-            f"data.dataset={dataset.name} (data.source={config.data.source}) has no labels (no class subfolders), "
-            f"so there is no classifier to train. Evaluate with a feature network of your own (eval.feature_net="
-            f"PATH.safetensors with its .json record), or train without evaluation (eval.eval_every=-1)")
-    default_path = default_weights_path(dataset)
-    out_path = Path(out) if out else default_path
-    if out_path is None:
-        raise ConfigError("the shards are remote (data.train_urls / data.test_urls): pass --out PATH for the "
-                          "weights and set eval.feature_net=PATH when training and evaluating")
-    train_x, train_y = load_split(dataset, "train")
-    test_x, test_y = load_split(dataset, "test")
-    shape = "x".join(str(size) for size in dataset.image_shape)
-    print(f"train-classifier: {dataset.name} ({shape}, {dataset.num_classes} classes): {len(train_x)} train / "
-          f"{len(test_x)} test images", flush=True)
-    start = time.perf_counter()
-    model = train_classifier(train_x, train_y, num_epochs=num_epochs, seed=seed, num_classes=dataset.num_classes)
-    train_seconds = time.perf_counter() - start
-    test_accuracy = accuracy(model, test_x, test_y)
-    print(f"train-classifier: test accuracy {test_accuracy:.4%} after {num_epochs} epochs "
-          f"({train_seconds / 60:.1f} min)", flush=True)
-    minimum = MIN_TEST_ACCURACY.get(dataset.name)
-    if minimum is not None and test_accuracy < minimum:
-        print(f"train-classifier: WARNING: below the {minimum:.0%} the metrics assume for {dataset.name}; "
-              f"train longer (--epochs)", flush=True)
-    info = {
-        "dataset": dataset.name,
-        "image_shape": list(dataset.image_shape),
-        "class_names": list(dataset.class_names),
-        "test_accuracy": round(test_accuracy, 6),
-        "num_train": len(train_x),
-        "num_test": len(test_x),
-        "epochs": num_epochs,
-        "seed": seed,
-        "command": reproduce_command(config.data, num_epochs, seed),
-        "torch": torch.__version__,
-        "num_threads": torch.get_num_threads(),
-        "train_seconds": round(train_seconds, 1),
-        "dataset_fingerprint": dataset.fingerprint,
-    }
-    save_weights(model, out_path, info)
-    print(f"train-classifier: wrote {out_path} and {out_path.with_suffix('.json')}", flush=True)
-    if default_path is not None and out_path.resolve() == default_path.resolve():
-        print("train-classifier: evaluation finds it there (eval.feature_net='', the default)", flush=True)
-    else:
-        print(f"train-classifier: to evaluate with it, set eval.feature_net={out_path}", flush=True)
-    return test_accuracy

@@ -25,6 +25,7 @@ disk, keyed by the feature network's sha256 and the dataset's fingerprint (two d
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import time
@@ -37,10 +38,14 @@ import torch
 from torch import nn
 
 from gan_dist.config import ConfigError
+from gan_dist.data.datasets import resolve_dataset
+from gan_dist.data.loader import split_batches
+from gan_dist.distributed import build_accelerator, release_accelerator, run_on_main
+from gan_dist.files import atomic_write
 from gan_dist.metrics.classes import class_accuracy, class_fractions, class_histogram, inception_score
-from gan_dist.metrics.features import load_feature_network
 from gan_dist.metrics.fid import class_statistics, feature_statistics, frechet_distance, intra_fid
 from gan_dist.metrics.prdc import DC_K, PR_K, prdc
+from gan_dist.registry.feature_nets import feature_net
 from gan_dist.sampling import class_labels, latent_noise, num_classes_of, sample_images
 
 if TYPE_CHECKING:
@@ -111,8 +116,6 @@ def real_features(net: nn.Module, dataset: ResolvedDataset, split: str, batch_si
     Reads the whole split, or stops once `limit` images are read and every class c has `class_quota[c]`
     of them (the split may end first).
     """
-    from gan_dist.data.loader import split_batches
-
     features, logits, labels = [], [], []
     seen = 0
     quota = torch.tensor(class_quota or [], dtype=torch.int64)  # (K,) or empty
@@ -156,32 +159,26 @@ def check_generator_fits(info: GeneratorInfo, dataset: ResolvedDataset) -> None:
                           f"data.source, data.channels, data.image_size) of the data it was trained on")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 class Evaluator:
     """Collective evaluator: construct it on every rank, call `evaluate` on every rank.
 
-    Construction loads the verified feature network for `dataset` on every rank (eval.feature_net, or
-    `weights` when given; FeatureNetworkMissing when there is none) and, on the main process, the
+    Construction loads the verified feature network for `dataset` on every rank (eval.feature_net through
+    its registry entry; FeatureNetworkMissing when there is none) and, on the main process, the
     reference and the floor (cached on disk; the first time it reads the test split and about
     `eval.num_samples` train images). `evaluate(G, seed)` returns the same dict on every rank.
     """
 
     def __init__(self, config: Config, accelerator: Accelerator, dataset: ResolvedDataset,
-                 cache_dir: str | Path | None = None, weights: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None) -> None:
         self.config = config
         self.accelerator = accelerator
         self.dataset = dataset
         self.num_samples = config.eval.num_samples
         self.batch_size = config.eval.batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else metrics_cache_dir()
-        path = weights if weights is not None else config.eval.feature_net
-        self.net, self.weights_record = load_feature_network(dataset, path or "", device=accelerator.device)
+        spec = feature_net(config.eval.feature_net, dataset.spec.default_feature_net)
+        loader = importlib.import_module(spec.module).load_feature_net
+        self.net, self.weights_record = loader(dataset, config.eval, accelerator.device)
         # class_accuracy needs the network's classes to be the dataset's (a user's network may not be).
         self.classifies_dataset = dataset.num_classes > 0 and self.net.num_classes == dataset.num_classes
         self._reference: Reference | None = None  # main process only
@@ -194,8 +191,6 @@ class Evaluator:
 
     def _on_main(self, fn: Callable[[], T]) -> T:
         """Run fn on the main process, broadcast its result; an error there is raised on every rank."""
-        from gan_dist.train.accelerator import run_on_main
-
         return run_on_main(self.accelerator, fn, what="evaluation")
 
     # -- reference and floor (main process) ---------------------------------------------------------
@@ -220,11 +215,8 @@ class Evaluator:
                 features, _, labels = self._read("test")
                 mu, sigma = feature_statistics(features)
 
-                def write(tmp: Path) -> None:
-                    with open(tmp, "wb") as handle:
-                        np.savez(handle, features=features.numpy(), labels=labels.numpy(), mu=mu, sigma=sigma)
-
-                _atomic_write(path, write)
+                atomic_write(path, lambda stream: np.savez(stream, features=features.numpy(), labels=labels.numpy(),
+                                                           mu=mu, sigma=sigma))
             stats = class_statistics(features, labels, self.dataset.num_classes) if self.dataset.num_classes else {}
             self._reference = Reference(features, labels, mu, sigma, stats)
         return self._reference
@@ -257,7 +249,7 @@ class Evaluator:
             record["intra_fid_per_class"] = per_class
             record["class_counts"] = torch.bincount(labels[chosen], minlength=len(quota)).tolist()
         record["metrics"] = metrics
-        _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+        atomic_write(path, lambda stream: stream.write(json.dumps(record, indent=2).encode()))
         return metrics
 
     def floor(self) -> dict[str, float]:
@@ -342,28 +334,20 @@ def format_table(metrics: dict[str, float], floor: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def eval_command(config: Config, run_dir: str | None = None, checkpoint: str | None = None,
-                 out_json: str | None = None, seed: int = 0, use_ema: bool = True) -> dict[str, Any]:
-    """`gan-dist eval`: metrics of a trained generator (G_ema when trained), printed and written as JSON.
+def evaluate_generator(config: Config, G: nn.Module, info: GeneratorInfo,
+                       seed: int = 0) -> tuple[dict[str, Any], bool]:
+    """Metrics of a loaded generator (`checkpoint.load_generator`) against the data `config` names, on every
+    process of an `accelerate launch` (collective): (the record `gan-dist eval` prints and writes, whether
+    this is the main process).
 
-    `config` is the caller's (a CONFIG file and key=value overrides, else the schema defaults): it gives
-    the data locations and the evaluation settings (eval.num_samples, eval.batch_size, eval.feature_net).
-    From the checkpoint only the generator's weights, its model section and its dataset identity are
-    used (`load_generator`): a shared generator.yaml is untrusted input, and its data section (where a
-    `pipe:` URL would run a shell command) is never read. A generator made for another dataset, shape or
-    class count is refused (ConfigError naming data.dataset). Runs under `accelerate launch` on any
-    number of processes. The JSON goes to `out_json`, else RUN_DIR/eval_step_N.json, else beside the
-    checkpoint.
+    `config` is the caller's: the data locations and eval.* settings. From the generator only its weights,
+    model section and dataset identity are used: a shared generator.yaml is untrusted input, and its data
+    section (where a `pipe:` URL would run a shell command) is never read. A generator made for another
+    dataset, shape or class count is refused (ConfigError naming data.dataset).
     """
-    from gan_dist.checkpoint import load_generator
-    from gan_dist.data.datasets import resolve_dataset
-    from gan_dist.train.accelerator import build_accelerator, release_accelerator
-
-    G, info = load_generator(run_dir=run_dir, checkpoint=checkpoint, use_ema=use_ema)
     if info.dataset != config.data.dataset:  # before any data is prepared
         raise ConfigError(f"key 'data.dataset': the generator was trained on data.dataset={info.dataset}, the config "
                           f"says {config.data.dataset}; pass data.dataset={info.dataset} (and its data settings)")
-    num_images = config.eval.num_samples
     accelerator = build_accelerator(config.dist)  # the same process group setup as training
     num_processes, is_main = accelerator.num_processes, accelerator.is_main_process  # before the release
     try:
@@ -378,8 +362,8 @@ def eval_command(config: Config, run_dir: str | None = None, checkpoint: str | N
         # Every rank destroys the process group before it exits (a gloo rank leaving with the group
         # still set up can abort with "terminate called without an active exception").
         release_accelerator(accelerator)
-    result = {"step": info.step, "run_dir": run_dir, "checkpoint": checkpoint, "num_images": num_images,
-              "seed": seed, "num_processes": num_processes, "is_ema": info.is_ema,
+    result = {"step": info.step, "num_images": config.eval.num_samples, "seed": seed,
+              "num_processes": num_processes, "is_ema": info.is_ema,
               "model": info.model.name, "conditioning": info.model.conditioning, "num_classes": info.num_classes,
               "dataset": dataset.name, "image_shape": list(dataset.image_shape),
               "dataset_fingerprint": dataset.fingerprint,
@@ -388,21 +372,4 @@ def eval_command(config: Config, run_dir: str | None = None, checkpoint: str | N
     if info.num_classes:
         result["intra_fid_per_class"] = evaluator.last_intra_fid_per_class
         result["floor_intra_fid_per_class"] = evaluator.floor_intra_fid_per_class
-    if is_main:
-        if out_json:
-            out = Path(out_json)
-        elif run_dir:
-            out = Path(run_dir) / f"eval_step_{info.step}.json"
-        else:
-            ckpt = Path(checkpoint)  # type: ignore[arg-type]
-            out = ckpt / "eval.json" if ckpt.is_dir() else ckpt.with_name(f"{ckpt.stem}.eval.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        source = run_dir or checkpoint
-        conditional = f", conditional on {info.num_classes} classes (balanced labels)" if info.num_classes else ""
-        print(f"gan-dist eval: {source} (step {info.step}{conditional}) on {dataset.name}, {num_images} images, "
-              f"seed {seed}, {num_processes} process(es); floor = {num_images} real train images vs "
-              f"the test split")
-        print(format_table(metrics, floor))
-        print(f"wrote {out}")
-    return result
+    return result, is_main

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gan_dist.config import ConfigError
-from gan_dist.data.sources import sha256_file
+from gan_dist.config import ConfigError, EvalConfig
+from gan_dist.files import sha256_file
 from gan_dist.metrics.classifier import (
     FEATURE_DIM,
     NUM_CLASSES,
@@ -32,13 +32,16 @@ from gan_dist.metrics.classifier import (
     FeatureNet,
     default_weights_path,
 )
+from gan_dist.registry.datasets import MNIST
+from gan_dist.registry.feature_nets import is_path
 
 if TYPE_CHECKING:
     from gan_dist.data.datasets import ResolvedDataset
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / WEIGHTS_NAME  # MNIST's packaged network
 REGENERATE = "gan-dist train-classifier --epochs 5 --seed 0"
-MNIST_SHAPE = (1, 28, 28)  # records written before image_shape was recorded are MNIST's
+# Records written before image_shape was recorded (the packaged MNIST network's) are MNIST's.
+LEGACY_RECORD_SHAPE = MNIST.image_shape
 
 
 class WeightsIntegrityError(RuntimeError):
@@ -78,7 +81,7 @@ def verify_weights(path: str | Path | None = None) -> dict[str, Any]:
 
 def record_image_shape(record: dict[str, Any]) -> tuple[int, int, int]:
     """(C, H, W) the network was trained on (MNIST's for records that predate the field)."""
-    return tuple(int(size) for size in record.get("image_shape", MNIST_SHAPE))  # type: ignore[return-value]
+    return tuple(int(size) for size in record.get("image_shape", LEGACY_RECORD_SHAPE))  # type: ignore[return-value]
 
 
 def load_weights(path: str | Path | None = None,
@@ -93,7 +96,7 @@ def load_weights(path: str | Path | None = None,
     path = Path(path) if path else DEFAULT_WEIGHTS
     record = verify_weights(path)
     model = FeatureNet(feature_dim=int(record.get("feature_dim", FEATURE_DIM)),
-                       in_channels=int(record.get("in_channels", MNIST_SHAPE[0])),
+                       in_channels=int(record.get("in_channels", LEGACY_RECORD_SHAPE[0])),
                        num_classes=int(record.get("num_classes", NUM_CLASSES)),
                        width=int(record.get("width", WIDTH)))
     model.load_state_dict(load_file(str(path)), strict=True)
@@ -128,8 +131,7 @@ def load_feature_network(dataset: ResolvedDataset, path: str | Path = "",
         default = default_weights_path(dataset)
         if default is None or not default.is_file() or not default.with_suffix(".json").is_file():
             if dataset.spec.feature_net and default is not None:  # a packaged file: the install is damaged
-                flag = "" if dataset.name == "mnist" else f" --dataset {dataset.name}"
-                weights_record(default, f"gan-dist train-classifier{flag} --epochs 5 --seed 0")  # raises
+                weights_record(default, f"gan-dist train-classifier --dataset {dataset.name} --epochs 5 --seed 0")
             raise FeatureNetworkMissing(_missing_message(dataset, default))
         weights_path = default
     net, record = load_weights(weights_path, device)
@@ -141,3 +143,10 @@ def load_feature_network(dataset: ResolvedDataset, path: str | Path = "",
             f"({record.get('dataset', 'mnist')}), but data.dataset={dataset.name} has {shape} images: set "
             f"eval.feature_net to a network for this data (`gan-dist train-classifier` trains one)")
     return net, record
+
+
+def load_feature_net(dataset: ResolvedDataset, eval_config: EvalConfig,
+                     device: torch.device | str = "cpu") -> tuple[FeatureNet, dict[str, Any]]:
+    """The registry's entry point (eval.feature_net = "classifier" or a path): `load_feature_network`."""
+    value = eval_config.feature_net
+    return load_feature_network(dataset, value if is_path(value) else "", device=device)

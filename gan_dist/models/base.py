@@ -30,31 +30,19 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from gan_dist.config import CONDITIONING_MODES, ConfigError
-
-MIN_BASE_SIZE = 4  # px: the conv models' smallest feature map (DCGAN's 4x4 project-and-reshape)
+from gan_dist.registry.architectures import conv_stages as stages_of_size
 
 
 def conv_stages(image_shape: tuple[int, int, int], family: str) -> tuple[int, int]:
-    """(num_stages, base_size) of a conv model for images (C, H, W): H = base_size * 2**num_stages.
-
-    num_stages is the number of times H can be halved leaving an integer >= 4 px: 28 -> (2, 7),
-    32 -> (3, 4), 64 -> (4, 4), 48 -> (3, 6). Images must be square, with a side that is a multiple of 4
-    and at least 16 (two x2 stages at least), else ConfigError naming data.image_size.
-    """
+    """(num_stages, base_size) of a conv model for images (C, H, W): H = base_size * 2**num_stages (the rule
+    is gan_dist.registry.architectures.conv_stages: 28 -> (2, 7), 32 -> (3, 4), 64 -> (4, 4), 48 -> (3, 6)).
+    Square images with a side that is a multiple of 4 and at least 16, else ConfigError naming the key."""
     channels, height, width = image_shape
     if channels < 1:
         raise ConfigError(f"key 'data.channels': images need at least one channel, got {channels}")
     if height != width:
         raise ConfigError(f"key 'data.image_size': {family} builds for square images, got {height}x{width}")
-    num_stages, base_size = 0, height
-    while base_size % 2 == 0 and base_size // 2 >= MIN_BASE_SIZE:
-        base_size //= 2
-        num_stages += 1
-    if num_stages < 2:
-        raise ConfigError(f"key 'data.image_size': {family} needs a side that is a multiple of 4 and at least "
-                          f"16 (two x2 stages from a base of at least {MIN_BASE_SIZE} px), got {height}; "
-                          "choose another data.image_size, or model.name=mlp (any size)")
-    return num_stages, base_size
+    return stages_of_size(height, family)
 
 
 def conditioned_classes(conditioning: str, num_classes: int) -> int:

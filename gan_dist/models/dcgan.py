@@ -17,10 +17,13 @@ replaces it); with norm "none" they get one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_dist.config import ModelConfig
 from gan_dist.models.base import (
     DiscriminatorBase,
     GeneratorBase,
@@ -30,7 +33,6 @@ from gan_dist.models.base import (
     norm_2d,
 )
 
-MNIST_SHAPE = (1, 28, 28)
 INIT_STD = 0.02  # Radford et al.: all weights from N(0, 0.02)
 LEAKY_SLOPE = 0.2
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
@@ -58,7 +60,7 @@ class DCGANGenerator(GeneratorBase):
     up{i}/bn{i} for i < num_stages, up{num_stages} (the output layer: bias, no norm).
     """
 
-    def __init__(self, latent_dim: int, width: int, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+    def __init__(self, latent_dim: int, width: int, image_shape: tuple[int, int, int],
                  num_classes: int = 0, conditioning: str = "none", norm: str = "batch") -> None:
         super().__init__(latent_dim, image_shape, num_classes, conditioning)
         self.num_stages, self.base_size = conv_stages(self.image_shape, "dcgan")
@@ -91,7 +93,7 @@ class DCGANDiscriminator(DiscriminatorBase):
     to one logit. Layers: conv{i}, bn{i} (i >= 2), drop{i} for i = 1..num_stages, head.
     """
 
-    def __init__(self, width: int, dropout: float = 0.0, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+    def __init__(self, width: int, dropout: float, image_shape: tuple[int, int, int],
                  num_classes: int = 0, conditioning: str = "none", norm: str = "batch",
                  spectral_norm: bool = False) -> None:
         super().__init__(image_shape, num_classes, conditioning)
@@ -125,3 +127,17 @@ class DCGANDiscriminator(DiscriminatorBase):
     def logit(self, h: torch.Tensor) -> torch.Tensor:
         x = h.view(h.shape[0], self.last_channels, self.base_size, self.base_size)  # (B, 128, 7, 7)
         return self.head(x).flatten()  # (B, 1, 1, 1) -> (B,) logits
+
+
+def build_generator(model: ModelConfig, options: Any, image_shape: tuple[int, int, int],
+                    num_classes: int) -> GeneratorBase:
+    """G for a resolved model config (gan_dist.models.build); dcgan has no model.options."""
+    return DCGANGenerator(model.latent_dim, model.g_width, image_shape, num_classes, model.conditioning,
+                          norm=model.g_norm)
+
+
+def build_discriminator(model: ModelConfig, options: Any, image_shape: tuple[int, int, int],
+                        num_classes: int) -> DiscriminatorBase:
+    """D for a resolved model config (gan_dist.models.build)."""
+    return DCGANDiscriminator(model.d_width, model.d_dropout, image_shape, num_classes, model.conditioning,
+                              norm=model.d_norm, spectral_norm=model.spectral_norm)

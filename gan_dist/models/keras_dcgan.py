@@ -35,14 +35,14 @@ Deliberate differences:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_dist.config import ConfigError
+from gan_dist.config import ConfigError, ModelConfig
 from gan_dist.models.base import (
-    MIN_BASE_SIZE,
     DiscriminatorBase,
     GeneratorBase,
     apply_spectral_norm,
@@ -50,8 +50,8 @@ from gan_dist.models.base import (
     dropout_layer,
     norm_2d,
 )
+from gan_dist.registry.architectures import MIN_BASE_SIZE
 
-MNIST_SHAPE = (1, 28, 28)
 # Keras BatchNormalization(momentum=0.8): running = 0.8 * running + 0.2 * batch -> PyTorch momentum 0.2.
 KERAS_BN_MOMENTUM = 0.2
 KERAS_BN_EPS = 1e-3
@@ -127,7 +127,7 @@ class KerasDCGANGenerator(GeneratorBase):
     for i = 1..num_stages, conv_out (bn{i} is Identity with norm="none").
     """
 
-    def __init__(self, latent_dim: int, width: int, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+    def __init__(self, latent_dim: int, width: int, image_shape: tuple[int, int, int],
                  num_classes: int = 0, conditioning: str = "none", norm: str = "batch") -> None:
         super().__init__(latent_dim, image_shape, num_classes, conditioning)
         self.num_stages, self.base_size = conv_stages(self.image_shape, "keras_dcgan")
@@ -164,7 +164,7 @@ class KerasDCGANDiscriminator(DiscriminatorBase):
     bn{i} (i >= 2; BatchNorm2d, GroupNorm or Identity per `norm`), drop{i}, fc.
     """
 
-    def __init__(self, width: int, dropout: float = 0.25, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+    def __init__(self, width: int, dropout: float, image_shape: tuple[int, int, int],
                  num_classes: int = 0, conditioning: str = "none", norm: str = "batch",
                  spectral_norm: bool = False) -> None:
         super().__init__(image_shape, num_classes, conditioning)
@@ -202,3 +202,17 @@ class KerasDCGANDiscriminator(DiscriminatorBase):
 
     def logit(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(h).squeeze(1)  # (B,) logits
+
+
+def build_generator(model: ModelConfig, options: Any, image_shape: tuple[int, int, int],
+                    num_classes: int) -> GeneratorBase:
+    """G for a resolved model config (gan_dist.models.build); keras_dcgan has no model.options."""
+    return KerasDCGANGenerator(model.latent_dim, model.g_width, image_shape, num_classes, model.conditioning,
+                               norm=model.g_norm)
+
+
+def build_discriminator(model: ModelConfig, options: Any, image_shape: tuple[int, int, int],
+                        num_classes: int) -> DiscriminatorBase:
+    """D for a resolved model config (gan_dist.models.build)."""
+    return KerasDCGANDiscriminator(model.d_width, model.d_dropout, image_shape, num_classes, model.conditioning,
+                                   norm=model.d_norm, spectral_norm=model.spectral_norm)

@@ -12,14 +12,15 @@ U(-1/sqrt(F), 1/sqrt(F)) as a Linear reading F features).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_dist.config import ModelConfig
 from gan_dist.models.base import DiscriminatorBase, GeneratorBase, apply_spectral_norm, dropout_layer, one_hot
 
-MNIST_SHAPE = (1, 28, 28)
 LEAKY_SLOPE = 0.2
 
 
@@ -31,7 +32,7 @@ def _check_shape(image_shape: tuple[int, int, int]) -> None:
 class MLPGenerator(GeneratorBase):
     """z (B, latent_dim) [, labels (B,)] -> images (B, C, H, W) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int, width: int, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+    def __init__(self, latent_dim: int, width: int, image_shape: tuple[int, int, int],
                  num_classes: int = 0, conditioning: str = "none") -> None:
         _check_shape(image_shape)
         super().__init__(latent_dim, image_shape, num_classes, conditioning)
@@ -55,7 +56,7 @@ class MLPDiscriminator(DiscriminatorBase):
     flattened image, so fc1 reads C*H*W + K inputs.
     """
 
-    def __init__(self, width: int, dropout: float = 0.3, image_shape: tuple[int, int, int] = MNIST_SHAPE,
+    def __init__(self, width: int, dropout: float, image_shape: tuple[int, int, int],
                  num_classes: int = 0, conditioning: str = "none", spectral_norm: bool = False) -> None:
         _check_shape(image_shape)
         super().__init__(image_shape, num_classes, conditioning)
@@ -85,3 +86,16 @@ class MLPDiscriminator(DiscriminatorBase):
 
     def logit(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc_out(h).squeeze(1)  # (B,) logits
+
+
+def build_generator(model: ModelConfig, options: Any, image_shape: tuple[int, int, int],
+                    num_classes: int) -> GeneratorBase:
+    """G for a resolved model config (gan_dist.models.build); mlp has no model.options."""
+    return MLPGenerator(model.latent_dim, model.g_width, image_shape, num_classes, model.conditioning)
+
+
+def build_discriminator(model: ModelConfig, options: Any, image_shape: tuple[int, int, int],
+                        num_classes: int) -> DiscriminatorBase:
+    """D for a resolved model config (gan_dist.models.build)."""
+    return MLPDiscriminator(model.d_width, model.d_dropout, image_shape, num_classes, model.conditioning,
+                            spectral_norm=model.spectral_norm)

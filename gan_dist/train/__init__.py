@@ -1,13 +1,9 @@
-"""Training: `train(config)` builds a `Trainer` and runs it, on 1 CPU process or many GPUs on many nodes.
+"""Training: `trainer.train(config)` builds a `Trainer` and runs it, on 1 CPU process or many GPUs on many nodes.
 
-  accelerator.py  the Accelerator, precision, Adam's kernels, the run record (shared with evaluation)
-  step.py         one G step with its D steps (phases, accumulation, EMA, on-device noise)
+  step.py         one G step with its D steps (phases, accumulation, EMA, on-device noise), the Networks record
   logger.py       device-side statistics, divergence detection, the console line
   cadence.py      when to log, sample, evaluate, checkpoint and vote on a stop
-  run_dir.py      the run folder: resume selection, safe checkpoints, best FID, done marker
-  trainer.py      the Trainer that builds these parts, and its loop
+  lr_schedule.py  the learning rate at each step
+  run_folder.py   the run folder: the record of each start, resume, checkpoints across ranks, best FID, done
+  trainer.py      the Trainer that builds these, and its loop; `dry_run`
 """
-
-from gan_dist.train.trainer import EXIT_DIVERGED, EXIT_STOPPED_EARLY, Trainer, train
-
-__all__ = ["EXIT_DIVERGED", "EXIT_STOPPED_EARLY", "Trainer", "train"]

@@ -1,26 +1,15 @@
-"""One training step: `train.d_steps_per_g` D steps, then one G step, each over
-`train.gradient_accumulation_steps` micro-batches, with the objective computing every loss.
+"""One training step (`GANStep.run`): `train.d_steps_per_g` D steps, then one G step, each over
+`train.gradient_accumulation_steps` micro-batches, the objective computing every loss; the EMA of G; the
+on-device noise (`NoiseSource`) and the `Networks` record the step runs on. `CUDAGraphStep` replays it.
 
-    for each of d_steps_per_g D steps:
-        for each micro-batch:  real, labels = next(batches); fake = G(z, y)         # (B, C, H, W)
-                               loss, stats = objective.d_phase(D, real, fake.detach(), ...); backward
-        clip, opt_d.step()
-    for each micro-batch:      loss, stats = objective.g_phase(D_unwrapped, fake, y); backward into G only
+    for each D step:  for each micro-batch: real = next(batches); fake = G(z, y)   # (B, C, H, W)
+                                            objective.d_phase(D, real, fake.detach()) -> backward
+                      clip, opt_d.step()
+    for each micro-batch:                   objective.g_phase(D without DDP, fake) -> backward into G only
     clip, opt_g.step(); G_ema <- lerp(G_ema, G, 1 - decay)
 
-With one micro-batch (the default), the G forward of the last D step is shared with the G phase, as in
-the seed (one G forward per step). With accumulation, the G phase draws its own noise per micro-batch
-(keeping every micro-batch's graph alive would defeat the memory saving).
-
-Rules (docs/design-notes.md): G and D are separate DDP modules; D's DDP wrapper is used only in the D phase; the G
-phase calls D unwrapped and restricts the backward to G's parameters (`inputs=`), so D gets neither
-gradients nor an all-reduce there, without toggling requires_grad. Accumulation is done here, not by
-Accelerate: `no_sync` on all but the last micro-batch of a phase, losses divided by the micro-batch count;
-D's optimizer step (and fp16's scaler update) ends the D phase before G's micro-batches start, so one
-shared GradScaler is consistent within each phase.
-
-No host syncs: noise comes from a generator on the device (`NoiseSource`, checkpointed), fused
-Adam keeps its step counters on the device, statistics stay tensors, counters are Python ints.
+Why the G phase calls D without DDP, why accumulation is done here and how the step avoids host syncs:
+docs/design-notes.md ("The G phase touches no D parameter", "Accumulation ...", "No host sync inside a step").
 """
 
 from __future__ import annotations
@@ -36,7 +25,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from gan_dist.objectives import DPhaseInputs, Objective
+from gan_dist.objectives.objective import DPhaseInputs, Objective
+from gan_dist.progress import StepCounters
 
 Stats = dict[str, Tensor]
 
@@ -84,8 +74,17 @@ class NoiseSource:
 
     def mix(self, batch_size: int) -> Tensor:
         """Interpolation weights (B,) ~ U[0, 1] (WGAN-GP)."""
+        return self.uniform(batch_size)
+
+    def uniform(self, batch_size: int, *shape: int) -> Tensor:
+        """(B, *shape) ~ U[0, 1): the augmentations' random numbers (gan_dist.augment's Draws)."""
         rows = batch_size * self.world_size
-        return self._slice(torch.rand(rows, generator=self.generator, device=self.device), batch_size)
+        return self._slice(torch.rand(rows, *shape, generator=self.generator, device=self.device), batch_size)
+
+    def normal(self, batch_size: int, *shape: int) -> Tensor:
+        """(B, *shape) ~ N(0, 1)."""
+        rows = batch_size * self.world_size
+        return self._slice(torch.randn(rows, *shape, generator=self.generator, device=self.device), batch_size)
 
     def get_state(self) -> Tensor:
         return self.generator.get_state()
@@ -152,44 +151,68 @@ class EMA:
 
 
 @dataclass
-class StepCounters:
-    """Progress, identical on every rank (the ranks step in lockstep); saved in train_state.json."""
+class Networks:
+    """G and D in the forms each user needs, and their optimizers: built once by the Trainer, handed to the
+    step, the checkpoints and the evaluator."""
 
-    step: int = 0  # G steps taken
-    d_steps: int = 0  # D steps taken (d_steps_per_g per G step)
-    batches: int = 0  # real batches consumed by this rank (the data stream resumes from here)
-    images_seen: int = 0  # real images consumed by all ranks
+    G: nn.Module  # the plain modules: parameters, clipping, EMA source, checkpoints
+    D: nn.Module
+    G_wrapped: nn.Module  # as prepared (DDP when several processes; compiled with train.compile): the step's G
+    D_wrapped: nn.Module  # D in the D phase (DDP: its gradients are all-reduced)
+    D_in_g_phase: nn.Module  # D in the G phase: no DDP wrapper (compiled with train.compile), see the docstring
+    opt_g: Any
+    opt_d: Any
+    ema: EMA | None = None
+
+    @property
+    def G_for_samples(self) -> nn.Module:
+        """G_ema when trained, else G (unwrapped): what grids, evaluation and exports use."""
+        return self.ema.module if self.ema is not None else self.G
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The config values a step needs (resolved)."""
+
+    latent_dim: int
+    num_classes: int  # 0: unconditional (labels are not passed to G or D)
+    d_steps_per_g: int
+    accumulation_steps: int
+    grad_clip_norm: float
+    channels_last: bool
+
+
+class AugmentedD:
+    """D behind an augmentation: every image D sees, real or fake, in either phase, goes through
+    `augment(images, draws)` first (differentiable, so G learns through it; penalties take their input
+    gradients through it too, as stylegan2-ada's R1 does)."""
+
+    def __init__(self, D: nn.Module, augment: nn.Module, draws: Any) -> None:
+        self.D, self.augment, self.draws = D, augment, draws
+
+    def __call__(self, images: Tensor, labels: Tensor | None = None) -> Any:
+        return self.D(self.augment(images, self.draws), labels)
 
 
 class GANStep:
-    """Runs one G step (with its D steps) on the parts the Trainer built. See the module docstring."""
+    """Runs one G step (with its D steps) on the networks the Trainer built. See the module docstring."""
 
-    def __init__(self, *, accelerator: Any, G: nn.Module, D: nn.Module, G_raw: nn.Module, D_for_g: nn.Module,
-                 D_raw: nn.Module, opt_g: Any, opt_d: Any, objective: Objective, ema: EMA | None, noise: Noise,
-                 counters: StepCounters, latent_dim: int, num_classes: int, d_steps_per_g: int,
-                 accumulation_steps: int, grad_clip_norm: float, channels_last: bool,
-                 lr_factor: Any = None) -> None:
+    def __init__(self, accelerator: Any, networks: Networks, objective: Objective, noise: NoiseSource,
+                 counters: StepCounters, settings: StepSettings, augment: nn.Module | None = None) -> None:
         self.accelerator = accelerator
-        self.G, self.D = G, D  # as prepared (DDP-wrapped when several processes)
-        self.G_raw, self.D_raw = G_raw, D_raw  # the plain modules (parameters, clipping, EMA)
-        self.D_for_g = D_for_g  # D without DDP (compiled when train.compile), for the G phase
-        self.opt_g, self.opt_d = opt_g, opt_d
+        self.networks = networks
         self.objective = objective
-        self.ema = ema
         self.noise = noise
         self.counters = counters
-        self.latent_dim = latent_dim
-        self.num_classes = num_classes  # 0: unconditional (labels are not passed to G or D)
-        self.d_steps_per_g = d_steps_per_g
-        self.accumulation_steps = accumulation_steps
-        self.grad_clip_norm = grad_clip_norm
-        self.channels_last = channels_last
-        self.g_params = [p for p in G_raw.parameters() if p.requires_grad]
+        self.settings = settings
+        self.augment = augment
+        # D as each phase calls it (behind the augmentation when there is one)
+        self.D_phase_d: Any = networks.D_wrapped if augment is None else AugmentedD(networks.D_wrapped, augment, noise)
+        self.D_phase_g: Any = (networks.D_in_g_phase if augment is None
+                               else AugmentedD(networks.D_in_g_phase, augment, noise))
+        self.g_params = [p for p in networks.G.parameters() if p.requires_grad]
         self.world_size = accelerator.num_processes
         self.capturing = False  # True while CUDAGraphStep records run() into a graph
-        # step -> multiplier of the configured learning rates (None: constant); Python floats, no sync.
-        self.lr_factor = lr_factor
-        self.base_lrs = [[group["lr"] for group in opt.param_groups] for opt in (opt_d, opt_g)]
 
     # -- helpers ------------------------------------------------------------------------------------
     def _sync_context(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
@@ -206,72 +229,68 @@ class GANStep:
         return scaler.scale(torch.ones((), device=self.accelerator.device))
 
     def _draw(self, batch_size: int) -> tuple[Tensor, Tensor | None]:
-        z = self.noise.latent(batch_size, self.latent_dim)  # (B, latent_dim)
-        labels = self.noise.labels(batch_size, self.num_classes) if self.num_classes else None  # (B,)
+        z = self.noise.latent(batch_size, self.settings.latent_dim)  # (B, latent_dim)
+        num_classes = self.settings.num_classes
+        labels = self.noise.labels(batch_size, num_classes) if num_classes else None  # (B,)
         return z, labels
 
     def _optimizer_step(self, optimizer: Any, model: nn.Module) -> None:
-        if self.grad_clip_norm > 0:
+        if self.settings.grad_clip_norm > 0:
             self.accelerator.unscale_gradients(optimizer=optimizer)  # fp16: clip true gradients
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip_norm, foreach=True)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.settings.grad_clip_norm, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     # -- the step -----------------------------------------------------------------------------------
     def run(self, batches: Iterator[tuple[Tensor, Tensor]]) -> list[Stats]:
         """One G step and its D steps; returns each micro-batch's statistics (detached tensors)."""
-        accelerator = self.accelerator
-        micro_batches = self.accumulation_steps
+        accelerator, nets, settings = self.accelerator, self.networks, self.settings
+        micro_batches = settings.accumulation_steps
         share_fake = micro_batches == 1  # the seed's one G forward per step
-        if self.lr_factor is not None:
-            factor = self.lr_factor(self.counters.step)
-            for optimizer, base_lrs in zip((self.opt_d, self.opt_g), self.base_lrs, strict=True):
-                for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                    group["lr"] = base_lr * factor
         all_stats: list[Stats] = []
         kept: tuple[Tensor, Tensor | None] | None = None
         grad_scale = self._grad_scale()
-        for d_step in range(self.d_steps_per_g):
-            keep = share_fake and d_step == self.d_steps_per_g - 1
+        for d_step in range(settings.d_steps_per_g):
+            keep = share_fake and d_step == settings.d_steps_per_g - 1
             for micro in range(micro_batches):
                 real, labels = next(batches)  # (B, C, H, W) float32 on the device, (B,)
                 batch_size = real.shape[0]
-                with self._sync_context(self.D, micro == micro_batches - 1):
+                with self._sync_context(nets.D_wrapped, micro == micro_batches - 1):
                     z, fake_labels = self._draw(batch_size)
                     with accelerator.autocast(), torch.set_grad_enabled(keep):
-                        fake = self.G(z, fake_labels)  # (B, C, H, W); graph kept for the G phase if keep
+                        fake = nets.G_wrapped(z, fake_labels)  # (B, C, H, W); graph kept for the G phase if keep
                     mix = self.noise.mix(batch_size) if self.objective.needs_mix else None
-                    inputs = DPhaseInputs(real=real, real_labels=labels if self.num_classes else None,
+                    inputs = DPhaseInputs(real=real, real_labels=labels if settings.num_classes else None,
                                           fake=fake.detach(), fake_labels=fake_labels, mix=mix,
                                           d_step_index=self.counters.d_steps, grad_scale=grad_scale)
                     with accelerator.autocast():
-                        loss, stats = self.objective.d_phase(self.D, inputs)
+                        loss, stats = self.objective.d_phase(self.D_phase_d, inputs)
                     accelerator.backward(loss / micro_batches if micro_batches > 1 else loss)
                 if keep:
                     kept = (fake, fake_labels)
                 all_stats.append(stats)
                 self.counters.batches += 1
                 self.counters.images_seen += batch_size * self.world_size
-            self._optimizer_step(self.opt_d, self.D_raw)
+            self._optimizer_step(nets.opt_d, nets.D)
             self.counters.d_steps += 1
         for micro in range(micro_batches):
-            with self._sync_context(self.G, micro == micro_batches - 1):
+            with self._sync_context(nets.G_wrapped, micro == micro_batches - 1):
                 if kept is not None:
                     fake, fake_labels = kept
                 else:
                     z, fake_labels = self._draw(batch_size)
                     with accelerator.autocast():
-                        fake = self.G(z, fake_labels)  # (B, C, H, W)
+                        fake = nets.G_wrapped(z, fake_labels)  # (B, C, H, W)
                 with accelerator.autocast():
-                    loss, stats = self.objective.g_phase(self.D_for_g, fake, fake_labels)
+                    loss, stats = self.objective.g_phase(self.D_phase_g, fake, fake_labels)
                 # Gradients into G only: D's weights get no .grad and D's DDP reducer is not involved.
                 accelerator.backward(loss / micro_batches if micro_batches > 1 else loss, inputs=self.g_params)
             all_stats.append(stats)
-        self._optimizer_step(self.opt_g, self.G_raw)
-        if self.ema is not None:
+        self._optimizer_step(nets.opt_g, nets.G)
+        if nets.ema is not None:
             if not self.capturing:  # a captured graph gets each step's weight set before its replay
-                self.ema.set_decay(self.counters.step)
-            self.ema.apply(self.G_raw)
+                nets.ema.set_decay(self.counters.step)
+            nets.ema.apply(nets.G)
         self.counters.step += 1
         return all_stats
 
@@ -306,14 +325,14 @@ class CUDAGraphStep:
         counters, step = self.step.counters, self.step
         counters.batches += len(batches)
         counters.images_seen += sum(real.shape[0] for real, _ in batches) * step.world_size
-        counters.d_steps += step.d_steps_per_g
+        counters.d_steps += step.settings.d_steps_per_g
         counters.step += 1
-        if step.ema is not None:
-            step.ema.num_updates += 1
+        if step.networks.ema is not None:
+            step.networks.ema.num_updates += 1
 
     def run(self, batches: Iterator[tuple[Tensor, Tensor]]) -> list[Stats]:
         step = self.step
-        fresh = [next(batches) for _ in range(step.d_steps_per_g * step.accumulation_steps)]
+        fresh = [next(batches) for _ in range(step.settings.d_steps_per_g * step.settings.accumulation_steps)]
         if self.graph is None and self._warmups_left > 0:
             self._warmups_left -= 1
             side = torch.cuda.Stream()
@@ -327,8 +346,8 @@ class CUDAGraphStep:
         for (static_real, static_labels), (real, labels) in zip(self._static_batches, fresh, strict=True):
             static_real.copy_(real)
             static_labels.copy_(labels)
-        if step.ema is not None:
-            step.ema.set_decay(step.counters.step)
+        if step.networks.ema is not None:
+            step.networks.ema.set_decay(step.counters.step)
         self.graph.replay()
         self._counters_after(fresh)
         return self._static_stats
@@ -336,8 +355,8 @@ class CUDAGraphStep:
     def _capture(self, fresh: list[tuple[Tensor, Tensor]]) -> None:
         step = self.step
         self._static_batches = [(real.clone(), labels.clone()) for real, labels in fresh]
-        step.opt_d.zero_grad(set_to_none=True)
-        step.opt_g.zero_grad(set_to_none=True)
+        step.networks.opt_d.zero_grad(set_to_none=True)
+        step.networks.opt_g.zero_grad(set_to_none=True)
         saved = dataclasses.replace(step.counters)
         graph = torch.cuda.CUDAGraph()
         if isinstance(step.noise, NoiseSource):
@@ -352,6 +371,6 @@ class CUDAGraphStep:
         # Recording ran no kernels and no step: undo the Python-side effects of the recorded run.
         step.counters.step, step.counters.d_steps = saved.step, saved.d_steps
         step.counters.batches, step.counters.images_seen = saved.batches, saved.images_seen
-        if step.ema is not None:
-            step.ema.num_updates -= 1
+        if step.networks.ema is not None:
+            step.networks.ema.num_updates -= 1
         self.graph = graph

@@ -1,16 +1,16 @@
-"""The Trainer: builds the parts once, then runs the loop. `train(config)` is the entry point.
+"""The Trainer: builds what a run needs once, then runs the loop. `train(config)` is the entry point.
 
-Parts, one job each: the Accelerator and precision (accelerator.py), the dataset and its batch source
-(gan_dist.data), G and D (gan_dist.models), the objective (gan_dist.objectives), one step of D and G
-phases (step.py), the run folder with resume and checkpoints (run_dir.py), the statistics and the console
-(logger.py), and the schedule (cadence.py). The loop in `fit` reads as what happens at each step.
-
-Rank rules: every rank runs the step, the log reduction, evaluation and checkpoints (collectives); the
-main process alone writes grids, the tracker's files and the run folder's shared files (inside the parts).
+Each piece has one job: the Accelerator and precision (gan_dist.distributed), the dataset and its batches
+(gan_dist.data), G and D (gan_dist.models) as `Networks`, the objective (gan_dist.objectives), one step
+(step.py), the run folder with resume and checkpoints (run_folder.py), statistics and the console
+(logger.py), when things happen (cadence.py) and the learning rate (lr_schedule.py). `fit` reads as what
+happens at each step. Rank rules: every rank runs the step, the log reduction, evaluation and checkpoints
+(collectives); the main process alone writes grids, the tracker's files and the run folder's shared files.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -21,16 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from gan_dist.checkpoint import CheckpointError, GeneratorInfo
-from gan_dist.config import Config, ConfigError
-from gan_dist.models import build_models, uses_channels_last
-from gan_dist.objectives import build_objective
-from gan_dist.sampling import grid_inputs, sample_images
-from gan_dist.tracking import make_tracker, new_run_id, save_grid_png
-from gan_dist.train.accelerator import (
-    RunRecord,
+from gan_dist.checkpoint import Checkpointable, CheckpointError, GeneratorInfo
+from gan_dist.config import Config, ConfigError, to_yaml
+from gan_dist.data.batches import make_batch_source, resolve_loader
+from gan_dist.data.datasets import ResolvedDataset, resolve_dataset
+from gan_dist.data.folder import scan_folder
+from gan_dist.data.shards import data_folder_settings
+from gan_dist.data.sources import DataError
+from gan_dist.distributed import (
     adam_implementation,
     adam_kwargs,
+    broadcast_from_main,
     build_accelerator,
     configure_backends,
     precision_with_launcher,
@@ -38,10 +39,20 @@ from gan_dist.train.accelerator import (
     resolve_mixed_precision,
     uses_cpu,
 )
+from gan_dist.metrics.evaluate import Evaluator, format_table
+from gan_dist.metrics.features import FeatureNetworkMissing
+from gan_dist.models.build import build_models
+from gan_dist.objectives.objective import build_objective
+from gan_dist.progress import TrainState
+from gan_dist.registry.architectures import uses_channels_last
+from gan_dist.registry.datasets import dataset_spec
+from gan_dist.sampling import grid_inputs, sample_images, save_grid_png
+from gan_dist.tracking import make_tracker, new_run_id
 from gan_dist.train.cadence import Cadence
 from gan_dist.train.logger import Diverged, MetricLogger
-from gan_dist.train.run_dir import Parts, RunFolder, TrainState
-from gan_dist.train.step import EMA, CUDAGraphStep, GANStep, NoiseSource, StepCounters
+from gan_dist.train.lr_schedule import LinearDecay
+from gan_dist.train.run_folder import RunFolder, RunRecord, resolve_run_path
+from gan_dist.train.step import EMA, CUDAGraphStep, GANStep, Networks, NoiseSource, StepSettings
 
 # Exit status of a run stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL):
 # "try again" — the SLURM scripts requeue and the next start resumes with --resume auto.
@@ -103,17 +114,13 @@ def _all_finite(modules: list[nn.Module]) -> bool:
     return bool(torch.isfinite(torch.stack(sums).sum()).item()) if sums else True
 
 
-def linear_decay(start_fraction: float, num_steps: int) -> Any:
-    """step -> learning-rate factor: 1 until start_fraction x num_steps, then linearly to 0 at num_steps
-    (None when the schedule is constant)."""
-    if start_fraction >= 1.0:
-        return None
-    start = start_fraction * num_steps
+def global_batch_size(config: Config, num_processes: int) -> int:
+    """Real images per optimizer step: train.batch_size_per_process x processes x accumulation steps."""
+    return config.train.batch_size_per_process * num_processes * config.train.gradient_accumulation_steps
 
-    def factor(step: int) -> float:
-        return 1.0 if step < start else max(0.0, (num_steps - step) / max(num_steps - start, 1.0))
 
-    return factor
+def trainable_parameters(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters() if parameter.requires_grad)
 
 
 class Trainer:
@@ -136,10 +143,7 @@ class Trainer:
             raise
 
     def _build(self, config: Config) -> None:
-        from accelerate.utils import set_seed
-
-        from gan_dist.data.batches import resolve_loader
-        from gan_dist.data.datasets import resolve_dataset
+        from accelerate.utils import set_seed  # accelerate is imported lazily everywhere (~1 s)
 
         accelerator, train_cfg = self.accelerator, config.train
         configure_backends(accelerator.device, config.run.deterministic)
@@ -153,8 +157,7 @@ class Trainer:
         if train_cfg.cuda_graph and self.loader != "memory":
             raise ConfigError(f"key 'train.cuda_graph': needs the train split on the device, but it does not fit "
                               f"in data.memory_max_mb={config.data.memory_max_mb}; raise it or turn the graph off")
-        self.global_batch = train_cfg.batch_size_per_process * accelerator.num_processes * \
-            train_cfg.gradient_accumulation_steps
+        self.global_batch = global_batch_size(config, accelerator.num_processes)
         if self.dataset.train_size < self.global_batch:
             raise ConfigError(f"data: the train split of {self.dataset.name} has {self.dataset.train_size} images, "
                               f"fewer than one global batch ({self.global_batch} = train.batch_size_per_process x "
@@ -167,57 +170,61 @@ class Trainer:
         self.objective = build_objective(config.loss)
 
         # Only now, with the config known to build, is anything written into the run folder.
-        self.run = RunFolder(RunFolder.resolve_path(config, self._broadcast), accelerator)
+        self.run = RunFolder(resolve_run_path(config, accelerator), accelerator)
         for note in self.run.prepare(config):
             self.print_main(note)
 
-        self.G_raw, self.D_raw, self.G, self.D, self.D_for_g, self.opt_g, self.opt_d = self._build_parts(G, D)
-        self.ema = (EMA(self.G_raw, train_cfg.ema_decay, train_cfg.ema_warmup_steps) if train_cfg.ema_decay > 0
-                    else None)
+        self.networks = self._build_networks(G, D)
         self.noise = NoiseSource(config.run.seed, accelerator.process_index, accelerator.device,
                                  accelerator.num_processes)
-        self.counters = StepCounters()
-        self.state = TrainState(self.counters)
-        self.parts = Parts(G=self.G_raw, D=self.D_raw, ema=self.ema, opt_g=self.opt_g, opt_d=self.opt_d,
-                           scaler=accelerator.scaler, noise=self.noise, state=self.state,
-                           export_info=self._generator_info)
+        self.state = TrainState()
+        self.counters = self.state.counters
+        nets = self.networks
+        self.checkpointable = Checkpointable(
+            G=nets.G, D=nets.D, G_ema=nets.ema.module if nets.ema is not None else None, opt_g=nets.opt_g,
+            opt_d=nets.opt_d, scaler=accelerator.scaler, noise=self.noise, state=self.state,
+            generator_info=self._generator_info,
+            base_lrs={"optimizer_G": config.optim.lr_g, "optimizer_D": config.optim.lr_d})
 
         self.resumed_from = self._resume()
         self._elapsed_before = self.state.elapsed_s  # earlier starts' wall-clock, up to the checkpoint
         if self.resumed_from is None:
             set_seed(config.run.seed, device_specific=True)  # per-rank dropout RNG; restored on resume
         if not self.state.run_id:
-            self.state.run_id = self._broadcast(new_run_id())
+            self.state.run_id = broadcast_from_main(accelerator, new_run_id())
 
-        self.step = GANStep(
-            accelerator=accelerator, G=self.G, D=self.D, G_raw=self.G_raw, D_for_g=self.D_for_g, D_raw=self.D_raw,
-            opt_g=self.opt_g, opt_d=self.opt_d, objective=self.objective, ema=self.ema, noise=self.noise,
-            counters=self.counters, latent_dim=config.model.latent_dim, num_classes=self.num_classes,
-            d_steps_per_g=train_cfg.d_steps_per_g, accumulation_steps=train_cfg.gradient_accumulation_steps,
-            grad_clip_norm=config.optim.grad_clip_norm, channels_last=self._channels_last,
-            lr_factor=linear_decay(config.optim.lr_decay_start, train_cfg.num_steps))
+        settings = StepSettings(latent_dim=config.model.latent_dim, num_classes=self.num_classes,
+                                d_steps_per_g=train_cfg.d_steps_per_g,
+                                accumulation_steps=train_cfg.gradient_accumulation_steps,
+                                grad_clip_norm=config.optim.grad_clip_norm, channels_last=self._channels_last)
+        self.step = GANStep(accelerator, nets, self.objective, self.noise, self.counters, settings)
         if train_cfg.cuda_graph:
             self.step = CUDAGraphStep(self.step)  # type: ignore[assignment]
+        self.lr_schedule = LinearDecay([nets.opt_d, nets.opt_g], config.optim.lr_decay_start, train_cfg.num_steps)
         self.cadence = Cadence.from_config(config, accelerator.num_processes)
-        self.record = RunRecord(
-            run_name=self.run.path.name, run_dir=str(self.run.path), run_id=self.state.run_id,
-            mixed_precision=accelerator.mixed_precision, num_processes=accelerator.num_processes,
-            device=str(accelerator.device), adam_implementation=self.adam_implementation,
-            dataset=self.dataset.name, loader=self.loader, image_shape=self.dataset.image_shape,
-            num_classes=self.num_classes,
-            global_batch_size=self.global_batch, start_step=self.counters.step,
-            resumed_from=str(self.resumed_from) if self.resumed_from else None)
+        self.record = self._run_record()
         self.run.write_record(self.record.to_dict())
         self.stop_request = StopRequest()
         self.tracker: Any = None
         self._progress: Any = None
         self.logger: MetricLogger | None = None
-        self.evaluator: Any = None
+        self.evaluator: Evaluator | None = None
         self._evaluation_off_reason: str | None = None
         self._last_saved: tuple[int, Path] | None = None
         self._last_grid_step: int | None = None
         self._eval_s_total = 0.0
         self._stop_group: Any = None
+
+    def _run_record(self) -> RunRecord:
+        accelerator, nets = self.accelerator, self.networks
+        return RunRecord(
+            run_name=self.run.path.name, run_dir=str(self.run.path), run_id=self.state.run_id,
+            mixed_precision=accelerator.mixed_precision, num_processes=accelerator.num_processes,
+            device=str(accelerator.device), adam_implementation=self.adam_implementation,
+            dataset=self.dataset.name, loader=self.loader, image_shape=self.dataset.image_shape,
+            num_classes=self.num_classes, global_batch_size=self.global_batch, start_step=self.counters.step,
+            resumed_from=str(self.resumed_from) if self.resumed_from else None,
+            parameters={"G": trainable_parameters(nets.G), "D": trainable_parameters(nets.D)})
 
     # -- construction helpers --------------------------------------------------------------------------
     def _check_device_features(self) -> None:
@@ -245,7 +252,7 @@ class Trainer:
         """train.channels_last where the architecture has convolutions to gain from it."""
         return uses_channels_last(self.config.model, self.config.train.channels_last)
 
-    def _build_parts(self, G: nn.Module, D: nn.Module) -> tuple[Any, ...]:
+    def _build_networks(self, G: nn.Module, D: nn.Module) -> Networks:
         accelerator, config = self.accelerator, self.config
         if self._channels_last:
             G.to(memory_format=torch.channels_last)
@@ -253,37 +260,41 @@ class Trainer:
         if config.train.sync_batchnorm and accelerator.num_processes > 1:
             G = nn.SyncBatchNorm.convert_sync_batchnorm(G)  # before prepare (docs/design-notes.md)
             D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
-        G_raw, D_raw = G.to(accelerator.device), D.to(accelerator.device)
+        G, D = G.to(accelerator.device), D.to(accelerator.device)
         optim_cfg = config.optim
         self.adam_implementation = adam_implementation(optim_cfg.implementation, accelerator.device)
         adam = {"betas": (optim_cfg.beta1, optim_cfg.beta2), "weight_decay": optim_cfg.weight_decay,
                 **adam_kwargs(self.adam_implementation)}
         if config.train.cuda_graph:
             adam["capturable"] = True
-        opt_g = torch.optim.Adam(G_raw.parameters(), lr=optim_cfg.lr_g, **adam)
-        opt_d = torch.optim.Adam(D_raw.parameters(), lr=optim_cfg.lr_d, **adam)
-        G_forward, D_forward = G_raw, D_raw
+        opt_g = torch.optim.Adam(G.parameters(), lr=optim_cfg.lr_g, **adam)
+        opt_d = torch.optim.Adam(D.parameters(), lr=optim_cfg.lr_d, **adam)
+        G_forward, D_forward = G, D
         if config.train.compile:
-            G_forward, D_forward = torch.compile(G_raw), torch.compile(D_raw)
+            G_forward, D_forward = torch.compile(G), torch.compile(D)
         # One prepare for all four, returned in the same order (accelerate #245).
         G_wrapped, D_wrapped, opt_g, opt_d = accelerator.prepare(G_forward, D_forward, opt_g, opt_d)
+        ema = EMA(G, config.train.ema_decay, config.train.ema_warmup_steps) if config.train.ema_decay > 0 else None
         # The G phase calls D without its DDP wrapper (prepare patched autocast into D_forward itself).
-        return G_raw, D_raw, G_wrapped, D_wrapped, D_forward, opt_g, opt_d
+        return Networks(G=G, D=D, G_wrapped=G_wrapped, D_wrapped=D_wrapped, D_in_g_phase=D_forward,
+                        opt_g=opt_g, opt_d=opt_d, ema=ema)
 
     def _generator_info(self, step: int) -> GeneratorInfo:
         return GeneratorInfo(model=self.config.model, dataset=self.dataset.name,
                              image_shape=self.dataset.image_shape, num_classes=self.num_classes, step=step,
-                             is_ema=self.ema is not None)
+                             is_ema=self.networks.ema is not None)
 
     def _resume(self) -> Path | None:
         """Load the checkpoint that checkpoint.resume selects (verified; 'auto' falls back past damaged ones)."""
         resume = self.config.checkpoint.resume
-        path = self.run.resume(resume, self.parts)
+        path = self.run.resume(resume, self.checkpointable)
         if path is None:
             if resume == "auto":
                 self.print_main(f"checkpoint.resume=auto: no checkpoint in {self.run.path}; starting fresh")
             return None
         self.print_main(f"resumed from {path} at step {self.counters.step}")
+        if self.networks.ema is not None:
+            self.networks.ema.num_updates = self.state.ema_updates
         if resume != "auto":
             for moved in self.run.set_aside_newer(self.counters.step):
                 self.print_main(f"newer checkpoint of the abandoned trajectory set aside: {moved}")
@@ -298,15 +309,6 @@ class Trainer:
         """Console output from the main process only (accelerator.print prints once per node)."""
         if self.is_main:
             print(*args, flush=True)
-
-    def _broadcast(self, value: Any) -> Any:
-        """The main process's value on every rank (collective)."""
-        from accelerate.utils import broadcast_object_list
-
-        holder = [value]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(holder, from_process=0)
-        return holder[0]
 
     def _stop_agreed(self) -> bool:
         """All ranks agree to stop if any rank got the signal: a CPU (gloo) all-reduce, so on GPUs it does
@@ -339,6 +341,7 @@ class Trainer:
         try:
             with self.stop_request.installed():
                 while self.counters.step < num_steps:
+                    self.lr_schedule.apply(self.counters.step)
                     for stats in self.step.run(batches):
                         self.logger.add(stats, self.counters.step)
                     step = self.counters.step
@@ -383,8 +386,6 @@ class Trainer:
             f"| steps {self.counters.step}->{config.train.num_steps} | tracker {self.tracker.description}")
 
     def batch_source(self) -> Any:
-        from gan_dist.data.batches import make_batch_source
-
         config = self.config
         return make_batch_source(self.dataset, config.data, config.train.batch_size_per_process,
                                  seed=config.run.seed, rank=self.accelerator.process_index,
@@ -398,7 +399,7 @@ class Trainer:
     def _log(self, step: int) -> None:
         self.logger.log(step, self.counters.images_seen, {
             "epoch": self.counters.images_seen / self.dataset.train_size,
-            "lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"]})
+            "lr_g": self.networks.opt_g.param_groups[0]["lr"], "lr_d": self.networks.opt_d.param_groups[0]["lr"]})
 
     def _stopped_early(self, step: int) -> int:
         path = self.save_checkpoint(step)
@@ -421,8 +422,7 @@ class Trainer:
         if self.cadence.evaluate_at_end():
             self.evaluate(step)
         self.save_checkpoint(step)
-        G_export = self.ema.module if self.ema is not None else self.G_raw
-        self.run.export(G_export, self._generator_info(step))
+        self.run.export(self.networks.G_for_samples, self._generator_info(step))
         steps_this_start = step - start_step
         images_this_start = steps_this_start * self.global_batch * self.config.train.d_steps_per_g
         self.run.write_done({
@@ -436,16 +436,12 @@ class Trainer:
         return 0
 
     # -- samples, evaluation, checkpoints -----------------------------------------------------------------
-    def sampling_generator(self) -> nn.Module:
-        """G_ema when trained (else G), unwrapped."""
-        return self.ema.module if self.ema is not None else self.G_raw
-
     def write_samples(self, step: int) -> None:
         """Main process: the fixed-noise grid (one row per class for a conditional G), PNG and tracker."""
         if not self.is_main or self._last_grid_step == step:
             return
         self._last_grid_step = step
-        G = self.sampling_generator()
+        G = self.networks.G_for_samples
         z, labels, columns = grid_inputs(G, self.config.log.num_samples, self.config.run.seed + GRID_SEED_OFFSET)
         images = sample_images(G, z, labels, device=self.accelerator.device)  # (N, C, H, W), one batch
         grid = save_grid_png(images, self.run.path / "samples" / f"step_{step:08d}.png", columns=columns,
@@ -454,9 +450,6 @@ class Trainer:
 
     def _make_evaluator(self) -> Any:
         """The Evaluator, or None with the reason said once (e.g. an unlabeled folder without eval.feature_net)."""
-        from gan_dist.metrics.evaluate import Evaluator
-        from gan_dist.metrics.features import FeatureNetworkMissing
-
         try:
             evaluator = Evaluator(self.config, self.accelerator, self.dataset)
         except FeatureNetworkMissing as error:
@@ -469,8 +462,6 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """FID & co of G_ema (or G) on every rank; the main process logs; the best FID gets a checkpoint."""
-        from gan_dist.metrics.evaluate import format_table
-
         self.logger.check_finite()  # a diverged G is not worth evaluating (nor its NaN images)
         if self._evaluation_off_reason is not None:
             return {}
@@ -478,12 +469,12 @@ class Trainer:
             self.evaluator = self._make_evaluator()
             if self.evaluator is None:
                 return {}
-        G = self.sampling_generator()
+        G = self.networks.G_for_samples
         _sync_buffers([G])
         metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
         self.tracker.log_scalars({f"eval/{key}": value for key, value in metrics.items()}, step)
         self.print_main(f"eval at step {step} ({self.config.eval.num_samples} samples, "
-                        f"{'G_ema' if self.ema is not None else 'G'}):\n"
+                        f"{'G_ema' if self.networks.ema is not None else 'G'}):\n"
                         + format_table(metrics, self.evaluator.floor()))
         self._eval_s_total += metrics.get("eval_seconds", 0.0)
         self.run.append_eval({"step": step, "images_seen": self.counters.images_seen,
@@ -503,16 +494,17 @@ class Trainer:
         if self._last_saved is not None and self._last_saved[0] == step:
             return self._last_saved[1]
         self.logger.check_finite()
-        modules = [self.G_raw, self.D_raw] + ([self.ema.module] if self.ema is not None else [])
+        nets = self.networks
+        modules = [nets.G, nets.D] + ([nets.ema.module] if nets.ema is not None else [])
         _sync_buffers(modules)
         if not _all_finite(modules):
             raise Diverged(step, "a model parameter", float("nan"))
-        self.state.ema_updates = self.ema.num_updates if self.ema is not None else 0
+        self.state.ema_updates = nets.ema.num_updates if nets.ema is not None else 0
         self.state.elapsed_s = self.elapsed_s()
         meta = {"images_seen": self.counters.images_seen, "run_id": self.state.run_id,
                 "model": self.config.model.name, "dataset": self.dataset.name,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        path = self.run.save(step, self.parts, meta, self.config.checkpoint.keep_last)
+        path = self.run.save(step, self.checkpointable, meta, self.config.checkpoint.keep_last)
         self._last_saved = (step, path)
         self.logger.start_interval(self.counters.images_seen)
         return path
@@ -555,3 +547,55 @@ def train(config: Config) -> int:
         return 1
     finally:
         trainer.close(succeeded)
+
+
+def _dataset_preview(config: Config) -> tuple[dict[str, Any], ResolvedDataset | None]:
+    """What the data is, read without writing: the resolved dataset when its shards exist, else the spec's
+    facts (a folder: listed, not converted)."""
+    try:
+        dataset = resolve_dataset(config.data, prepare=False)
+        return {"dataset": dataset.name, "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
+                "train_size": dataset.train_size, "test_size": dataset.test_size,
+                "shards": str(dataset.directory) if dataset.directory else "remote"}, dataset
+    except DataError as error:
+        spec = dataset_spec(config.data.dataset)
+        preview: dict[str, Any] = {"dataset": spec.name, "shards": f"not written yet ({error}); `train` writes them"}
+        if spec.image_shape is not None:
+            preview.update(image_shape=list(spec.image_shape), num_classes=spec.num_classes,
+                           **{f"{split}_size": size for split, size in (spec.official_split_sizes or {}).items()})
+        else:
+            settings = data_folder_settings(config.data)
+            listing = scan_folder(settings.directory)
+            preview.update(image_shape=[settings.channels, settings.image_size, settings.image_size],
+                           num_classes=listing.num_classes, images=len(listing.files))
+        return preview, None
+
+
+def dry_run(config: Config) -> int:
+    """`gan-dist train --dry-run`: print the resolved config and the run record a start would write (device,
+    precision, loader, global batch, dataset shape, parameter counts of G and D), then exit 0. Nothing is
+    written: no shards, no run folder, no tracker (G and D are built on the meta device: no memory)."""
+    precision = resolve_mixed_precision(precision_with_launcher(config.train.mixed_precision), uses_cpu(config.dist))
+    accelerator = build_accelerator(config.dist, precision)
+    try:
+        preview, dataset = _dataset_preview(config)
+        with torch.device("meta"):
+            G, D = build_models(config.model, tuple(preview["image_shape"]), preview["num_classes"] or 0)
+        num_processes = accelerator.num_processes
+        record = {
+            "run_dir": str(resolve_run_path(config, accelerator)), "device": str(accelerator.device),
+            "num_processes": num_processes, "mixed_precision": accelerator.mixed_precision,
+            "adam_implementation": adam_implementation(config.optim.implementation, accelerator.device),
+            "loader": resolve_loader(dataset, config.data) if dataset is not None else f"{config.data.loader} "
+                      "(auto decides once the shards exist)",
+            "global_batch_size": global_batch_size(config, num_processes), **preview,
+            "conditional_classes": G.num_classes,
+            "parameters": {"G": trainable_parameters(G), "D": trainable_parameters(D)},
+            "resume": config.checkpoint.resume or "(fresh start)",
+        }
+        if accelerator.is_main_process:
+            print("# resolved config\n" + to_yaml(config).rstrip())
+            print("# run record (not written: --dry-run)\n" + json.dumps(record, indent=2))
+    finally:
+        release_accelerator(accelerator)
+    return 0

@@ -267,7 +267,7 @@ gd_finished() {
     [[ -f $RUN_DIR/done.json ]] || return 1
     # shellcheck disable=SC2016  # python code, not shell
     if ! steps=$("$PYTHON" -c 'import json, sys
-from gan_dist.config import load_config
+from gan_dist.configure import load_config
 with open(sys.argv[1]) as f:
     done = json.load(f)
 print(int(done["step"]), load_config(sys.argv[2], sys.argv[3:]).train.num_steps)' \

@@ -112,7 +112,7 @@ def test_memory_batches_equal_the_stream_decode_pixel_for_pixel(tiny_shards):
     memory = source(tiny_shards, loader="memory")
     dataset, _ = tiny(tiny_shards)
     decoded = {}
-    for images, _labels, keys in eval_batches(dataset.train_urls, 64, 0, 1, with_keys=True):
+    for images, _labels, keys in eval_batches(dataset.train_urls, 64, 0, 1, with_keys=True, image_shape=dataset.image_shape):
         decoded.update({key: image for key, image in zip(keys, images, strict=True)})
     for _ in range(3):
         index = memory.indices(memory.batch)

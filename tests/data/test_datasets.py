@@ -12,18 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gan_dist.config import DataConfig, resolved_data_dir
+from gan_dist.config import DataConfig
 from gan_dist.data import shards as shards_module
-from gan_dist.data.datasets import (
-    DATASETS,
-    FASHION_MNIST,
-    MNIST,
-    dataset_dir,
-    dataset_spec,
-    resolve_dataset,
-)
-from gan_dist.data.shards import encode_shard, read_manifest
-from gan_dist.data.sources import DataError, load_mnist, sha256_file
+from gan_dist.data.datasets import resolve_dataset
+from gan_dist.data.shards import dataset_dir, encode_shard, read_manifest
+from gan_dist.data.sources import DataError, load_arrays
+from gan_dist.files import sha256_file
+from gan_dist.registry.datasets import DATASETS, FASHION_MNIST, MNIST, dataset_spec
 
 # sha256 of real MNIST shards (5,000 samples each) as written by gan_dist before datasets were generalized
 # (the `mnist_shards` cache): MNIST's shard bytes must never change.
@@ -73,7 +68,7 @@ def test_every_dataset_and_every_folder_setting_gets_its_own_cache_folder(tmp_pa
     monkeypatch.chdir(tmp_path)
     assert dataset_dir(DataConfig(dataset="folder", source="folder:a/.", channels=3, image_size=32,
                                   test_fraction=0.1)) == paths["folder a"]
-    assert resolved_data_dir(folders["folder b"]) == paths["folder b"]  # config's rule is this one
+    assert dataset_dir(folders["folder b"]) == paths["folder b"]  # config's rule is this one
     monkeypatch.setenv("GAN_DIST_DATA_DIR", str(tmp_path / "shared"))
     assert dataset_dir(DataConfig(dataset="fashion_mnist")) == tmp_path / "shared" / "fashion_mnist"
     assert dataset_dir(folders["folder b"]).parent == tmp_path / "shared" / "folder"
@@ -147,7 +142,7 @@ def test_mnist_shard_bytes_are_unchanged(mnist_shards):
     for name, digest in PINNED_MNIST_SHARD_SHA256.items():
         assert by_name[name]["sha256"] == digest
         assert sha256_file(mnist_shards / name) == digest
-    arrays = load_mnist("wheel")  # the cached .npz, verified against the official checksums on the way
+    arrays = load_arrays(MNIST, "wheel")  # the cached .npz, verified against the official checksums on the way
     images, labels = arrays.split("train")
     encoded = encode_shard("train", images[:5000], labels[:5000], first_index=0)
     assert hashlib.sha256(encoded).hexdigest() == PINNED_MNIST_SHARD_SHA256["mnist-train-000000.tar"]

@@ -19,10 +19,11 @@ from PIL import Image
 
 from gan_dist.config import DataConfig
 from gan_dist.data import sources
-from gan_dist.data.datasets import FASHION_MNIST, resolve_dataset
+from gan_dist.data.datasets import resolve_dataset
 from gan_dist.data.loader import split_batches
 from gan_dist.data.shards import prepare_data, shard_name, verify_shards
 from gan_dist.data.sources import IDX_FILES, ImageArrays, SourceError, idx_sha256, load_arrays, verify_arrays
+from gan_dist.registry.datasets import FASHION_MNIST
 from tests.data.synthetic import sample_indices, synthetic_arrays, write_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

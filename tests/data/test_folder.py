@@ -17,10 +17,10 @@ from PIL import Image
 
 from gan_dist.cli import main as cli_main
 from gan_dist.config import DataConfig
-from gan_dist.data.datasets import dataset_dir, resolve_dataset
+from gan_dist.data.datasets import resolve_dataset
 from gan_dist.data.folder import convert_image, scan_folder, split_files, split_value
 from gan_dist.data.loader import ShardError, eval_batches, split_batches, train_batches
-from gan_dist.data.shards import prepare_data, read_manifest, verify_shards
+from gan_dist.data.shards import dataset_dir, prepare_data, read_manifest, verify_shards
 from gan_dist.data.sources import DataError, SourceError
 
 RNG = np.random.default_rng(3)
@@ -377,4 +377,4 @@ def test_the_loader_streams_32x32x3_uint8_batches_of_the_converted_images(tree, 
     assert uint8.dtype == torch.uint8 and uint8.shape == (2, 3, 32, 32)
     # the shape is checked: these shards are not 28x28 grayscale
     with pytest.raises(ShardError, match=r"image is RGB \(32, 32\), expected L \(28, 28\)"):
-        next(iter(eval_batches(dataset.test_urls, 2, 0, 1)))
+        next(iter(eval_batches(dataset.test_urls, 2, 0, 1, image_shape=(1, 28, 28))))

@@ -21,13 +21,17 @@ import numpy as np
 import pytest
 import torch
 
-from gan_dist.config import DataConfig, load_config
+from gan_dist.bench.data import bench_data
+from gan_dist.config import DataConfig
+from gan_dist.configure import load_config
 from gan_dist.data import loader as loader_module
-from gan_dist.data.bench import bench_data
 from gan_dist.data.datasets import ResolvedDataset, resolve_dataset
 from gan_dist.data.loader import ShardError, epoch_batches, eval_batches, to_unit_range, train_batches
 from gan_dist.data.shards import shard_urls
+from gan_dist.registry.datasets import MNIST
 from tests.data.synthetic import sample_indices
+
+MNIST_SHAPE = MNIST.image_shape  # (1, 28, 28)
 
 BATCH = 16
 
@@ -63,7 +67,7 @@ def assert_same_batches(actual, expected) -> None:
 
 
 def eval_keys(urls: str, rank: int, world_size: int, **kwargs) -> list[str]:
-    return [key for _, _, keys in eval_batches(urls, 32, rank, world_size, with_keys=True, **kwargs) for key in keys]
+    return [key for _, _, keys in eval_batches(urls, 32, rank, world_size, with_keys=True, image_shape=MNIST_SHAPE, **kwargs) for key in keys]
 
 
 def test_train_batches_are_exact_uint8_pixels_and_labels(tiny_shards, synthetic_mnist):
@@ -155,7 +159,7 @@ def test_eval_covers_every_test_sample_exactly_once(tiny_shards, synthetic_mnist
     images_u8, labels = synthetic_mnist.split("test")
     per_rank = []
     for rank in range(world_size):
-        stream = eval_batches(urls, 32, rank, world_size, with_keys=True)
+        stream = eval_batches(urls, 32, rank, world_size, with_keys=True, image_shape=MNIST_SHAPE)
         keys = []
         for x, y, batch_keys in stream:
             index = [int(key.split("-")[1]) for key in batch_keys]
@@ -173,7 +177,7 @@ def test_eval_covers_every_test_sample_exactly_once(tiny_shards, synthetic_mnist
 
 
 def test_eval_batch_sizes_and_order(tiny_shards):
-    batches = list(eval_batches(shard_urls(tiny_shards, "test"), 32, 0, 1))
+    batches = list(eval_batches(shard_urls(tiny_shards, "test"), 32, 0, 1, image_shape=MNIST_SHAPE))
     assert [len(y) for _, y in batches] == [32, 32, 32, 4]
     assert sample_indices(torch.cat([x for x, _ in batches])) == list(range(100))
 
@@ -292,7 +296,8 @@ def test_a_stalled_source_times_out_naming_the_shard(tiny_shards, source):
 def test_warn_mode_skips_and_counts_what_it_skipped(tiny_shards_copy):
     damage(tiny_shards_copy / "mnist-test-000001.tar", "cut_between_members", sample=8)
     damage(tiny_shards_copy / "mnist-test-000000.tar", "bad_png", sample=3)
-    stream = eval_batches(shard_urls(tiny_shards_copy, "test"), 32, 0, 1, on_corrupt="warn", with_keys=True)
+    stream = eval_batches(shard_urls(tiny_shards_copy, "test"), 32, 0, 1, on_corrupt="warn", with_keys=True,
+                          image_shape=MNIST_SHAPE)
     with pytest.warns(RuntimeWarning) as caught:
         keys = [key for _, _, batch_keys in stream for key in batch_keys]
     # shard 0 without its sample 3; shard 1's 8 samples before the cut, then the shard is given up

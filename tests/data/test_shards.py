@@ -18,18 +18,20 @@ from PIL import Image
 from gan_dist.cli import main as cli_main
 from gan_dist.config import DataConfig
 from gan_dist.data import shards as shards_module
+from gan_dist.data.datasets import resolve_dataset
 from gan_dist.data.shards import (
+    dataset_dir,
     encode_shard,
-    ensure_shards,
+    ensure_dataset_shards,
     prepare_data,
     read_manifest,
     shard_name,
-    test_urls,
-    train_urls,
+    shard_urls,
     verify_shards,
     write_shards,
 )
-from gan_dist.data.sources import DataError, load_arrays, load_wheel_zip, sha256_file
+from gan_dist.data.sources import DataError, load_arrays, load_wheel_zip
+from gan_dist.files import sha256_file
 from tests.data.synthetic import synthetic_arrays, write_idx, write_wheel_style_zip
 
 FORK = multiprocessing.get_context("fork")  # real processes that start instantly (torch is already imported)
@@ -153,7 +155,7 @@ def test_an_interrupted_prepare_leaves_no_valid_looking_shard_and_recovers(tmp_p
         assert (out / shard_name("train", index)).read_bytes() == expected
     assert verify_shards(out) == ["manifest.json"]
     with pytest.raises(DataError, match=rf"no usable MNIST shards in {out} .*gan-dist prepare-data --dataset mnist --out {out}`"):
-        ensure_shards(DataConfig(root=str(out), auto_prepare=False, samples_per_shard=50))
+        ensure_dataset_shards(DataConfig(root=str(out), auto_prepare=False, samples_per_shard=50))
     kept = file_ids(out)
     write_shards(out, synthetic_mnist, 50)
     assert verify_shards(out) == []
@@ -215,7 +217,7 @@ def test_changing_samples_per_shard_rewrites_the_layout(tmp_path, synthetic_idx_
     assert verify_shards(out) == []
 
 
-def test_ensure_shards_prepares_from_data_source_when_allowed(tmp_path, synthetic_idx_dir, tiny_shards,
+def test_ensure_dataset_shards_prepares_from_data_source_when_allowed(tmp_path, synthetic_idx_dir, tiny_shards,
                                                                monkeypatch):
     calls = []
 
@@ -227,33 +229,39 @@ def test_ensure_shards_prepares_from_data_source_when_allowed(tmp_path, syntheti
     monkeypatch.setattr(shards_module, "prepare_data", recording_prepare)
     root = tmp_path / "shards"
     data = DataConfig(root=str(root), source=f"idx:{synthetic_idx_dir}", samples_per_shard=50)
-    assert ensure_shards(data) == root
+    manifest, _ = ensure_dataset_shards(data)
+    assert manifest["dataset"] == "mnist" and dataset_dir(data) == root
     assert calls == [(root, f"idx:{synthetic_idx_dir}", 50)]
     assert shard_files(root) == shard_files(tiny_shards)
-    assert ensure_shards(data) == root and len(calls) == 1  # valid now: no second prepare
+    ensure_dataset_shards(data)
+    assert len(calls) == 1  # valid now: no second prepare
     (root / "mnist-train-000003.tar").write_bytes(b"truncated")
-    assert ensure_shards(data) == root and len(calls) == 2
+    ensure_dataset_shards(data)
+    assert len(calls) == 2
     assert verify_shards(root) == []
 
 
-def test_ensure_shards_env_default_and_remote_urls(tmp_path, monkeypatch, tiny_shards):
+def test_shards_env_default_and_remote_urls(tmp_path, monkeypatch, tiny_shards):
     shutil.copytree(tiny_shards, tmp_path / "env" / "mnist")  # $GAN_DIST_DATA_DIR/<dataset>
     monkeypatch.setenv("GAN_DIST_DATA_DIR", str(tmp_path / "env"))
-    assert ensure_shards(DataConfig(auto_prepare=False, samples_per_shard=50)) == tmp_path / "env" / "mnist"
+    local = DataConfig(auto_prepare=False, samples_per_shard=50)
+    assert dataset_dir(local) == tmp_path / "env" / "mnist"
+    assert resolve_dataset(local).directory == tmp_path / "env" / "mnist"
     remote = DataConfig(root=str(tmp_path / "none"), auto_prepare=False, train_urls="http://h/a.tar",
                         test_urls="http://h/b.tar")
-    assert ensure_shards(remote) == tmp_path / "none"  # shards live elsewhere: nothing checked or written
+    assert resolve_dataset(remote).train_urls == "http://h/a.tar"  # shards live elsewhere: nothing checked
     assert not (tmp_path / "none").exists()
 
 
 def test_train_and_test_urls(tiny_shards, tmp_path):
-    data = DataConfig(root=str(tiny_shards))
-    assert train_urls(data) == f"{tiny_shards}/mnist-train-{{000000..000005}}.tar"
-    assert test_urls(data) == f"{tiny_shards}/mnist-test-{{000000..000001}}.tar"
+    dataset = resolve_dataset(DataConfig(root=str(tiny_shards)), prepare=False)
+    assert dataset.train_urls == f"{tiny_shards}/mnist-train-{{000000..000005}}.tar"
+    assert dataset.test_urls == f"{tiny_shards}/mnist-test-{{000000..000001}}.tar"
     custom = DataConfig(root=str(tiny_shards), train_urls="pipe:cat /x/a-{0..3}.tar", test_urls="http://h/t.tar")
-    assert (train_urls(custom), test_urls(custom)) == ("pipe:cat /x/a-{0..3}.tar", "http://h/t.tar")
+    custom_dataset = resolve_dataset(custom)
+    assert (custom_dataset.train_urls, custom_dataset.test_urls) == ("pipe:cat /x/a-{0..3}.tar", "http://h/t.tar")
     with pytest.raises(DataError, match=rf"no readable {tmp_path}/manifest.json: run `gan-dist prepare-data"):
-        train_urls(DataConfig(root=str(tmp_path)))
+        shard_urls(tmp_path, "train")
 
 
 def test_cli_prepare_data_errors_exit_nonzero_and_write_nothing(tmp_path, synthetic_idx_dir, capsys):

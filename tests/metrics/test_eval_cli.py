@@ -16,7 +16,7 @@ import torch
 from gan_dist.checkpoint import GeneratorInfo, export_generator
 from gan_dist.cli import main
 from gan_dist.config import ModelConfig
-from gan_dist.models import build_generator
+from gan_dist.models.build import build_generator
 
 
 @pytest.fixture(scope="module")

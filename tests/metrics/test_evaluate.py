@@ -16,12 +16,16 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from gan_dist.config import ConfigError, load_config
+from gan_dist.config import ConfigError
+from gan_dist.configure import load_config
 from gan_dist.data.datasets import resolve_dataset
 from gan_dist.metrics.classifier import load_split, to_unit_range
 from gan_dist.metrics.evaluate import TABLE_KEYS, Evaluator, compute_metrics, format_table, real_features
 from gan_dist.metrics.fid import fid_from_features
+from gan_dist.registry.datasets import MNIST
 from tests.distributed import run_processes
+
+MNIST_SHAPE = MNIST.image_shape  # (1, 28, 28)
 
 WORKER = Path(__file__).with_name("eval_worker.py")
 NUM_SAMPLES = 1000
@@ -131,10 +135,10 @@ def test_floor_is_near_perfect(evaluator):
 
 
 def test_untrained_generator_is_far_above_the_floor(evaluator):
-    from gan_dist.models import build_models
+    from gan_dist.models.build import build_models
 
     torch.manual_seed(0)
-    G, _ = build_models(evaluator.config.model)
+    G, _ = build_models(evaluator.config.model, MNIST_SHAPE)
     G.train()
     metrics = evaluator.evaluate(G, seed=0)
     assert G.training  # the mode is restored
@@ -168,7 +172,7 @@ def test_a_generator_that_ignores_its_labels_scores_chance(evaluator, test_split
 
 
 def test_an_untrained_conditional_generator_and_a_mismatched_one(evaluator):
-    from gan_dist.models import build_generator
+    from gan_dist.models.build import build_generator
 
     model = dataclasses.replace(evaluator.config.model, conditioning="concat")
     torch.manual_seed(0)

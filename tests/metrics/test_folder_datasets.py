@@ -10,11 +10,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from gan_dist.config import load_config
+from gan_dist.cli import main as cli_main
+from gan_dist.configure import load_config
 from gan_dist.data.datasets import resolve_dataset
-from gan_dist.metrics.classifier import train_classifier_command
 from gan_dist.metrics.evaluate import Evaluator
-from gan_dist.models import build_generator
+from gan_dist.models.build import build_generator
 from tests.metrics.folders import write_image_folder
 
 SIZE = 16
@@ -27,7 +27,10 @@ def labeled(tmp_path_factory):
     config = load_config(None, ["data.dataset=folder", f"data.source=folder:{images}", f"data.image_size={SIZE}",
                                 "data.test_fraction=0.3", f"data.root={root / 'shards'}", "eval.num_samples=60",
                                 "eval.batch_size=32", "model.g_width=16"])
-    train_classifier_command(config, num_epochs=5)  # beside the shards: found by default
+    # beside the shards: found by default
+    assert cli_main(["train-classifier", "data.dataset=folder", f"data.source=folder:{images}",
+                     f"data.image_size={SIZE}", "data.test_fraction=0.3", f"data.root={root / 'shards'}",
+                     "--epochs", "5"]) == 0
     return config, resolve_dataset(config.data), root
 
 

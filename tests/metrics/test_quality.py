@@ -28,12 +28,12 @@ import torch
 from accelerate import Accelerator
 
 from gan_dist.checkpoint import load_generator
-from gan_dist.config import load_config
+from gan_dist.configure import load_config
 from gan_dist.data.datasets import resolve_dataset
 from gan_dist.metrics.classifier import load_split, to_unit_range
 from gan_dist.metrics.evaluate import Evaluator, compute_metrics
-from gan_dist.models import build_models
-from gan_dist.train import train
+from gan_dist.models.build import build_models
+from gan_dist.train.trainer import train
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from gan_dist.config import ModelConfig
-from gan_dist.models import build_discriminator
+from gan_dist.models.build import build_discriminator
 
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10

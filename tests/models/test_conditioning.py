@@ -7,8 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from gan_dist.config import MODEL_NAMES, ConfigError, ModelConfig
-from gan_dist.models import build_discriminator, build_generator, build_models
+from gan_dist.config import ConfigError, ModelConfig
+from gan_dist.models.build import build_discriminator, build_generator, build_models
+from gan_dist.registry.architectures import ARCHITECTURES
+from gan_dist.registry.datasets import MNIST
+
+MNIST_SHAPE = MNIST.image_shape  # (1, 28, 28)
 
 K = 10
 SMALL = {"keras_dcgan": (16, 8), "dcgan": (8, 8), "mlp": (16, 16)}
@@ -37,7 +41,7 @@ def first_layer_inputs(module: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("conditioning", ["concat", "acgan", "projection"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_conditioning_on_unlabeled_data_is_a_config_error(name: str, conditioning: str) -> None:
     for build in (build_generator, build_discriminator, build_models):
         with pytest.raises(ConfigError) as error:
@@ -46,11 +50,11 @@ def test_conditioning_on_unlabeled_data_is_a_config_error(name: str, conditionin
         assert "model.conditioning" in message and "data.dataset" in message
         assert "needs class labels, but the dataset has none" in message
     with pytest.raises(ConfigError, match="model.conditioning"):
-        build_generator(ModelConfig(name=name, conditioning=conditioning))  # num_classes defaults to 0
+        build_generator(ModelConfig(name=name, conditioning=conditioning), MNIST_SHAPE)  # num_classes defaults to 0
 
 
 @pytest.mark.parametrize("conditioning", ["concat", "acgan", "projection"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_conditional_models_refuse_missing_or_malformed_labels(name: str, conditioning: str) -> None:
     g, d = models(name, conditioning)
     z, x = torch.randn(3, 100), torch.rand(3, 1, 28, 28)
@@ -64,7 +68,7 @@ def test_conditional_models_refuse_missing_or_malformed_labels(name: str, condit
         g(z, torch.zeros(2, dtype=torch.int64))
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_unconditional_models_ignore_labels(name: str) -> None:
     g, d = models(name, "none")
     assert g.num_classes == d.num_classes == 0 and d.conditioning == "none"
@@ -76,7 +80,7 @@ def test_unconditional_models_ignore_labels(name: str) -> None:
 
 @pytest.mark.parametrize("conditioning", ["concat", "acgan", "projection"])
 @pytest.mark.parametrize("image_shape", SHAPES, ids=["28x28x1", "32x32x3"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_generator_takes_the_one_hot_label_with_z(name: str, image_shape: tuple, conditioning: str) -> None:
     g, _ = models(name, conditioning, image_shape)
     assert g.num_classes == K and g.input_dim == 100 + K
@@ -91,7 +95,7 @@ def test_generator_takes_the_one_hot_label_with_z(name: str, image_shape: tuple,
 
 
 @pytest.mark.parametrize("image_shape", SHAPES, ids=["28x28x1", "32x32x3"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_concat_discriminator_reads_the_label_with_the_image(name: str, image_shape: tuple) -> None:
     _, d = models(name, "concat", image_shape)
     channels, height, width = image_shape
@@ -109,7 +113,7 @@ def test_concat_discriminator_reads_the_label_with_the_image(name: str, image_sh
     assert logits.shape == (K,) and logits.unique().numel() == K  # the label changes the logit
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_concat_label_input_equals_its_one_hot_by_hand(name: str) -> None:
     """D(x, y) == the unconditional computation on the input with the one-hot appended by hand."""
     _, d = models(name, "concat")
@@ -122,7 +126,7 @@ def test_concat_label_input_equals_its_one_hot_by_hand(name: str) -> None:
 
 
 @pytest.mark.parametrize("image_shape", SHAPES, ids=["28x28x1", "32x32x3"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_projection_logit_is_linear_head_plus_inner_product(name: str, image_shape: tuple) -> None:
     _, d = models(name, "projection", image_shape)
     assert d.conditioning == "projection" and not hasattr(d, "class_head")
@@ -145,7 +149,7 @@ def test_projection_logit_is_linear_head_plus_inner_product(name: str, image_sha
 
 
 @pytest.mark.parametrize("image_shape", SHAPES, ids=["28x28x1", "32x32x3"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_acgan_returns_adversarial_and_class_logits(name: str, image_shape: tuple) -> None:
     _, d = models(name, "acgan", image_shape)
     assert first_layer_inputs(d) == (image_shape[0] if name != "mlp" else int(torch.tensor(image_shape).prod()))
@@ -165,7 +169,7 @@ def test_acgan_returns_adversarial_and_class_logits(name: str, image_shape: tupl
     assert torch.equal(logits, other_logits) and torch.equal(class_logits, other_class_logits)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_acgan_class_head_learns_labels(name: str) -> None:
     """The class head is trainable end to end: a few steps of cross-entropy fit 4 fixed images' classes."""
     torch.manual_seed(0)
@@ -183,7 +187,7 @@ def test_acgan_class_head_learns_labels(name: str) -> None:
         assert torch.equal(d(x, y)[1].argmax(1), y)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_conditional_heads_leave_the_unconditional_body_alone(name: str) -> None:
     """Given the same seed, projection and acgan D share the unconditional D's body parameters."""
     _, plain = models(name, "none")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gan_dist.config import ConfigError, ModelConfig
-from gan_dist.models import build_models
+from gan_dist.models.build import build_models
 from gan_dist.models.keras_dcgan import (
     Conv2dSame,
     KerasDCGANDiscriminator,
@@ -18,7 +18,11 @@ from gan_dist.models.keras_dcgan import (
     downsampling_plan,
     keras_same_padding,
 )
+from gan_dist.registry.datasets import MNIST
 from tests.models.shapes import output_shapes
+
+MNIST_SHAPE = MNIST.image_shape  # (1, 28, 28)
+DROPOUT = 0.25  # the Keras tutorial's
 
 BN_TYPES = nn.modules.batchnorm._BatchNorm
 
@@ -35,7 +39,7 @@ def keras_count(module: nn.Module) -> int:
 
 
 def test_parameter_counts_equal_keras_summary() -> None:
-    g, d = build_models(ModelConfig(name="keras_dcgan"))
+    g, d = build_models(ModelConfig(name="keras_dcgan"), MNIST_SHAPE)
     assert trainable_count(g) == 855_809
     assert trainable_count(d) == 392_833
     assert keras_count(g) == 856_193
@@ -43,7 +47,7 @@ def test_parameter_counts_equal_keras_summary() -> None:
 
 
 def test_norm_none_removes_bn_and_keeps_conv_biases() -> None:
-    g, d = build_models(ModelConfig(name="keras_dcgan", g_norm="none", d_norm="none"))
+    g, d = build_models(ModelConfig(name="keras_dcgan", g_norm="none", d_norm="none"), MNIST_SHAPE)
     assert not any(isinstance(m, BN_TYPES) for m in [*g.modules(), *d.modules()])
     # BN params (gamma, beta) gone: G 2 x (128 + 64), D 2 x (64 + 128 + 256).
     assert trainable_count(g) == 855_809 - 2 * (128 + 64)
@@ -54,24 +58,24 @@ def test_norm_none_removes_bn_and_keeps_conv_biases() -> None:
 
 
 def test_layer_shapes_follow_the_keras_reference() -> None:
-    g = KerasDCGANGenerator(latent_dim=100, width=128)
+    g = KerasDCGANGenerator(latent_dim=100, width=128, image_shape=MNIST_SHAPE)
     shapes = output_shapes(g, torch.randn(2, 100), ["fc", "conv1", "conv2", "conv_out"])
     assert shapes == {"fc": (2, 128 * 7 * 7), "conv1": (2, 128, 14, 14), "conv2": (2, 64, 28, 28),
                       "conv_out": (2, 1, 28, 28)}
-    d = KerasDCGANDiscriminator(width=32)
+    d = KerasDCGANDiscriminator(width=32, image_shape=MNIST_SHAPE, dropout=0.25)
     shapes = output_shapes(d, torch.randn(2, 1, 28, 28), ["conv1", "conv2", "pad2", "conv3", "conv4", "fc"])
     assert shapes == {"conv1": (2, 32, 14, 14), "conv2": (2, 64, 7, 7), "pad2": (2, 64, 8, 8),
                       "conv3": (2, 128, 4, 4), "conv4": (2, 256, 4, 4), "fc": (2, 1)}
 
 
 def test_widths_scale_channels() -> None:
-    g, d = build_models(ModelConfig(name="keras_dcgan", latent_dim=16, g_width=64, d_width=8))
+    g, d = build_models(ModelConfig(name="keras_dcgan", latent_dim=16, g_width=64, d_width=8), MNIST_SHAPE)
     assert (g.fc.in_features, g.fc.out_features) == (16, 64 * 49)
     assert (g.conv1.out_channels, g.conv2.out_channels, g.conv_out.out_channels) == (64, 32, 1)
     assert [d.conv1.out_channels, d.conv2.out_channels, d.conv3.out_channels, d.conv4.out_channels] == [8, 16, 32, 64]
     assert d.fc.in_features == 64 * 4 * 4
     with pytest.raises(ValueError, match="width"):
-        KerasDCGANGenerator(latent_dim=100, width=1)
+        KerasDCGANGenerator(latent_dim=100, width=1, image_shape=MNIST_SHAPE)
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride", "expected"), [
@@ -96,7 +100,7 @@ def _delta_kernel(conv: nn.Conv2d, row: int, col: int) -> None:
 
 
 def test_stride2_same_padding_is_bottom_right_in_discriminator_first_conv() -> None:
-    d = KerasDCGANDiscriminator(width=1)
+    d = KerasDCGANDiscriminator(width=1, image_shape=MNIST_SHAPE, dropout=0.25)
     x = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28)
     # A kernel that picks its top-left tap: with no top/left padding, output[i, j] = x[2i, 2j].
     _delta_kernel(d.conv1, 0, 0)
@@ -127,7 +131,7 @@ def test_stride1_same_padding_is_symmetric() -> None:
 
 
 def test_zero_padding_after_second_conv_adds_bottom_right_zeros() -> None:
-    d = KerasDCGANDiscriminator(width=2)
+    d = KerasDCGANDiscriminator(width=2, image_shape=MNIST_SHAPE, dropout=0.25)
     captured: dict[str, torch.Tensor] = {}
     d.pad2.register_forward_hook(lambda _m, _i, out: captured.__setitem__("pad2", out))
     with torch.no_grad():
@@ -139,7 +143,7 @@ def test_zero_padding_after_second_conv_adds_bottom_right_zeros() -> None:
 
 
 def test_batch_norm_uses_keras_momentum_and_epsilon() -> None:
-    g, d = build_models(ModelConfig(name="keras_dcgan"))
+    g, d = build_models(ModelConfig(name="keras_dcgan"), MNIST_SHAPE)
     bns = [m for m in [*g.modules(), *d.modules()] if isinstance(m, BN_TYPES)]
     assert len(bns) == 2 + 3
     assert all(m.momentum == pytest.approx(0.2) and m.eps == pytest.approx(1e-3) for m in bns)
@@ -153,7 +157,7 @@ def test_batch_norm_uses_keras_momentum_and_epsilon() -> None:
 
 def test_glorot_uniform_kernels_and_zero_biases() -> None:
     torch.manual_seed(0)
-    g, d = build_models(ModelConfig(name="keras_dcgan"))
+    g, d = build_models(ModelConfig(name="keras_dcgan"), MNIST_SHAPE)
     layers = [m for m in [*g.modules(), *d.modules()] if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert len(layers) == 4 + 5
     for layer in layers:
@@ -174,10 +178,10 @@ def test_glorot_uniform_kernels_and_zero_biases() -> None:
 
 
 def test_dropout_follows_config() -> None:
-    _, d = build_models(ModelConfig(name="keras_dcgan"))
+    _, d = build_models(ModelConfig(name="keras_dcgan"), MNIST_SHAPE)
     drops = [m for m in d.modules() if isinstance(m, nn.Dropout)]
     assert len(drops) == 4 and all(m.p == 0.25 for m in drops)
-    _, d = build_models(ModelConfig(name="keras_dcgan", d_dropout=0.0))
+    _, d = build_models(ModelConfig(name="keras_dcgan", d_dropout=0.0), MNIST_SHAPE)
     assert not any(isinstance(m, nn.Dropout) for m in d.modules())
 
 
@@ -188,7 +192,7 @@ def test_layer_shapes_at_32x32x3() -> None:
     shapes = output_shapes(g, torch.randn(2, 100), ["fc", "conv1", "conv2", "conv3", "conv_out"])
     assert shapes == {"fc": (2, 128 * 4 * 4), "conv1": (2, 128, 8, 8), "conv2": (2, 64, 16, 16),
                       "conv3": (2, 32, 32, 32), "conv_out": (2, 3, 32, 32)}
-    d = KerasDCGANDiscriminator(width=32, image_shape=(3, 32, 32))
+    d = KerasDCGANDiscriminator(width=32, image_shape=(3, 32, 32), dropout=DROPOUT)
     shapes = output_shapes(d, torch.randn(2, 3, 32, 32), ["conv1", "conv2", "conv3", "conv4", "fc"])
     assert shapes == {"conv1": (2, 32, 16, 16), "conv2": (2, 64, 8, 8), "conv3": (2, 128, 4, 4),
                       "conv4": (2, 256, 4, 4), "fc": (2, 1)}
@@ -204,7 +208,7 @@ def test_layer_shapes_at_64x64x3() -> None:
     shapes = output_shapes(g, torch.randn(2, 100), ["fc", "conv1", "conv4", "conv_out"])
     assert shapes == {"fc": (2, 128 * 4 * 4), "conv1": (2, 128, 8, 8), "conv4": (2, 16, 64, 64),
                       "conv_out": (2, 3, 64, 64)}
-    d = KerasDCGANDiscriminator(width=32, image_shape=(3, 64, 64))
+    d = KerasDCGANDiscriminator(width=32, image_shape=(3, 64, 64), dropout=DROPOUT)
     shapes = output_shapes(d, torch.randn(2, 3, 64, 64), ["conv1", "conv4", "conv5", "fc"])
     assert shapes == {"conv1": (2, 32, 32, 32), "conv4": (2, 256, 4, 4), "conv5": (2, 512, 4, 4), "fc": (2, 1)}
     assert [m.num_features for m in d.modules() if isinstance(m, BN_TYPES)] == [64, 128, 256, 512]
@@ -230,7 +234,7 @@ def test_discriminator_downsampling_plan(size: int, plan: list[tuple[int, bool]]
 
 
 def test_layer_norm_uses_keras_epsilon() -> None:
-    _, d = build_models(ModelConfig(name="keras_dcgan", d_norm="layer"))
+    _, d = build_models(ModelConfig(name="keras_dcgan", d_norm="layer"), MNIST_SHAPE)
     groups = [m for m in d.modules() if isinstance(m, nn.GroupNorm)]
     assert [m.num_channels for m in groups] == [64, 128, 256]
     assert all(m.num_groups == 1 and m.eps == pytest.approx(1e-3) for m in groups)

@@ -11,18 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_dist.config import CONDITIONING_MODES, MODEL_NAMES, ConfigError, ModelConfig
-from gan_dist.models import (
-    ARCHITECTURES,
-    IMAGE_SHAPE,
-    build_discriminator,
-    build_generator,
-    build_models,
-    d_has_batchnorm,
-    resolve_model_config,
-    uses_channels_last,
-)
+from gan_dist.config import CONDITIONING_MODES, ConfigError, ModelConfig
 from gan_dist.models.base import conv_stages
+from gan_dist.models.build import build_discriminator, build_generator, build_models
+from gan_dist.registry.architectures import ARCHITECTURES, d_has_batchnorm, resolve_model, uses_channels_last
+from gan_dist.registry.datasets import MNIST
+
+MNIST_SHAPE = MNIST.image_shape  # (1, 28, 28)
 
 # (name, g_width, d_width): the defaults and a small and a non-power-of-two width each.
 CASES = [
@@ -36,7 +31,7 @@ NUM_CLASSES = 10
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def small_models(name: str, image_shape: tuple[int, int, int] = IMAGE_SHAPE, num_classes: int = 0,
+def small_models(name: str, image_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int = 0,
                  **kwargs) -> tuple[nn.Module, nn.Module]:
     g_width, d_width = SMALL[name]
     return build_models(ModelConfig(name=name, g_width=g_width, d_width=d_width, **kwargs), image_shape, num_classes)
@@ -57,22 +52,22 @@ def parameter_count(module: nn.Module) -> int:
 
 
 def test_registry_covers_config_names() -> None:
-    assert set(ARCHITECTURES) == set(MODEL_NAMES)
+    assert set(ARCHITECTURES) == set(tuple(ARCHITECTURES))
 
 
 def test_resolve_fills_defaults_and_keeps_explicit_values() -> None:
     expected = {"keras_dcgan": (128, 32, 0.25), "dcgan": (64, 64, 0.0), "mlp": (256, 256, 0.3)}
     for name, (g_width, d_width, dropout) in expected.items():
         model = ModelConfig(name=name)
-        resolved = resolve_model_config(model)
+        resolved = resolve_model(model)
         assert (resolved.g_width, resolved.d_width, resolved.d_dropout) == (g_width, d_width, dropout)
         assert model.g_width is None  # the input is not modified
-    explicit = resolve_model_config(ModelConfig(name="dcgan", g_width=3, d_width=5, d_dropout=0.1,
+    explicit = resolve_model(ModelConfig(name="dcgan", g_width=3, d_width=5, d_dropout=0.1,
                                                 g_norm="none", d_norm="layer"))
     assert (explicit.g_width, explicit.d_width, explicit.d_dropout) == (3, 5, 0.1)
     assert (explicit.g_norm, explicit.d_norm) == ("none", "layer")
     with pytest.raises(ValueError, match="model.name"):
-        resolve_model_config(ModelConfig(name="wgan"))
+        resolve_model(ModelConfig(name="wgan"))
 
 
 @pytest.mark.parametrize(("name", "g_width", "d_width"), CASES)
@@ -80,10 +75,10 @@ def test_shapes_and_ranges(name: str, g_width: int | None, d_width: int | None) 
     torch.manual_seed(0)
     for latent_dim in (100, 16):
         model = ModelConfig(name=name, latent_dim=latent_dim, g_width=g_width, d_width=d_width)
-        g, d = build_models(model)
+        g, d = build_models(model, MNIST_SHAPE)
         assert g.latent_dim == latent_dim
         images = g(torch.randn(5, latent_dim) * 3)
-        assert images.shape == (5, *IMAGE_SHAPE) and images.dtype == torch.float32
+        assert images.shape == (5, *MNIST_SHAPE) and images.dtype == torch.float32
         assert images.min() >= -1 and images.max() <= 1 and images.std() > 0
         logits = d(images)
         assert logits.shape == (5,)
@@ -92,13 +87,13 @@ def test_shapes_and_ranges(name: str, g_width: int | None, d_width: int | None) 
     last = [m for m in d.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     with torch.no_grad():
         last.weight.mul_(1000.0)
-        logits = d(torch.rand(64, *IMAGE_SHAPE) * 2 - 1)
+        logits = d(torch.rand(64, *MNIST_SHAPE) * 2 - 1)
     assert logits.max() > 1 and logits.min() < 0
 
 
 @pytest.mark.parametrize("conditioning", CONDITIONING_MODES)
 @pytest.mark.parametrize("image_shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_every_family_builds_for_every_shape_and_conditioning(name: str, image_shape: tuple[int, int, int],
                                                               conditioning: str) -> None:
     torch.manual_seed(0)
@@ -181,7 +176,7 @@ def test_d_norm_layer_has_no_batch_norm_and_no_running_buffers(name: str) -> Non
     torch.testing.assert_close(d(x)[:2], d(x[:2]), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_norm_none_has_no_normalization_layers(name: str) -> None:
     g, d = small_models(name, (1, 32, 32), g_norm="none", d_norm="none")
     assert not any(isinstance(m, NORM_TYPES) for m in [*g.modules(), *d.modules()])
@@ -190,7 +185,7 @@ def test_norm_none_has_no_normalization_layers(name: str) -> None:
     assert any(isinstance(m, nn.BatchNorm2d) for m in d.modules()) == (name != "mlp")
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_each_architecture_declares_what_its_modules_are(name: str) -> None:
     """The registry's facts that the trainer, the bench and config.validate ask instead of testing names:
     `convolutional` (channels_last applies) and `uses_norm` (a BatchNorm critic is possible)."""
@@ -205,13 +200,13 @@ def test_each_architecture_declares_what_its_modules_are(name: str) -> None:
     assert not d_has_batchnorm(ModelConfig(name=name, d_norm="layer"))
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_single_builders_match_build_models(name: str) -> None:
     torch.manual_seed(1)
-    g, d = build_models(ModelConfig(name=name))
+    g, d = build_models(ModelConfig(name=name), MNIST_SHAPE)
     torch.manual_seed(1)
-    g_alone = build_generator(ModelConfig(name=name))
-    assert type(g_alone) is type(g) and type(build_discriminator(ModelConfig(name=name))) is type(d)
+    g_alone = build_generator(ModelConfig(name=name), MNIST_SHAPE)
+    assert type(g_alone) is type(g) and type(build_discriminator(ModelConfig(name=name), MNIST_SHAPE)) is type(d)
     for a, b in zip(g.state_dict().values(), g_alone.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -222,11 +217,11 @@ VARIANT_IDS = ["plain", "projection_sn", "concat"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_forward_backward_under_bf16_autocast(name: str, variant: dict) -> None:
     torch.manual_seed(0)
     g, d = small_models(name, num_classes=NUM_CLASSES, **variant)
-    real = torch.rand(6, *IMAGE_SHAPE) * 2 - 1
+    real = torch.rand(6, *MNIST_SHAPE) * 2 - 1
     y = torch.arange(6) % NUM_CLASSES
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fake = g(torch.randn(6, g.latent_dim), y)
@@ -242,7 +237,7 @@ def test_forward_backward_under_bf16_autocast(name: str, variant: dict) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_channels_last_matches_contiguous(name: str, variant: dict) -> None:
     torch.manual_seed(0)
     g, d = small_models(name, num_classes=NUM_CLASSES, **variant)
@@ -250,7 +245,7 @@ def test_channels_last_matches_contiguous(name: str, variant: dict) -> None:
     d.eval()
     z = torch.randn(4, g.latent_dim)
     y = torch.tensor([0, 3, 9, 3])
-    x = torch.rand(4, *IMAGE_SHAPE) * 2 - 1
+    x = torch.rand(4, *MNIST_SHAPE) * 2 - 1
     with torch.no_grad():
         expected_images, expected_logits = g(z, y), d(x, y)
         g.to(memory_format=torch.channels_last)
@@ -262,7 +257,7 @@ def test_channels_last_matches_contiguous(name: str, variant: dict) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2], ids=VARIANT_IDS[:2])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(ARCHITECTURES))
 def test_torch_compile_full_graph_matches_eager(name: str, variant: dict) -> None:
     """aot_eager traces forward and backward (graph breaks fail with fullgraph) without needing a C compiler.
 
@@ -304,16 +299,16 @@ def test_sync_batchnorm_conversion(name: str) -> None:
             assert (bn.momentum, bn.eps) == (0.2, 1e-3)
     converted.eval()  # outside a process group SyncBatchNorm runs as plain BN in eval mode
     with torch.no_grad():
-        out = converted(torch.randn(2, *IMAGE_SHAPE))
+        out = converted(torch.randn(2, *MNIST_SHAPE))
     assert out.shape == (2,)
 
 
 def test_config_dataclass_is_what_build_accepts() -> None:
     # The trainer passes the typed ModelConfig straight from load_config.
-    from gan_dist.config import load_config
+    from gan_dist.configure import load_config
 
     config = load_config(None, ["model.name=mlp", "model.g_width=8", "model.d_width=8"])
-    g, d = build_models(config.model)
+    g, d = build_models(config.model, MNIST_SHAPE)
     assert dataclasses.is_dataclass(config.model)
     assert d(g(torch.randn(2, 100))).shape == (2,)
 
@@ -323,7 +318,7 @@ def test_inductor_compile_keras_dcgan_channels_last_bf16() -> None:
     """The default model through the real compiler (about a minute on 2 CPU cores)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    g, d = build_models(ModelConfig(name="keras_dcgan", d_dropout=0.0))
+    g, d = build_models(ModelConfig(name="keras_dcgan", d_dropout=0.0), MNIST_SHAPE)
     g.to(memory_format=torch.channels_last)
     d.to(memory_format=torch.channels_last)
     z = torch.randn(8, g.latent_dim)

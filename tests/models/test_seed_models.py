@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gan_dist.config import ModelConfig
-from gan_dist.models import build_models
 from gan_dist.models.base import ByteMaskDropout
+from gan_dist.models.build import build_models
 from tests.models.fingerprint import state_fingerprint, tensor_fingerprint
 from tests.models.seed_fingerprints import SEED_FINGERPRINTS
 

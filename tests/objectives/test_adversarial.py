@@ -7,15 +7,38 @@ import math
 import pytest
 import torch
 
-from gan_dist.objectives.adversarial import (
-    hinge_d_loss,
-    lsgan_d_loss,
-    lsgan_g_loss,
-    ns_d_loss,
-    ns_g_loss,
-    wasserstein_d_loss,
-    wasserstein_g_loss,
-)
+from gan_dist.config import LossConfig
+from gan_dist.objectives import hinge, lsgan, ns, wgan_gp
+
+DEFAULT = LossConfig()
+
+
+def ns_d_loss(real, fake, label_smoothing=0.0):
+    return ns.d_loss(real, fake, LossConfig(label_smoothing=label_smoothing))
+
+
+def ns_g_loss(fake):
+    return ns.g_loss(fake, DEFAULT)
+
+
+def lsgan_d_loss(real, fake):
+    return lsgan.d_loss(real, fake, DEFAULT)
+
+
+def lsgan_g_loss(fake):
+    return lsgan.g_loss(fake, DEFAULT)
+
+
+def wasserstein_d_loss(real, fake):
+    return wgan_gp.d_loss(real, fake, DEFAULT)
+
+
+def wasserstein_g_loss(fake):
+    return wgan_gp.g_loss(fake, DEFAULT)
+
+
+def hinge_d_loss(real, fake):
+    return hinge.d_loss(real, fake, DEFAULT)
 
 LOG2 = math.log(2.0)
 discriminator_loss, generator_loss = ns_d_loss, ns_g_loss

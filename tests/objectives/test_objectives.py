@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_dist.config import LossConfig
-from gan_dist.objectives import DPhaseInputs, build_objective, gradient_penalty, input_gradients
+from gan_dist.objectives.objective import DPhaseInputs, build_objective, gradient_penalty, input_gradients
 
 
 class LinearCritic(nn.Module):

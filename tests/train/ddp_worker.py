@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from gan_dist.config import load_config
-from gan_dist.train import Trainer
+from gan_dist.configure import load_config
+from gan_dist.train.trainer import Trainer
 
 
 class SlicedNoise:

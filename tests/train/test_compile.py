@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gan_dist.config import load_config
-from gan_dist.train import train
+from gan_dist.configure import load_config
+from gan_dist.train.trainer import train
 
 LOSSES = re.compile(r"^(\d+) \[D loss: (\S+), acc\.: \S+%\] \[G loss: (\S+)\]", re.MULTILINE)
 

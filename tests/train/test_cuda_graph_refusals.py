@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from gan_dist.cli import main as cli_main
-from gan_dist.config import ConfigError, load_config
-from gan_dist.train import Trainer
+from gan_dist.config import ConfigError
+from gan_dist.configure import load_config
+from gan_dist.train.trainer import Trainer
 
 GRAPH = ["configs/debug.yaml", "train.cuda_graph=true", "data.loader=memory"]
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gan_dist.cli import main as cli_main
-from gan_dist.tracking import auto_pixel_scale
+from gan_dist.sampling import auto_pixel_scale
 from tests.metrics.folders import write_image_folder
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from gan_dist.checkpoint import complete_checkpoints
-from gan_dist.train import EXIT_STOPPED_EARLY
+from gan_dist.train.trainer import EXIT_STOPPED_EARLY
 from tests.distributed import REPO_ROOT
 
 

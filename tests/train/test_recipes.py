@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from gan_dist.config import load_config
-from gan_dist.train import train
+from gan_dist.configure import load_config
+from gan_dist.train.trainer import train
 
 LOSSES = re.compile(r"^(\d+) \[D loss: (\S+)\] \[G loss: (\S+)\]", re.MULTILINE)
 

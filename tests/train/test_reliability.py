@@ -14,10 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gan_dist.checkpoint import complete_checkpoints, read_lines, verify_checkpoint
+from gan_dist.checkpoint import complete_checkpoints, verify_checkpoint
 from gan_dist.cli import main as cli_main
-from gan_dist.config import load_config
-from gan_dist.train import EXIT_DIVERGED, train
+from gan_dist.configure import load_config
+from gan_dist.files import read_lines
+from gan_dist.train.trainer import EXIT_DIVERGED, train
 
 
 def run_config(shards: Path, out_dir: Path, *overrides: str):

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gan_dist.checkpoint import complete_checkpoints
-from gan_dist.config import load_config
-from gan_dist.train import EXIT_STOPPED_EARLY, Trainer, train
+from gan_dist.configure import load_config
+from gan_dist.train.trainer import EXIT_STOPPED_EARLY, Trainer, train
 
 
 def config_for(shards: Path, out_dir: Path, *overrides: str):

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from gan_dist.checkpoint import complete_checkpoints, find_resume_checkpoint
+from gan_dist.checkpoint import complete_checkpoints, select_resume
 from gan_dist.cli import main as cli_main
-from gan_dist.config import load_config
+from gan_dist.configure import load_config
 from gan_dist.data.shards import shard_urls
-from gan_dist.train import EXIT_STOPPED_EARLY, Trainer, train
+from gan_dist.train.trainer import EXIT_STOPPED_EARLY, Trainer, train
 
 LOG_LINE = re.compile(r"^(\d+) \[D loss: (\S+), acc\.: (\S+)%\] \[G loss: (\S+)\]", re.MULTILINE)
 
@@ -128,7 +128,7 @@ def test_resume_auto_ignores_partial_checkpoints(mnist_shards, tmp_path):
     (run_dir / "checkpoints" / ".tmp-step_00000006").mkdir()
     (run_dir / "checkpoints" / "step_00000008").mkdir()
     (run_dir / "checkpoints" / "step_00000008" / "model.safetensors").write_bytes(b"partial")
-    assert find_resume_checkpoint(run_dir, "auto") == run_dir / "checkpoints" / "step_00000004"
+    assert select_resume(run_dir, "auto") == run_dir / "checkpoints" / "step_00000004"
     resumed = Trainer(debug_config(mnist_shards, tmp_path, "run.name=r", "train.num_steps=6", "checkpoint.resume=auto"))
     try:
         assert resumed.counters.step == 4
@@ -226,7 +226,7 @@ def test_tensorboard_tracker_writes_events(mnist_shards, tmp_path):
 
 def test_precision_from_accelerate_launch_is_honoured_or_refused(monkeypatch):
     from gan_dist.config import ConfigError
-    from gan_dist.train.accelerator import precision_with_launcher
+    from gan_dist.distributed import precision_with_launcher
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert precision_with_launcher("no") == "bf16"  # the config left the default: the launcher decides

@@ -37,7 +37,15 @@ from typing import Any
 
 import torch
 
-from gan_dist.config import Config, penalizes_gradients, to_yaml
+from gan_dist.config import Config, to_yaml
+from gan_dist.data.datasets import resolve_dataset
+from gan_dist.distributed import adam_implementation, adam_kwargs
+from gan_dist.models.build import build_models
+from gan_dist.objectives.objective import DPhaseInputs, build_objective
+from gan_dist.registry.architectures import uses_channels_last
+from gan_dist.registry.objectives import penalizes_gradients
+from gan_dist.train.logger import StatsAccumulator
+from gan_dist.train.trainer import Trainer
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, for the "share of peak" column.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
@@ -90,10 +98,6 @@ def _autocast(device: torch.device, precision: str) -> Any:
 def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int, int],
                num_classes: int) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], list[torch.Tensor]]:
     """The step in plain PyTorch, and pre-made real batches on the device."""
-    from gan_dist.models import build_models, uses_channels_last
-    from gan_dist.objectives import DPhaseInputs, build_objective
-    from gan_dist.train.accelerator import adam_implementation, adam_kwargs
-
     train_cfg, optim_cfg = config.train, config.optim
     torch.manual_seed(config.run.seed)
     G, D = build_models(config.model, image_shape, num_classes)
@@ -233,9 +237,6 @@ class FrameworkRunner:
     `run` (the host sync a log line does). Close it: it owns loader workers."""
 
     def __init__(self, config: Config):
-        from gan_dist.train import Trainer
-        from gan_dist.train.logger import StatsAccumulator
-
         self.trainer = Trainer(config)
         try:
             self.device = self.trainer.accelerator.device
@@ -338,8 +339,6 @@ def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmu
                    channels_last: bool = False, device: str = "auto", repeats: int = 2,
                    out_json: str | None = None) -> list[dict[str, Any]]:
     """Print (and return) one row per case: framework and bare img/s, ratio, ms/step, TFLOP/s, bound, memory."""
-    from gan_dist.data.datasets import resolve_dataset
-
     dataset = resolve_dataset(config.data)  # shards once, before any timing
     run_dir = tempfile.mkdtemp(prefix="gan_dist_bench_")
     config = _variant(config, log__tracker="none", log__progress_bar=False, run__name="bench", run__out_dir=run_dir,

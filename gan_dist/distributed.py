@@ -1,7 +1,7 @@
-"""The Accelerator and everything resolved with it (precision, device, Adam's kernels), shared by training
-and evaluation so that both run the same way on 1 CPU process, N gloo processes or many GPUs.
-
-Resolved values go into the run record (`RunRecord`), never back into the user's config.
+"""The Accelerator and everything resolved with it (precision, device, Adam's kernels), and the few
+collectives the rest of the package uses (`run_on_main`, `broadcast_from_main`, `first_error`): shared by
+training and evaluation so both run the same way on 1 CPU process, N gloo processes or many GPUs.
+Resolved values go into the run record, never back into the user's config.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -165,26 +164,21 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-@dataclass
-class RunRecord:
-    """Values resolved at start-up, written to RUN_DIR/run.json (the user's config stays as given)."""
+def broadcast_from_main(accelerator: Any, value: T) -> T:
+    """The main process's `value` on every rank (collective with several processes)."""
+    from accelerate.utils import broadcast_object_list
 
-    run_name: str
-    run_dir: str
-    run_id: str
-    mixed_precision: str
-    num_processes: int
-    device: str
-    adam_implementation: str
-    dataset: str
-    loader: str  # data.loader resolved (stream | memory)
-    image_shape: tuple[int, int, int]
-    num_classes: int
-    global_batch_size: int
-    start_step: int
-    resumed_from: str | None
+    holder = [value]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(holder, from_process=0)
+    return holder[0]
 
-    def to_dict(self) -> dict[str, Any]:
-        record = asdict(self)
-        record["image_shape"] = list(self.image_shape)
-        return record
+
+def first_error(accelerator: Any, error: str | None) -> str | None:
+    """Collective: the first failing rank's message (None: every rank succeeded), the same on every rank."""
+    if accelerator.num_processes == 1:
+        return error
+    gathered: list[Any] = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(gathered, error)
+    return next((f"rank {rank}: {message}" if rank else message
+                 for rank, message in enumerate(gathered) if message is not None), None)

@@ -1,0 +1,38 @@
+"""Augmentations (`augment.name`) of every image D sees, declared.
+
+An entry with a module names `gan_dist.augment.<file>`, which defines `build(augment: AugmentConfig) ->
+nn.Module` whose `forward(images, draws)` returns augmented images (differentiable; all randomness from
+`draws`, so that resume is exact and 1 process with batch 2B sees what 2 processes with B see). An adaptive
+augmentation also has `accumulate(real_logits)`, `adjust(reduce_sum, batch_size_global)` and
+`state_tensors()` / `load_state_tensors()` (checkpointed). Adding one: a file plus an entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gan_dist.config import ConfigError
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    name: str  # augment.name
+    title: str
+    module: str | None  # None: no augmentation
+    adaptive: bool = False  # p follows D's overfitting (augment.target, augment.interval, augment.speed_kimg)
+    uses_policy: bool = False  # augment.policy applies
+
+
+AUGMENTATIONS: dict[str, AugmentSpec] = {
+    spec.name: spec for spec in (
+        AugmentSpec(name="none", title="no augmentation", module=None),
+    )
+}
+
+
+def augmentation(name: str) -> AugmentSpec:
+    """The entry for `name`; ConfigError naming augment.name and the choices otherwise."""
+    try:
+        return AUGMENTATIONS[name]
+    except KeyError:
+        raise ConfigError(f"key 'augment.name': {name!r} is not one of {', '.join(AUGMENTATIONS)}") from None

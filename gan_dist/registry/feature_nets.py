@@ -1,0 +1,49 @@
+"""Feature networks (`eval.feature_net`), declared: the space FID, KID, IS and precision/recall live in.
+
+  ""            the dataset's default (DatasetSpec.default_feature_net)
+  classifier    the dataset's own classifier: packaged for mnist / fashion_mnist, written beside a labeled
+                folder's shards by `gan-dist train-classifier` (gan_dist/metrics/features.py)
+  PATH          a classifier's .safetensors (with its .json record) of your own
+
+Each entry names the module that loads it: `load_feature_net(dataset, eval_config, device) -> (net,
+record)`, the net giving `features_and_logits(images in [-1, 1]) -> ((B, F), (B, K))` and the record its
+identity (sha256 of the weights) and protocol, which is printed and saved beside every number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gan_dist.config import ConfigError
+
+
+@dataclass(frozen=True)
+class FeatureNetSpec:
+    name: str  # eval.feature_net
+    title: str
+    module: str  # gan_dist.metrics.<file>: load_feature_net(dataset, eval_config, device)
+
+
+FEATURE_NETS: dict[str, FeatureNetSpec] = {
+    spec.name: spec for spec in (
+        FeatureNetSpec(name="classifier", title="the dataset's own classifier (LeNet, 128 features)",
+                       module="gan_dist.metrics.features"),
+    )
+}
+PATH_ENTRY = "classifier"  # what a path in eval.feature_net is: a classifier's weights
+
+
+def is_path(value: str) -> bool:
+    """eval.feature_net names a file rather than a registry entry."""
+    return value not in FEATURE_NETS and value != "" and ("/" in value or value.endswith(".safetensors"))
+
+
+def feature_net(value: str, default: str) -> FeatureNetSpec:
+    """The entry eval.feature_net=`value` selects ("" -> `default`, the dataset's; a path -> classifier);
+    ConfigError naming eval.feature_net otherwise."""
+    name = default if value == "" else PATH_ENTRY if is_path(value) else value
+    try:
+        return FEATURE_NETS[name]
+    except KeyError:
+        raise ConfigError(f"key 'eval.feature_net': {value!r} is not one of {', '.join(FEATURE_NETS)} or a path "
+                          "to a .safetensors file") from None

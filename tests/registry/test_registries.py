@@ -1,0 +1,66 @@
+"""Every registry entry resolves to code with the functions its kind promises, facts are readable without
+torch, and the import order has no cycle and no upward import (scripts/import_graph.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gan_dist.config import ConfigError, ModelConfig
+from gan_dist.registry.architectures import ARCHITECTURES, architecture, model_options
+from gan_dist.registry.augmentations import AUGMENTATIONS
+from gan_dist.registry.datasets import DATASETS
+from gan_dist.registry.feature_nets import FEATURE_NETS, feature_net
+from gan_dist.registry.objectives import OBJECTIVES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_architecture_module_has_its_builders(name):
+    module = importlib.import_module(architecture(name).module)
+    assert callable(module.build_generator) and callable(module.build_discriminator)
+    options = model_options(ModelConfig(name=name))
+    assert dataclasses.is_dataclass(options)
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_every_objective_module_has_its_losses(name):
+    module = importlib.import_module(OBJECTIVES[name].module)
+    assert callable(module.d_loss) and callable(module.g_loss)
+
+
+@pytest.mark.parametrize("name", [n for n, spec in AUGMENTATIONS.items() if spec.module])
+def test_every_augmentation_module_builds(name):
+    assert callable(importlib.import_module(AUGMENTATIONS[name].module).build)
+
+
+def test_every_feature_net_and_dataset_default_resolves():
+    for spec in FEATURE_NETS.values():
+        assert callable(importlib.import_module(spec.module).load_feature_net)
+    for dataset in DATASETS.values():
+        assert feature_net("", dataset.default_feature_net).name in FEATURE_NETS
+
+
+def test_unknown_model_options_name_the_key():
+    with pytest.raises(ConfigError, match=r"model.options.width_mult.*model.name=dcgan has options: none"):
+        model_options(ModelConfig(name="dcgan", options={"width_mult": 2}))
+
+
+def test_facts_and_config_load_without_torch():
+    code = ("import sys; import gan_dist.registry.architectures, gan_dist.registry.objectives, "
+            "gan_dist.registry.datasets, gan_dist.registry.augmentations, gan_dist.registry.feature_nets; "
+            "from gan_dist.configure import load_config; load_config(None, ['model.name=mlp']); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_import_order_has_no_cycle_and_no_upward_import():
+    result = subprocess.run([sys.executable, "scripts/import_graph.py"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout
+    assert "cycles: 0" in result.stdout and "upward imports: 0" in result.stdout, result.stdout
