@@ -8,6 +8,12 @@ Layout (ImageFolder style):
 File extensions are matched case-insensitively; hidden files and folders (".name") and other files are
 ignored. A folder with images both at the top level and in subfolders, an empty class subfolder, and a
 folder with no image at all are refused with a message naming them.
+Only regular files are read (symbolic links are followed; a link to a folder inside a class folder is not).
+Bad entries are listed like unreadable files, never opened: a broken symbolic link (dangling, or a loop)
+whatever its name, and an entry named like an image that is not a regular file (a FIFO, which would block
+the reader forever; a socket; a device). Names need not be UTF-8: messages and manifest.json show a name
+that is not printable UTF-8 as a Python literal (printable_name: 'a\\nb.png', b'caf\\xe9.png').
+
 
 Conversion rule, applied once at shard time (`convert_image`), to data.channels C (1 | 3) and
 data.image_size S:
@@ -23,7 +29,8 @@ Unreadable files (not an image, truncated, over Pillow's decompression-bomb limi
 and skipped with data.on_corrupt=warn, refused with data.on_corrupt=raise.
 
 Split (`split_files`): a file is in the test split when u(path) < data.test_fraction, u being the first
-8 bytes of sha256(its path relative to DIR, POSIX form, UTF-8) read as a fraction in [0, 1). Each file's
+8 bytes of sha256(its path relative to DIR, POSIX form, UTF-8; a name that is not UTF-8: its own bytes)
+read as a fraction in [0, 1). Each file's
 split depends on its own path only, so adding or removing files never moves another one; per class, the
 expected test share is test_fraction. One exception keeps every class of n >= 2 images in both splits: if
 no file of a class falls below the threshold, its file with the smallest u goes to test, and if all do,
@@ -32,8 +39,10 @@ its file with the largest u goes to train. Within a split, files are ordered by 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,67 +70,147 @@ class FolderListing:
     """The image files of a source folder, sorted: what the shards are made from."""
 
     root: Path
-    class_names: tuple[str, ...]  # () for a flat (unlabeled) folder
+    class_names: tuple[str, ...]  # () for a flat (unlabeled) folder; printable_name of each class folder
     files: tuple[tuple[str, int], ...]  # (path relative to root, POSIX form; class index, -1 if unlabeled)
-    listing_sha256: str  # of every (path, size, mtime): changes when a file is added, removed or modified
+    listing_sha256: str  # of every (path, size, mtime) and bad entry: changes when a file is added, removed...
+    bad_entries: tuple[tuple[str, str], ...] = ()  # (path relative to root, why): never opened
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
+def name_bytes(relative: str) -> bytes:
+    """A path as the file system spells it (UTF-8; a name that is not UTF-8 keeps its own bytes)."""
+    return relative.encode("utf-8", "surrogateescape")
+
+
+def printable_name(relative: str) -> str:
+    """A path as one printable line: itself when it is printable UTF-8, else a Python literal of it
+    ('a\\nb.png' for a name with a newline, b'caf\\xe9.png' for one that is not UTF-8)."""
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(name_bytes(relative))
+    return relative if relative.isprintable() else repr(relative)
+
+
+def one_line(text: str) -> str:
+    """text with every unprintable character escaped (\\n, \\udcff ...): safe in a one-line-per-file listing."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _images_under(directory: Path) -> list[Path]:
-    """Image files below directory, recursively, skipping hidden files and folders; sorted."""
+def _bad_entry(path: Path) -> tuple[os.stat_result | None, str | None]:
+    """(its stat, None) for a regular file or a folder (links followed), else (stat or None, why not)."""
+    try:
+        status = os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return None, "symbolic link loop"
+        if error.errno == errno.ENOENT and os.path.islink(path):
+            return None, "dangling symbolic link (its target does not exist)"
+        return None, f"cannot be read: {error.strerror}"
+    if stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode):
+        return status, None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(status.st_mode) else "a socket" if stat.S_ISSOCK(status.st_mode)
+            else "a device" if stat.S_ISCHR(status.st_mode) or stat.S_ISBLK(status.st_mode) else "special")
+    return status, f"not a regular file: {kind}"
+
+
+def _classify(path: Path, root: Path, bad: list[tuple[str, str]]) -> os.stat_result | None:
+    """The stat of path if it is a regular image file; a bad entry is appended to `bad` (see the module
+    docstring); None for anything else (a folder, another file)."""
+    if path.name.startswith("."):
+        return None
+    image = _is_image(path)
+    if not image and not os.path.islink(path):
+        return None  # another file: not even stat'ed
+    status, why = _bad_entry(path)
+    if why is not None and (image or status is None):  # an image-named special file, or a broken link
+        bad.append((path.relative_to(root).as_posix(), why))
+        return None
+    return status if image and status is not None and stat.S_ISREG(status.st_mode) else None
+
+
+def _images_under(directory: Path, root: Path, bad: list[tuple[str, str]]) -> list[tuple[Path, os.stat_result]]:
+    """Regular image files below directory, recursively, skipping hidden files and folders; sorted.
+    Bad entries and folders that cannot be listed are appended to `bad`."""
     found = []
+
+    def unlistable(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else directory
+        bad.append((where.relative_to(root).as_posix(), f"folder cannot be listed: {error.strerror}"))
+
     # A symlinked class folder is read (it is `directory` itself); links to folders inside it are not
     # followed, so a link cycle cannot make the walk endless.
-    for parent, folders, names in os.walk(directory):
+    for parent, folders, names in os.walk(directory, onerror=unlistable):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
-        found += [Path(parent) / name for name in names if _is_image(Path(name))]
+        for name in names:
+            path = Path(parent) / name
+            status = _classify(path, root, bad)
+            if status is not None:
+                found.append((path, status))
     return sorted(found)
 
 
+def _listing_message(bad: list[tuple[str, str]]) -> str:
+    return "".join(f"\n  {printable_name(name)}: {why}" for name, why in sorted(bad))
+
+
 def scan_folder(directory: str | os.PathLike) -> FolderListing:
-    """List the images of an ImageFolder-style tree (see the module docstring); SourceError if unusable."""
+    """List the images of an ImageFolder-style tree (see the module docstring); SourceError if unusable.
+
+    Bad entries (broken links, FIFOs, ...) do not make the folder unusable: they are listed in
+    `bad_entries`, and write_folder_shards treats them like unreadable files (data.on_corrupt)."""
     root = Path(directory).expanduser().resolve()
     if not root.is_dir():
         raise SourceError(f"folder:{directory}: not a folder (data.source=folder:DIR names a folder of images)")
-    top_files = sorted(p for p in root.iterdir() if p.is_file() and _is_image(p))
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    bad: list[tuple[str, str]] = []
+    top: list[tuple[Path, os.stat_result]] = []
+    class_dirs = []
+    for path in sorted(root.iterdir()):
+        status = _classify(path, root, bad)
+        if status is not None:
+            top.append((path, status))
+        elif not path.name.startswith(".") and path.is_dir():
+            class_dirs.append(path)
     files: list[tuple[str, int]] = []
-    if top_files and any(_images_under(d) for d in class_dirs):
-        raise SourceError(f"folder:{root}: has images both at the top level (e.g. {top_files[0].name}) and in "
-                          "subfolders; put every image in a class subfolder (labeled) or all at the top level "
-                          "(unlabeled)")
-    if top_files:
+    sized: list[tuple[Path, os.stat_result]] = []
+    if top and any(_images_under(d, root, []) for d in class_dirs):
+        raise SourceError(f"folder:{root}: has images both at the top level (e.g. {printable_name(top[0][0].name)}) "
+                          "and in subfolders; put every image in a class subfolder (labeled) or all at the top "
+                          "level (unlabeled)")
+    if top:
         class_names: tuple[str, ...] = ()
-        files = [(p.relative_to(root).as_posix(), -1) for p in top_files]
-        sized = top_files
+        files = [(p.relative_to(root).as_posix(), -1) for p, _ in top]
+        sized = top
     else:
-        class_names = tuple(d.name for d in class_dirs)
-        sized = []
+        class_names = tuple(printable_name(d.name) for d in class_dirs)
         empty = []
         for index, class_dir in enumerate(class_dirs):
-            images = _images_under(class_dir)
+            images = _images_under(class_dir, root, bad)
             if not images:
-                empty.append(class_dir.name)
-            files += [(p.relative_to(root).as_posix(), index) for p in images]
+                empty.append(printable_name(class_dir.name))
+            files += [(p.relative_to(root).as_posix(), index) for p, _ in images]
             sized += images
         if files and empty:
             raise SourceError(f"folder:{root}: class subfolder(s) {', '.join(empty)} hold no "
-                              f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} image; remove them or add images")
+                              f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} image; remove them or add images"
+                              + _listing_message(bad))
     if not files:
         raise SourceError(f"folder:{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found; expected "
-                          "DIR/<class>/*.png ... (labeled) or DIR/*.png ... (unlabeled)")
+                          "DIR/<class>/*.png ... (labeled) or DIR/*.png ... (unlabeled)" + _listing_message(bad))
     digest = hashlib.sha256()
-    for (relative, label), path in zip(files, sized, strict=True):
-        stat = path.stat()
-        digest.update(f"{relative}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return FolderListing(root=root, class_names=class_names, files=tuple(files), listing_sha256=digest.hexdigest())
+    for (relative, label), (_, status) in zip(files, sized, strict=True):
+        digest.update(name_bytes(relative) + f"\0{label}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    for name, why in sorted(bad):
+        digest.update(b"bad\0" + name_bytes(name) + f"\0{why}\n".encode())
+    return FolderListing(root=root, class_names=class_names, files=tuple(files), listing_sha256=digest.hexdigest(),
+                         bad_entries=tuple(sorted(bad)))
 
 
 # --- split -------------------------------------------------------------------------------------------
@@ -129,7 +218,7 @@ def scan_folder(directory: str | os.PathLike) -> FolderListing:
 
 def split_value(relative_path: str) -> float:
     """u in [0, 1): the first 8 bytes of sha256(path relative to the source folder) as a fraction."""
-    return int.from_bytes(hashlib.sha256(relative_path.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    return int.from_bytes(hashlib.sha256(name_bytes(relative_path)).digest()[:8], "big") / 2.0**64
 
 
 def split_files(files: Iterable[tuple[str, int]], test_fraction: float) -> dict[str, list[tuple[str, int]]]:

@@ -4,7 +4,8 @@ Layout of a shard folder (one dataset per folder; see gan_dist.data.datasets for
   {dataset}-{split}-{index:06d}.tar   e.g. mnist-train-000000.tar, fashion_mnist-test-000001.tar, folder-...;
                                       samples `train-000123.png` (C=1: mode L, C=3: mode RGB) + `.cls`
                                       (b"7"; absent for an unlabeled folder) [+ `.path` for a folder dataset:
-                                      the source file's path relative to the folder, UTF-8]
+                                      the source file's path relative to the folder, UTF-8 (a name that is
+                                      not UTF-8: its own bytes)]
   manifest.json                       dataset, image shape, classes; per-shard name, sample count, sha256,
                                       size; split sizes and label counts; source; format version; for a
                                       folder its settings, file listing hash and the files it skipped
@@ -121,7 +122,7 @@ def _sample_format(image_shape: tuple[int, int, int], num_classes: int, folder: 
     if num_classes > 0:
         sample_format["cls"] = f"label 0-{num_classes - 1} as ASCII"
     if folder:
-        sample_format["path"] = "the source image's path relative to the folder, UTF-8"
+        sample_format["path"] = "the source image's path relative to the folder, UTF-8 (else the name's bytes)"
     return sample_format
 
 
@@ -172,7 +173,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     "num_classes", "class_names", "sample_format", "splits": {split: {"num_samples", "num_shards",
     "label_counts"}}, "shards": [{"split", "name", "num_samples", "sha256", "size_bytes"}, ...]
     (train shards first), and for a folder dataset "folder": {"path", "channels", "image_size",
-    "test_fraction", "listing_sha256", "num_files", "skipped_files": [{"path", "error"}, ...]}}.
+    "test_fraction", "listing_sha256", "num_files", "skipped_files": [{"path" (printable_name), "error"}, ...]}}.
     """
     loaded = load_manifest(directory)
     return None if loaded is None else loaded[0]
@@ -332,10 +333,18 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
 
     Images are decoded, converted and PNG-encoded in `workers` threads (default: the usable CPUs, at most
     8), in order, with bounded memory; the result does not depend on the number of workers. Unreadable
-    files: on_corrupt=warn lists them (stderr, and manifest.json's folder.skipped_files) and skips them;
-    on_corrupt=raise converts the rest without writing more shards, then raises SourceError naming all.
+    files (and bad entries: broken links, FIFOs, ...): on_corrupt=warn lists them (stderr, and
+    manifest.json's folder.skipped_files) and skips them; on_corrupt=raise converts the rest without writing
+    more shards, then raises SourceError naming all, one per line.
     """
-    from gan_dist.data.folder import convert_image, scan_folder, split_files
+    from gan_dist.data.folder import (
+        convert_image,
+        name_bytes,
+        one_line,
+        printable_name,
+        scan_folder,
+        split_files,
+    )
 
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be > 0 (data.samples_per_shard / --samples-per-shard), "
@@ -351,10 +360,14 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
         try:
             pixels = convert_image(listing.root / relative, settings.channels, settings.image_size)
         except Exception as error:  # noqa: BLE001 - Pillow raises many types for a bad file
-            return relative, label, None, f"{type(error).__name__}: {error}".strip()
+            return relative, label, None, one_line(f"{type(error).__name__}: {error}".strip())
         return relative, label, encode_png(pixels), None
 
-    failures: list[tuple[str, str]] = []
+    failures = [(printable_name(relative), why) for relative, why in listing.bad_entries]  # (name, why)
+    if on_corrupt == "warn":
+        for relative, why in listing.bad_entries:
+            _report(f"skipping unreadable image {printable_name(str(listing.root / relative))} "
+                    f"(data.on_corrupt=warn): {why}")
     splits: dict[str, Any] = {}
     entries: list[dict[str, Any]] = []
     for split, files in split_files(listing.files, settings.test_fraction).items():
@@ -369,14 +382,15 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
 
         for relative, label, png, error in ordered_map(encode, files, workers):
             if png is None:
-                failures.append((relative, error or "unreadable"))
+                failures.append((printable_name(relative), error or "unreadable"))
                 if on_corrupt == "warn":
-                    _report(f"skipping unreadable image {listing.root / relative} (data.on_corrupt=warn): {error}")
+                    _report(f"skipping unreadable image {printable_name(str(listing.root / relative))} "
+                            f"(data.on_corrupt=warn): {error}")
                 continue
             if failures and on_corrupt == "raise":
                 continue  # keep converting only to name every unreadable file
             sample: dict[str, Any] = {"__key__": f"{split}-{num_samples:06d}", "png": png,
-                                      "path": relative.encode("utf-8")}
+                                      "path": name_bytes(relative)}
             if labeled:
                 sample["cls"] = str(label).encode("ascii")
                 counts[label] += 1
