@@ -365,11 +365,13 @@ def webp_canvas_size(prefix: bytes) -> tuple[int, int] | None:
 def _open_regular(path: str | os.PathLike) -> BinaryIO:
     """path opened for reading if it is a regular file (links followed); ImageRefused otherwise. Opened
     non-blocking first, so a FIFO put there after the folder was listed cannot block the reader."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # (POSIX; Windows has no FIFOs to fear)
+    fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_CLOEXEC", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ImageRefused(_bad_entry(Path(os.fsdecode(path)))[1] or "not a regular file")
-        os.set_blocking(fd, True)
+        if nonblocking:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
