@@ -54,6 +54,10 @@ class DataConfig:
     image_size: int | None = None
     # data.dataset=folder only: the share of images held out as the test split (deterministic by file name).
     test_fraction: float = 0.1
+    # data.dataset=folder only: an image whose header says width x height exceeds this is refused before
+    # decoding (listed by name; data.on_corrupt=warn skips it). Default: Pillow's own warning threshold
+    # (1 GiB / 4 bytes / 3); Pillow itself refuses above twice this.
+    max_image_pixels: int = 89_478_485
     # WebDataset URL patterns of the shards. "" means the shards under `root`. Any WebDataset URL
     # works: a brace pattern on a shared filesystem, `pipe:curl -s http://host/mnist-train-{000000..000011}.tar`,
     # or http(s)://.

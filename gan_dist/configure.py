@@ -156,6 +156,7 @@ def validate(config: Config, origin: str = "config") -> None:
         except ConfigError as error:
             raise ConfigError(f"{origin}: {error}") from None
     require(0.0 < d.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
+    require(d.max_image_pixels >= 1, "data.max_image_pixels", "must be >= 1")
     require(not any(char in d.root for char in "{}$"), "data.root",
             f"{d.root!r}: braces and '$' would be read as a WebDataset URL pattern; choose another folder")
     require(d.samples_per_shard > 0, "data.samples_per_shard", "must be > 0")

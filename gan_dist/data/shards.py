@@ -4,7 +4,8 @@ Layout of a shard folder (one dataset per folder; see gan_dist.data.datasets for
   {dataset}-{split}-{index:06d}.tar   e.g. mnist-train-000000.tar, fashion_mnist-test-000001.tar, folder-...;
                                       samples `train-000123.png` (C=1: mode L, C=3: mode RGB) + `.cls`
                                       (b"7"; absent for an unlabeled folder) [+ `.path` for a folder dataset:
-                                      the source file's path relative to the folder, UTF-8]
+                                      the source file's path relative to the folder, UTF-8 (a name that is
+                                      not UTF-8: its own bytes)]
   manifest.json                       dataset, image shape, classes; per-shard name, sample count, sha256,
                                       size; split sizes and label counts; source; format version; for a
                                       folder its settings, file listing hash and the files it skipped
@@ -24,6 +25,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,20 @@ import numpy as np
 from PIL import Image
 
 from gan_dist.config import DataConfig
-from gan_dist.data.folder import convert_image, default_workers, ordered_map, scan_folder, split_files
+from gan_dist.data.folder import (
+    CONVERSION_VERSION,
+    MAX_IMAGE_PIXELS,
+    MEMORY_BUDGET_BYTES,
+    MemoryBudget,
+    convert_image,
+    default_workers,
+    name_bytes,
+    one_line,
+    ordered_map,
+    printable_name,
+    scan_folder,
+    split_files,
+)
 from gan_dist.data.sources import DataError, ImageArrays, SourceError, load_arrays, report
 from gan_dist.files import atomic_write, sha256_file, user_cache_dir
 from gan_dist.registry.datasets import (
@@ -174,7 +189,7 @@ def _sample_format(image_shape: tuple[int, int, int], num_classes: int, folder: 
     if num_classes > 0:
         sample_format["cls"] = f"label 0-{num_classes - 1} as ASCII"
     if folder:
-        sample_format["path"] = "the source image's path relative to the folder, UTF-8"
+        sample_format["path"] = "the source image's path relative to the folder, UTF-8 (else the name's bytes)"
     return sample_format
 
 
@@ -225,7 +240,8 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     "num_classes", "class_names", "sample_format", "splits": {split: {"num_samples", "num_shards",
     "label_counts"}}, "shards": [{"split", "name", "num_samples", "sha256", "size_bytes"}, ...]
     (train shards first), and for a folder dataset "folder": {"path", "channels", "image_size",
-    "test_fraction", "listing_sha256", "num_files", "skipped_files": [{"path", "error"}, ...]}}.
+    "test_fraction", "listing_sha256", "conversion_version", "max_image_pixels", "num_files",
+    "skipped_files": [{"path" (printable_name), "error"}, ...]}}.
     """
     loaded = load_manifest(directory)
     return None if loaded is None else loaded[0]
@@ -379,14 +395,27 @@ def _unreadable_message(root: Path, failures: list[tuple[str, str]], fix: str) -
     return f"folder:{root}: {len(failures)} unreadable image file(s){fix}:\n" + "\n".join(lines)
 
 
+def _without_bomb_warnings(results: Iterable[Any]) -> Iterable[Any]:
+    """results, produced with Pillow's DecompressionBombWarning ignored: data.max_image_pixels refuses those
+    images by name instead of one warning per file. (Warning filters are process-wide before Python 3.14, so
+    the conversion threads see it; under 3.14's thread-local filters the warnings would merely show.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield from results
+
+
 def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, samples_per_shard: int = 5000, *,
-                        on_corrupt: str = "raise", workers: int | None = None) -> dict[str, Any]:
+                        on_corrupt: str = "raise", workers: int | None = None,
+                        max_image_pixels: int = MAX_IMAGE_PIXELS,
+                        memory_budget: int = MEMORY_BUDGET_BYTES) -> dict[str, Any]:
     """Convert the images of settings.directory (gan_dist.data.folder's rule) into shards + manifest.json.
 
     Images are decoded, converted and PNG-encoded in `workers` threads (default: the usable CPUs, at most
-    8), in order, with bounded memory; the result does not depend on the number of workers. Unreadable
-    files: on_corrupt=warn lists them (stderr, and manifest.json's folder.skipped_files) and skips them;
-    on_corrupt=raise converts the rest without writing more shards, then raises SourceError naming all.
+    8), in order, the conversions in flight holding at most `memory_budget` bytes (MemoryBudget); the
+    result does not depend on the number of workers. Unreadable files (and bad entries, files refused:
+    more than max_image_pixels, not PNG/JPEG/WebP, ...): on_corrupt=warn lists them (stderr, and
+    manifest.json's folder.skipped_files) and skips them; on_corrupt=raise converts the rest without writing
+    more shards, then raises SourceError naming all, one per line.
     """
 
     if samples_per_shard <= 0:
@@ -397,16 +426,22 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
     out.mkdir(parents=True, exist_ok=True)
     workers = default_workers() if workers is None else max(1, workers)
     labeled = listing.num_classes > 0
+    budget = MemoryBudget(memory_budget)
 
     def encode(item: tuple[str, int]) -> tuple[str, int, bytes | None, str | None]:
         relative, label = item
         try:
-            pixels = convert_image(listing.root / relative, settings.channels, settings.image_size)
+            pixels = convert_image(listing.root / relative, settings.channels, settings.image_size,
+                                   max_image_pixels=max_image_pixels, budget=budget)
         except Exception as error:  # noqa: BLE001 - Pillow raises many types for a bad file
-            return relative, label, None, f"{type(error).__name__}: {error}".strip()
+            return relative, label, None, one_line(f"{type(error).__name__}: {error}".strip())
         return relative, label, encode_png(pixels), None
 
-    failures: list[tuple[str, str]] = []
+    failures = [(printable_name(relative), why) for relative, why in listing.bad_entries]  # (name, why)
+    if on_corrupt == "warn":
+        for relative, why in listing.bad_entries:
+            report(f"skipping unreadable image {printable_name(str(listing.root / relative))} "
+                    f"(data.on_corrupt=warn): {why}")
     splits: dict[str, Any] = {}
     entries: list[dict[str, Any]] = []
     for split, files in split_files(listing.files, settings.test_fraction).items():
@@ -419,16 +454,17 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
             entries.append(_store(out, split, shard_name(split, index, "folder"), tar_samples(pending), len(pending)))
             pending.clear()
 
-        for relative, label, png, error in ordered_map(encode, files, workers):
+        for relative, label, png, error in _without_bomb_warnings(ordered_map(encode, files, workers)):
             if png is None:
-                failures.append((relative, error or "unreadable"))
+                failures.append((printable_name(relative), error or "unreadable"))
                 if on_corrupt == "warn":
-                    report(f"skipping unreadable image {listing.root / relative} (data.on_corrupt=warn): {error}")
+                    report(f"skipping unreadable image {printable_name(str(listing.root / relative))} "
+                           f"(data.on_corrupt=warn): {error}")
                 continue
             if failures and on_corrupt == "raise":
                 continue  # keep converting only to name every unreadable file
             sample: dict[str, Any] = {"__key__": f"{split}-{num_samples:06d}", "png": png,
-                                      "path": relative.encode("utf-8")}
+                                      "path": name_bytes(relative)}
             if labeled:
                 sample["cls"] = str(label).encode("ascii")
                 counts[label] += 1
@@ -460,6 +496,7 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
         "splits": splits,
         "shards": entries,
         "folder": {**settings.identity(), "listing_sha256": listing.listing_sha256,
+                   "conversion_version": CONVERSION_VERSION, "max_image_pixels": max_image_pixels,
                    "num_files": len(listing.files),
                    "skipped_files": [{"path": relative, "error": error} for relative, error in failures]},
     }
@@ -469,11 +506,15 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
 # --- prepare / ensure --------------------------------------------------------------------------------
 
 
-def _folder_problem(manifest: dict[str, Any], settings: FolderSettings) -> str | None:
+def _folder_problem(manifest: dict[str, Any], settings: FolderSettings,
+                    max_image_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
     """Why a folder manifest does not describe `settings` and the folder's current files, or None."""
 
     recorded = manifest.get("folder", {})
-    wanted = settings.identity()
+    if recorded.get("conversion_version") != CONVERSION_VERSION:
+        return (f"the shards were made by conversion rule {recorded.get('conversion_version', 1)}, this gan_dist "
+                f"converts by rule {CONVERSION_VERSION} (gan_dist/data/folder.py)")
+    wanted = {**settings.identity(), "max_image_pixels": max_image_pixels}
     changed = [f"{key} {recorded.get(key)!r} -> {wanted[key]!r}" for key in wanted if recorded.get(key) != wanted[key]]
     if changed:
         return f"the shards were made with other settings ({', '.join(changed)})"
@@ -488,15 +529,16 @@ def _folder_problem(manifest: dict[str, Any], settings: FolderSettings) -> str |
 def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_shard: int = 5000, *,
                  dataset: str = "mnist", verify_official_counts: bool = True, cache_dir: Path | None = None,
                  channels: int | None = None, image_size: int | None = None, test_fraction: float = 0.1,
-                 on_corrupt: str = "raise", workers: int | None = None) -> dict[str, Any]:
+                 on_corrupt: str = "raise", workers: int | None = None,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Any]:
     """Make out_dir hold valid shards of `dataset` + manifest.json; returns the manifest.
 
     Idempotent: when manifest.json matches every shard's sha256 (and, for a folder, the settings and the
     folder's files), nothing is read or written. A shard that is missing or whose sha256 differs is
     reported (one line naming it) and rewritten from `source` (mnist: auto | idx:DIR | torchvision | wheel;
     fashion_mnist: auto | idx:DIR | torchvision; folder: folder:DIR). verify_official_counts=False admits
-    tiny test sets (no official counts and checksums). channels, image_size, test_fraction, on_corrupt and
-    workers apply to a folder (see write_folder_shards).
+    tiny test sets (no official counts and checksums). channels, image_size, test_fraction, on_corrupt,
+    workers and max_image_pixels apply to a folder (see write_folder_shards).
     """
     spec = dataset_spec(dataset)
     out = Path(out_dir).expanduser()
@@ -508,7 +550,7 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
         settings = folder_settings(source, channels, image_size, test_fraction)
         problem = None if manifest is not None else "no manifest"
         if manifest is not None:
-            problem = _folder_problem(manifest, settings)
+            problem = _folder_problem(manifest, settings, max_image_pixels)
             if problem is None and manifest["samples_per_shard"] != samples_per_shard:
                 problem = f"{samples_per_shard} samples per shard asked, {manifest['samples_per_shard']} written"
             if problem is None and not _check_shards(out, manifest, full=True):
@@ -516,7 +558,8 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
             report(f"rewriting the image folder shards in {out}: {problem or 'damaged shards'}")
         report(f"writing image folder shards ({settings.channels}x{settings.image_size}x{settings.image_size}, "
                 f"{samples_per_shard} samples each) to {out} from folder:{settings.directory}")
-        return write_folder_shards(out, settings, samples_per_shard, on_corrupt=on_corrupt, workers=workers)
+        return write_folder_shards(out, settings, samples_per_shard, on_corrupt=on_corrupt, workers=workers,
+                                   max_image_pixels=max_image_pixels)
     reuse: dict[str, dict[str, Any]] = {}
     if manifest is not None and manifest["samples_per_shard"] == samples_per_shard:
         problems = _check_shards(out, manifest, full=True)
@@ -543,7 +586,8 @@ def prepare_from_config(data: DataConfig, out_dir: str | os.PathLike | None = No
     """prepare_data with every setting taken from a data config (the folder default: dataset_dir(data))."""
     return prepare_data(dataset_dir(data) if out_dir is None else out_dir, data.source, data.samples_per_shard,
                         dataset=data.dataset, channels=data.channels, image_size=data.image_size,
-                        test_fraction=data.test_fraction, on_corrupt=data.on_corrupt, workers=workers)
+                        test_fraction=data.test_fraction, on_corrupt=data.on_corrupt, workers=workers,
+                        max_image_pixels=data.max_image_pixels)
 
 
 def _usable_problem(directory: Path, loaded: tuple[dict[str, Any], bytes] | None, data: DataConfig,
@@ -561,7 +605,7 @@ def _usable_problem(directory: Path, loaded: tuple[dict[str, Any], bytes] | None
         return f"shard {name}: {problem}{more}"
     if spec.kind == "folder":
         if data.source.startswith("folder:"):
-            problem = _folder_problem(manifest, data_folder_settings(data))
+            problem = _folder_problem(manifest, data_folder_settings(data), data.max_image_pixels)
             if problem is not None:
                 return problem
         else:  # shards at data.root without their source: they must match what the config asks for

@@ -168,7 +168,7 @@ def test_folder_shards_hold_every_readable_image_converted_and_skip_the_corrupt_
     assert manifest["num_classes"] == 2 and manifest["folder"]["num_files"] == len(expected) + 1
     assert [f["path"] for f in manifest["folder"]["skipped_files"]] == ["dogs/broken.png"]
     assert manifest["sample_format"] == {"png": "32x32 RGB (mode RGB) PNG, uint8 pixels", "cls": "label 0-1 as ASCII",
-                                         "path": "the source image's path relative to the folder, UTF-8"}
+                                         "path": "the source image's path relative to the folder, UTF-8 (else the name's bytes)"}
     assert verify_shards(out) == []
     by_split = samples_by_split(out)
     assert by_split["train"] and by_split["test"] and not set(by_split["train"]) & set(by_split["test"])
