@@ -26,6 +26,10 @@ from gan_dist.registry.datasets import DATASETS, dataset_spec
 from gan_dist.registry.objectives import OBJECTIVES
 
 EXIT_CONFIG_ERROR = 2
+# prepare-data's flags, by the data.* key they set (its errors name the flag)
+PREPARE_DATA_FLAGS = {"data.dataset": "--dataset", "data.source": "--source", "data.channels": "--channels",
+                      "data.image_size": "--image-size", "data.test_fraction": "--test-fraction",
+                      "data.samples_per_shard": "--samples-per-shard", "data.on_corrupt": "--on-corrupt"}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -59,14 +63,21 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
     from gan_dist.data.shards import dataset_dir, manifest_report, prepare_from_config
     from gan_dist.data.sources import DataError
 
-    if args.samples_per_shard <= 0:
-        raise ConfigError(f"--samples-per-shard must be > 0, got {args.samples_per_shard}")
-    spec = dataset_spec(args.dataset)
-    data = DataConfig(dataset=spec.name, source=args.source, channels=args.channels, image_size=args.image_size,
+    data = DataConfig(dataset=args.dataset, source=args.source, channels=args.channels, image_size=args.image_size,
                       test_fraction=args.test_fraction, samples_per_shard=args.samples_per_shard,
                       on_corrupt=args.on_corrupt, root=args.out or "")
-    # The data section's own checks (the same as `train`'s), with a model that builds any size (mlp).
-    validate(Config(data=data, model=ModelConfig(name="mlp")), "command line (--dataset, --source, ...)")
+    try:
+        # The data section's own checks (the same as `train`'s), with a model that builds any size (mlp).
+        validate(Config(data=data, model=ModelConfig(name="mlp")), "command line")
+        spec = dataset_spec(data.dataset)
+        if "auto" not in spec.sources and data.source == "auto":
+            raise ConfigError(f"key 'data.source': data.dataset={spec.name} is read from "
+                              f"{' | '.join(spec.sources)}; give it")
+    except ConfigError as error:  # name the flags this command was given, not the config keys
+        message = str(error).removeprefix("command line: ")
+        for key, flag in PREPARE_DATA_FLAGS.items():
+            message = message.replace(f"key '{key}'", flag).replace(f"{key}=", f"{flag} ").replace(key, flag)
+        raise ConfigError(message) from None
     try:
         out_dir = dataset_dir(data)
         manifest = prepare_from_config(data, out_dir)
@@ -275,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("prepare-data", help="write a dataset as WebDataset tar shards + manifest.json")
-    p.add_argument("--dataset", default=DataConfig().dataset, choices=list(DATASETS),
-                   help=f"default: {DataConfig().dataset}")
+    p.add_argument("--dataset", default=DataConfig().dataset,
+                   help=f"{' | '.join(DATASETS)} (default: {DataConfig().dataset})")
     p.add_argument("--source", default="auto",
                    help="; ".join(f"{spec.name}: {' | '.join(spec.sources)}" for spec in DATASETS.values())
                         + " (default: auto)")

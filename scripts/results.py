@@ -88,8 +88,8 @@ def read_evals(run_dir: Path) -> dict[int, dict]:
 def milestone_result(out: Path, recipe: str, step: int, num: int, seed: int, extra: list[str]) -> dict:
     """Metrics, floor, images seen and minutes of a recipe at a milestone: from the run's own evaluation
     when it logged one with `num` samples, else by evaluating the milestone's checkpoint."""
-    from gan_dist.checkpoint import step_dir_name
-    from gan_dist.metrics.evaluate import eval_command
+    from gan_dist.checkpoint import load_generator, step_dir_name
+    from gan_dist.metrics.evaluate import evaluate_generator
 
     run_dir = out / "runs" / recipe
     checkpoint = run_dir / "checkpoints" / step_dir_name(step)
@@ -105,8 +105,10 @@ def milestone_result(out: Path, recipe: str, step: int, num: int, seed: int, ext
         # Data locations come from this script's config (the recipe's + the overrides), never from the
         # checkpoint's generator.yaml.
         config = load_recipe(recipe, [*RECIPES[recipe][1], *extra, f"eval.num_samples={num}"])
-        result = eval_command(config, checkpoint=str(checkpoint), out_json=str(out / "eval" / f"{recipe}_{step}.json"),
-                              seed=seed)
+        G, info = load_generator(checkpoint=checkpoint)
+        result, _ = evaluate_generator(config, G, info, seed=seed)
+        (out / "eval").mkdir(parents=True, exist_ok=True)
+        (out / "eval" / f"{recipe}_{step}.json").write_text(json.dumps(result, indent=2) + "\n")
         metrics, floor = result["metrics"], result["floor"]
         minutes = state.get("elapsed_s", float("nan")) / 60
     return {"recipe": recipe, "step": step, "images_seen": state.get("images_seen", logged and logged["images_seen"]),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import gan_dist.objectives as objectives
+import gan_dist.objectives.objective as objective_module
 from gan_dist.bench.training import (
     BenchCase,
     FrameworkRunner,
@@ -73,8 +73,8 @@ def test_the_bare_loop_applies_lazy_r1_on_the_frameworks_schedule(tiny_shards, t
         f"data.root={tiny_shards}", "data.auto_prepare=false", f"run.out_dir={tmp_path}", "log.tracker=none",
         "loss.name=hinge", "loss.r1_gamma=1", "loss.r1_every=4", "model.d_norm=layer", "train.d_steps_per_g=2"])
     calls: list[int] = []
-    r1_penalty = objectives.r1_penalty
-    monkeypatch.setattr(objectives, "r1_penalty", lambda grads: calls.append(1) or r1_penalty(grads))
+    r1_penalty = objective_module.r1_penalty
+    monkeypatch.setattr(objective_module, "r1_penalty", lambda grads: calls.append(1) or r1_penalty(grads))
     framework = FrameworkRunner(config)
     try:
         framework.run(4)  # 4 G steps = 8 D steps

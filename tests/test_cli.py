@@ -82,3 +82,33 @@ def test_a_stalled_shard_source_times_out_with_one_line(mnist_shards, tmp_path, 
     assert status == 1
     assert "shard pipe:sleep 600 sent no data for 2 s: the source stalled" in line
     assert time.monotonic() - start < 60
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def test_dry_run_prints_the_config_and_record_and_writes_nothing(mnist_shards, tmp_path, capsys):
+    before = _listing(mnist_shards)
+    status = cli_main(["train", "--dry-run", f"data.root={mnist_shards}", f"run.out_dir={tmp_path / 'runs'}",
+                       "run.name=dry", "train.batch_size_per_process=64", "data.memory_max_mb=10"])
+    assert status == 0
+    out = capsys.readouterr().out
+    config_text, record_text = out.split("# run record (not written: --dry-run)\n")
+    assert "# resolved config" in config_text and "num_steps: 4000" in config_text
+    record = json.loads(record_text)
+    assert record["run_dir"] == str(tmp_path / "runs" / "dry") and record["device"] == "cpu"
+    assert record["image_shape"] == [1, 28, 28] and record["num_classes"] == 10
+    assert record["global_batch_size"] == 64 and record["loader"] == "stream"  # 45 MiB > memory_max_mb
+    # The seed DCGAN's parameter counts (the Keras tutorial's trainable counts), counted on the meta device.
+    assert record["parameters"] == {"G": 855_809, "D": 392_833}
+    assert not (tmp_path / "runs").exists() and _listing(mnist_shards) == before
+
+
+def test_dry_run_of_a_dataset_not_prepared_yet_writes_no_shards(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GAN_DIST_DATA_DIR", str(tmp_path / "data"))
+    assert cli_main(["train", "--dry-run", "data.dataset=fashion_mnist", "model.name=dcgan",
+                     f"run.out_dir={tmp_path / 'runs'}"]) == 0
+    record = json.loads(capsys.readouterr().out.split("--dry-run)\n")[1])
+    assert record["shards"].startswith("not written yet") and record["train_size"] == 60_000
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()

@@ -71,6 +71,7 @@ from typing import BinaryIO, TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gan_dist.config import DataConfig
 from gan_dist.data.sources import SourceError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -80,10 +81,9 @@ ALPHA_BACKGROUND = (255, 255, 255)  # transparency is composited onto white
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 MAX_WORKERS = 8  # conversion threads (Pillow releases the GIL while decoding, resizing and compressing)
-# data.max_image_pixels: an image whose header says width x height > this is refused before decoding. The
-# default is Pillow's own warning threshold (PIL.Image.MAX_IMAGE_PIXELS, 1 GiB / 4 bytes / 3), which Pillow
-# only warns about: Pillow refuses by itself only above twice this.
-MAX_IMAGE_PIXELS = 89_478_485
+# data.max_image_pixels's default (the schema's): Pillow's own warning threshold (PIL.Image.MAX_IMAGE_PIXELS,
+# 1 GiB / 4 bytes / 3), which Pillow only warns about: Pillow refuses by itself only above twice this.
+MAX_IMAGE_PIXELS = DataConfig.max_image_pixels
 # A file larger than this many bytes per allowed pixel (16-bit RGBA, uncompressed) plus MAX_METADATA_BYTES
 # is refused before it is opened (Pillow reads a whole WebP file into memory to open it).
 MAX_FILE_BYTES_PER_PIXEL = 8

@@ -248,17 +248,17 @@ class GANStep:
         micro_batches = settings.accumulation_steps
         share_fake = micro_batches == 1  # the seed's one G forward per step
         all_stats: list[Stats] = []
-        kept: tuple[Tensor, Tensor | None] | None = None
+        shared_fake: tuple[Tensor, Tensor | None] | None = None  # the last D step's G output, reused by G
         grad_scale = self._grad_scale()
         for d_step in range(settings.d_steps_per_g):
-            keep = share_fake and d_step == settings.d_steps_per_g - 1
+            share_this_forward = share_fake and d_step == settings.d_steps_per_g - 1
             for micro in range(micro_batches):
                 real, labels = next(batches)  # (B, C, H, W) float32 on the device, (B,)
                 batch_size = real.shape[0]
                 with self._sync_context(nets.D_wrapped, micro == micro_batches - 1):
                     z, fake_labels = self._draw(batch_size)
-                    with accelerator.autocast(), torch.set_grad_enabled(keep):
-                        fake = nets.G_wrapped(z, fake_labels)  # (B, C, H, W); graph kept for the G phase if keep
+                    with accelerator.autocast(), torch.set_grad_enabled(share_this_forward):
+                        fake = nets.G_wrapped(z, fake_labels)  # (B, C, H, W); its graph serves the G phase if shared
                     mix = self.noise.mix(batch_size) if self.objective.needs_mix else None
                     inputs = DPhaseInputs(real=real, real_labels=labels if settings.num_classes else None,
                                           fake=fake.detach(), fake_labels=fake_labels, mix=mix,
@@ -266,8 +266,8 @@ class GANStep:
                     with accelerator.autocast():
                         loss, stats = self.objective.d_phase(self.D_phase_d, inputs)
                     accelerator.backward(loss / micro_batches if micro_batches > 1 else loss)
-                if keep:
-                    kept = (fake, fake_labels)
+                if share_this_forward:
+                    shared_fake = (fake, fake_labels)
                 all_stats.append(stats)
                 self.counters.batches += 1
                 self.counters.images_seen += batch_size * self.world_size
@@ -275,8 +275,8 @@ class GANStep:
             self.counters.d_steps += 1
         for micro in range(micro_batches):
             with self._sync_context(nets.G_wrapped, micro == micro_batches - 1):
-                if kept is not None:
-                    fake, fake_labels = kept
+                if shared_fake is not None:
+                    fake, fake_labels = shared_fake
                 else:
                     z, fake_labels = self._draw(batch_size)
                     with accelerator.autocast():

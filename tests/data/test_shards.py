@@ -275,17 +275,17 @@ def test_cli_prepare_data_errors_exit_nonzero_and_write_nothing(tmp_path, synthe
     assert cli_main(["prepare-data", "--source", "folder:/x", "--out", str(out)]) == 2
     assert cli_main(["prepare-data", "--channels", "3", "--out", str(out)]) == 2
     errors = capsys.readouterr().err.splitlines()
-    assert errors[0] == ("gan-dist prepare-data: config error: --source 'nope' is not one of auto, idx:DIR, "
-                         "torchvision, wheel, folder:DIR")
-    assert errors[1] == "gan-dist prepare-data: config error: --samples-per-shard must be > 0, got 0"
+    assert errors[0] == ("gan-dist prepare-data: config error: --source: 'nope' does not apply to --dataset mnist "
+                         "(auto | idx:DIR | torchvision | wheel)")
+    assert errors[1] == "gan-dist prepare-data: config error: --samples-per-shard: must be > 0"
     assert errors[2].startswith(f"gan-dist prepare-data: idx:{tmp_path / 'missing'}: no folder with all four IDX")
     assert errors[3].startswith(f"gan-dist prepare-data: idx:{synthetic_idx_dir}: train split: label counts")
-    assert errors[4] == ("gan-dist prepare-data: config error: --dataset 'cifar' is not one of mnist, "
+    assert errors[4] == ("gan-dist prepare-data: config error: --dataset: 'cifar' is not one of mnist, "
                          "fashion_mnist, folder")
-    assert errors[5] == ("gan-dist prepare-data: config error: --source 'folder:/x' does not apply to --dataset "
+    assert errors[5] == ("gan-dist prepare-data: config error: --source: 'folder:/x' does not apply to --dataset "
                          "mnist (auto | idx:DIR | torchvision | wheel)")
-    assert errors[6] == ("gan-dist prepare-data: config error: --channels and --image-size apply to --dataset "
-                         "folder (mnist is 1x28x28)")
+    assert errors[6] == ("gan-dist prepare-data: config error: --channels: mnist has 1 channel(s); --channels "
+                         "applies to --dataset folder")
     assert not out.exists()
 
 

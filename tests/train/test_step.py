@@ -33,7 +33,7 @@ def config_for(shards: Path, out_dir: Path, *overrides: str):
 def test_the_g_phase_changes_no_d_parameter_and_the_d_phase_no_g_parameter(mnist_shards, tmp_path, overrides):
     trainer = Trainer(config_for(mnist_shards, tmp_path, *overrides))
     try:
-        G, D = trainer.G_raw, trainer.D_raw
+        G, D = trainer.networks.G, trainer.networks.D
         snapshot = lambda module: [p.detach().clone() for p in module.parameters()]  # noqa: E731
         seen: dict[str, object] = {}
 
@@ -44,8 +44,8 @@ def test_the_g_phase_changes_no_d_parameter_and_the_d_phase_no_g_parameter(mnist
         def before_g_step(optimizer, args, kwargs) -> None:
             seen["D_grads_in_g_phase"] = [p.grad for p in D.parameters()]
 
-        trainer.opt_d.optimizer.register_step_post_hook(after_d_step)
-        trainer.opt_g.optimizer.register_step_pre_hook(before_g_step)
+        trainer.networks.opt_d.optimizer.register_step_post_hook(after_d_step)
+        trainer.networks.opt_g.optimizer.register_step_pre_hook(before_g_step)
         G_before, D_before = snapshot(G), snapshot(D)
         batches = trainer.batch_source()
         trainer.step.run(batches)

@@ -153,7 +153,7 @@ def test_bf16_autocast_trains_on_cpu(mnist_shards, tmp_path):
         for stats in trainer.step.run(iter([(real, torch.zeros(8, dtype=torch.int64))])):
             assert all(torch.isfinite(v) for v in stats.values())
         with trainer.accelerator.autocast():
-            assert trainer.G(torch.randn(2, config.model.latent_dim)).dtype == torch.float32  # outputs upcast
+            assert trainer.networks.G_wrapped(torch.randn(2, config.model.latent_dim)).dtype == torch.float32  # outputs upcast
         assert trainer.fit() == 0
     finally:
         trainer.close()
