@@ -798,7 +798,8 @@ class LoadedCheckpoint:
     scaler: dict[str, Any] | None
     extra: dict[str, dict[str, torch.Tensor]]
     state: dict[str, Any]
-    rng: RngStates | None  # None: this rank did not write it (a different process count)
+    rng: RngStates | None  # None: this rank did not write it (the run had fewer processes)
+    noise: torch.Tensor  # the step's noise generator: the same on every rank (rank 0's when this one wrote none)
     saved_processes: int
     notes: list[str] = field(default_factory=list)  # optimizer settings the config changed
 
@@ -841,11 +842,13 @@ def read_checkpoint(path: Path, rank: int, target: Checkpointable) -> LoadedChec
         raise CheckpointError(f"{path / TRAIN_STATE}: step {state['step']}, {META} says {meta.get('step')} "
                               "(files of different checkpoints)")
     rng = _read_rng(path, rank, target.noise) if rng_files(rank)[0] in listed else None
+    noise = rng.noise if rng is not None else _read_rng(path, 0, target.noise).noise
     notes = [f"optimizer setting changed on resume: {name} {key} {old} -> {new} ({_SETTING_KEYS[name][key]}; "
              "the configured value is used)"
              for name, loaded in optimizers.items() for key, old, new in loaded.changes]
     return LoadedCheckpoint(path=path, G=G, D=D, G_ema=G_ema, optimizers=optimizers, scaler=scaler, extra=extra,
-                            state=state, rng=rng, saved_processes=meta.get("num_processes", 1), notes=notes)
+                            state=state, rng=rng, noise=noise, saved_processes=meta.get("num_processes", 1),
+                            notes=notes)
 
 
 def apply_checkpoint(loaded: LoadedCheckpoint, target: Checkpointable) -> None:
@@ -862,5 +865,6 @@ def apply_checkpoint(loaded: LoadedCheckpoint, target: Checkpointable) -> None:
     for name, tensors in loaded.extra.items():
         target.extra[name].load_state_tensors(tensors)
     target.state.apply(loaded.state)
+    target.noise.set_state(loaded.noise)
     if loaded.rng is not None:
         _apply_rng(loaded.rng, target.noise)

@@ -65,8 +65,10 @@ class DataConfig:
     test_urls: str = ""
     # Samples per tar shard written by prepare-data (the train split is 60,000 samples).
     samples_per_shard: int = 5000
-    # DataLoader worker processes per training process (0 = decode in the training process).
-    num_workers: int = 1
+    # DataLoader worker processes per training process (0 = decode in the training process); None = what the
+    # machine has: the CPUs this process may use / the processes on this node, minus one for the training
+    # process itself, at most 8 (the stream loader only; the choice is recorded in run.json).
+    num_workers: int | None = None
     # Samples held in each shuffle buffer (per worker, and again after re-batching in the loader).
     shuffle_buffer: int = 5000
     # What a corrupt or truncated shard, or (data.dataset=folder, at shard time) an unreadable image file,

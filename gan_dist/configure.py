@@ -160,7 +160,7 @@ def validate(config: Config, origin: str = "config") -> None:
     require(not any(char in d.root for char in "{}$"), "data.root",
             f"{d.root!r}: braces and '$' would be read as a WebDataset URL pattern; choose another folder")
     require(d.samples_per_shard > 0, "data.samples_per_shard", "must be > 0")
-    require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    require(d.num_workers is None or d.num_workers >= 0, "data.num_workers", "must be >= 0 (or null: auto)")
     require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
     one_of(d.on_corrupt, ON_CORRUPT, "data.on_corrupt")
     one_of(d.loader, LOADERS, "data.loader")

@@ -152,16 +152,21 @@ def adam_kwargs(implementation: str) -> dict[str, bool]:
 
 
 def configure_backends(device: torch.device, deterministic: bool) -> None:
-    """cudnn autotuning and TF32 matmuls on GPUs (fp32 runs: TF32 keeps 10 mantissa bits, as bf16 has 7);
-    deterministic algorithms when run.deterministic asks for them (slower)."""
+    """cudnn autotuning and TF32 for float32 matmuls and convolutions on GPUs (fp32 runs: TF32 keeps 10
+    mantissa bits, as bf16 has 7), through the fp32_precision settings of torch >= 2.9 (allow_tf32 is
+    deprecated there); deterministic algorithms when run.deterministic asks for them (slower)."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         return
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+        else:  # torch < 2.9
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
 
 
 def broadcast_from_main(accelerator: Any, value: T) -> T:

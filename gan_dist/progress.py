@@ -34,10 +34,14 @@ class TrainState:
     best_fid: float | None = None
     ema_updates: int = 0
     elapsed_s: float = 0.0  # wall-clock seconds of the run up to this checkpoint (all starts, start-up included)
+    # Real images per optimizer step (per process x processes x accumulation): a run resumed on another
+    # number of processes keeps it (0: not recorded, a checkpoint of an older gan_dist).
+    global_batch_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self.counters), "run_id": self.run_id, "best_fid": self.best_fid,
-                "ema_updates": self.ema_updates, "elapsed_s": self.elapsed_s}
+                "ema_updates": self.ema_updates, "elapsed_s": self.elapsed_s,
+                "global_batch_size": self.global_batch_size}
 
     @staticmethod
     def parse(record: Any, path: Path) -> dict[str, Any]:
@@ -64,6 +68,11 @@ class TrainState:
         if not number(elapsed_s):
             raise ProgressError(f"{path}: field 'elapsed_s' must be a finite number, got {elapsed_s!r}")
         fields["elapsed_s"] = float(elapsed_s)
+        global_batch = record.get("global_batch_size", 0)
+        if not isinstance(global_batch, int) or isinstance(global_batch, bool) or global_batch < 0:
+            raise ProgressError(f"{path}: field 'global_batch_size' must be a non-negative integer, got "
+                                f"{global_batch!r}")
+        fields["global_batch_size"] = global_batch
         return fields
 
     def apply(self, fields: dict[str, Any]) -> None:
@@ -71,3 +80,17 @@ class TrainState:
             setattr(self.counters, key, fields[key])
         self.run_id, self.best_fid = fields["run_id"], fields["best_fid"]
         self.ema_updates, self.elapsed_s = fields["ema_updates"], fields["elapsed_s"]
+        self.global_batch_size = fields["global_batch_size"]
+
+
+def elastic_batch(global_batch: int, num_processes: int, batch_size_per_process: int,
+                  accumulation_steps: int) -> tuple[int, int]:
+    """(batch per process, accumulation steps) that keep `global_batch` on `num_processes`: the configured
+    accumulation with the per-process batch adapted, else the configured per-process batch with the
+    accumulation adapted; ValueError when neither divides (the caller names the keys)."""
+    if global_batch % (num_processes * accumulation_steps) == 0:
+        return global_batch // (num_processes * accumulation_steps), accumulation_steps
+    if global_batch % (num_processes * batch_size_per_process) == 0:
+        return batch_size_per_process, global_batch // (num_processes * batch_size_per_process)
+    raise ValueError(f"a global batch of {global_batch} does not divide among {num_processes} processes with "
+                     f"{accumulation_steps} accumulation step(s) nor with {batch_size_per_process} images per process")

@@ -8,13 +8,14 @@ its device. `make_batch_source` picks the implementation from data.loader:
           once) and kept on the device as uint8 (N, C, H, W); each batch is a gather by indices. No
           workers, no host-device copies per step. Refused above data.memory_max_mb MiB per process.
 
-Both yield batches forever, all of size B on every rank (DDP needs equal counts), and batch k of rank r
-is a function of (seed, r, world_size, B[, stream settings]): `start_batch=k` resumes exactly.
+Both yield batches forever, all of size B on every rank (DDP needs equal counts), and resume from the
+number of samples the run has consumed across ranks (`start_sample`, the run's images_seen).
 
 The memory source's order: one global stream of sample positions in which epoch e is a permutation of the
-N samples drawn from (seed, e), the same on every rank; global batch t covers positions
-[t * B * W, (t + 1) * B * W) and rank r takes its r-th slice of B. So each sample is used exactly once per
-epoch across all ranks (a global batch may straddle two epochs; nothing is dropped or repeated).
+N samples drawn from (seed, e), the same on every rank; each global batch covers the next B * W positions
+and rank r takes its r-th slice of B. So each sample is used exactly once per epoch across all ranks (a
+global batch may straddle two epochs; nothing is dropped or repeated), and the order is a function of the
+position alone: a run resumed on another number of processes continues at the same sample.
 """
 
 from __future__ import annotations
@@ -56,8 +57,11 @@ class StreamBatches:
     """data.loader=stream: see the module docstring."""
 
     def __init__(self, dataset: ResolvedDataset, data: DataConfig, batch_size: int, *, seed: int, rank: int,
-                 world_size: int, start_batch: int, device: torch.device, channels_last: bool = False) -> None:
+                 world_size: int, start_sample: int, device: torch.device, channels_last: bool = False) -> None:
         self.device, self.channels_last = torch.device(device), channels_last
+        # The stream resumes at the global batch the samples consumed fill (resampled shards: an approximate
+        # position when the process count changed, see gan_dist.data.loader).
+        start_batch = start_sample // (batch_size * world_size)
         self._stream = train_batches(dataset, data, batch_size, seed, rank, world_size, start_batch,
                                      pin_memory=self.device.type == "cuda")
         self.batches_per_epoch = self._stream.steps_per_epoch
@@ -136,10 +140,10 @@ class MemoryBatches:
     int64 on the device."""
 
     def __init__(self, dataset: ResolvedDataset, data: DataConfig, batch_size: int, *, seed: int, rank: int,
-                 world_size: int, start_batch: int, device: torch.device, channels_last: bool = False) -> None:
-        if batch_size <= 0 or not 0 <= rank < world_size or start_batch < 0:
-            raise ValueError(f"need batch_size > 0, 0 <= rank < world_size, start_batch >= 0; got {batch_size}, "
-                             f"{rank}, {world_size}, {start_batch}")
+                 world_size: int, start_sample: int, device: torch.device, channels_last: bool = False) -> None:
+        if batch_size <= 0 or not 0 <= rank < world_size or start_sample < 0:
+            raise ValueError(f"need batch_size > 0, 0 <= rank < world_size, start_sample >= 0; got {batch_size}, "
+                             f"{rank}, {world_size}, {start_sample}")
         channels, height, width = dataset.image_shape
         size_mb = dataset.train_size * channels * height * width / 2**20
         if size_mb > data.memory_max_mb:
@@ -155,25 +159,26 @@ class MemoryBatches:
         self.num_samples = len(self.labels)
         # Informational (epochs are counted in images): global batches straddle epoch boundaries.
         self.batches_per_epoch = steps_per_epoch(self.num_samples, batch_size, world_size)
-        self.batch = start_batch  # number of the next batch (the same on every rank)
-        self._generator = torch.Generator(device=self.device)
+        self.position = start_sample  # global position of the next global batch (the same on every rank)
         self._permutations: dict[int, Tensor] = {}
 
     def permutation(self, epoch: int) -> Tensor:
-        """Epoch `epoch`'s order of the N samples (N,), on the device: drawn there from (seed, epoch) (the
-        same on every rank of one device type; no host-device copy). The two latest epochs are kept."""
+        """Epoch `epoch`'s order of the N samples (N,), on the device: drawn on the CPU from (seed, epoch) and
+        copied once per epoch. Drawn on a GPU it could differ between GPU models (randperm's kernel grid
+        depends on the SM count above ~270k samples): ranks on mixed hardware or MIG slices would then skip or
+        repeat samples. The two latest epochs are kept."""
         permutation = self._permutations.get(epoch)
         if permutation is None:
-            self._generator.manual_seed(_epoch_seed(self.seed, epoch))
-            permutation = torch.randperm(self.num_samples, generator=self._generator, device=self.device)
+            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            permutation = torch.randperm(self.num_samples, generator=generator).to(self.device)
             self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
             self._permutations[epoch] = permutation
         return permutation
 
-    def indices(self, batch: int) -> Tensor:
-        """Sample indices (B,) of this rank's batch number `batch`: global positions
-        [(batch * W + rank) * B, ... + B) of the epoch-after-epoch stream (Python-int slicing, no host sync)."""
-        position = (batch * self.world_size + self.rank) * self.batch_size
+    def indices(self, global_position: int) -> Tensor:
+        """Sample indices (B,) of this rank's part of the global batch at `global_position`: positions
+        [global_position + rank * B, ... + B) of the epoch-after-epoch stream (Python ints, no host sync)."""
+        position = global_position + self.rank * self.batch_size
         epoch, offset = divmod(position, self.num_samples)
         parts, remaining = [], self.batch_size
         while remaining:
@@ -187,8 +192,8 @@ class MemoryBatches:
         return self
 
     def __next__(self) -> tuple[Tensor, Tensor]:
-        index = self.indices(self.batch)  # (B,)
-        self.batch += 1
+        index = self.indices(self.position)  # (B,)
+        self.position += self.batch_size * self.world_size
         images = to_unit_range(self.images.index_select(0, index))  # (B, C, H, W) float32 in [-1, 1]
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -207,11 +212,11 @@ def resolve_loader(dataset: ResolvedDataset, data: DataConfig) -> str:
 
 
 def make_batch_source(dataset: ResolvedDataset, data: DataConfig, batch_size: int, *, seed: int, rank: int,
-                      world_size: int, start_batch: int, device: torch.device | str,
+                      world_size: int, start_sample: int, device: torch.device | str,
                       channels_last: bool = False) -> StreamBatches | MemoryBatches:
     """The batch source data.loader selects (stream | memory); see the module docstring."""
     source = {"stream": StreamBatches, "memory": MemoryBatches}.get(resolve_loader(dataset, data))
     if source is None:
         raise DataError(f"data.loader must be stream or memory, got {data.loader!r}")
-    return source(dataset, data, batch_size, seed=seed, rank=rank, world_size=world_size, start_batch=start_batch,
+    return source(dataset, data, batch_size, seed=seed, rank=rank, world_size=world_size, start_sample=start_sample,
                   device=torch.device(device), channels_last=channels_last)

@@ -66,6 +66,19 @@ class LoaderStats:
     skipped_samples: int = 0
 
 
+MAX_AUTO_WORKERS = 8  # data.num_workers=None never starts more decoders per process than this
+
+
+def resolve_num_workers(configured: int | None, local_processes: int = 1) -> int:
+    """data.num_workers, with None resolved to the machine's share: the CPUs this process may use (its
+    affinity mask: SLURM's --cpus-per-task) divided among the node's processes, minus one for the training
+    process, between 1 and MAX_AUTO_WORKERS."""
+    if configured is not None:
+        return configured
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_processes) - 1))
+
+
 def steps_per_epoch(train_size: int, batch_size: int, world_size: int) -> int:
     """Batches per rank per epoch: ceil(train_size / (batch_size * world_size))."""
     return math.ceil(train_size / (batch_size * world_size))
@@ -545,7 +558,8 @@ def epoch_batches(dataset: ResolvedDataset, data: DataConfig, batch_size: int, s
         raise ValueError(f"skip_batches must be in [0, {steps}), got {skip_batches}")
     stats = stats if stats is not None else LoaderStats()
     num_urls = len(_expand(urls))
-    num_streams = max(1, data.num_workers)
+    num_workers = resolve_num_workers(data.num_workers)
+    num_streams = max(1, num_workers)
     loader_shuffle = _loader_shuffle(data.shuffle_buffer, _derive_seed(seed, epoch, rank, "loader"))
     worker_stats = LoaderStats()  # lives in the worker; its counts travel with the batches
     reader = _ShardSamples(data.on_corrupt, worker_stats, max_failures_in_a_row=10 + 3 * num_urls,
@@ -567,8 +581,8 @@ def epoch_batches(dataset: ResolvedDataset, data: DataConfig, batch_size: int, s
     # iterator creation, which would shift the training RNG (dropout) after an exact resume.
     loader_rng = torch.Generator().manual_seed(_derive_seed(seed, epoch, rank, "dataloader"))
     # collate_fn=_unchanged keeps the numpy batches: no shared-memory tensor per small array
-    loader = (wds.WebLoader(dataset_pipeline, batch_size=None, num_workers=data.num_workers, generator=loader_rng,
-                            worker_init_fn=ignore_stop_signals if data.num_workers > 0 else None,
+    loader = (wds.WebLoader(dataset_pipeline, batch_size=None, num_workers=num_workers, generator=loader_rng,
+                            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
                             collate_fn=_unchanged)
               .compose(_CollectStats(stats))
               .unbatched()

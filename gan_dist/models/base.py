@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
+from torch.nn.utils import parametrizations, parametrize
 
 from gan_dist.config import CONDITIONING_MODES, ConfigError
 from gan_dist.registry.architectures import conv_stages as stages_of_size
@@ -129,17 +129,38 @@ def dropout_layer(p: float) -> nn.Module:
 SPECTRAL_NORM_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)
 
 
+class FullPrecisionSpectralNorm(parametrizations._SpectralNorm):
+    """torch's spectral-norm parametrization with its power iteration and sigma in float32 under any autocast.
+
+    On CUDA, autocast runs `mv` (the power iteration) in bf16/fp16, keeping ~3 significant digits of sigma
+    and of the u, v vectors that carry over from step to step; on CPUs autocast leaves `mv` alone. The
+    normalized weight goes on to the layer in float32, where the layer's own autocast applies as usual.
+    Same state (`...weight.0._u`, `_v`) as torch.nn.utils.parametrizations.spectral_norm."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight.float()).to(weight.dtype)
+
+
+def spectral_norm(layer: nn.Module) -> nn.Module:
+    """Spectral normalization of `layer.weight` (torch.nn.utils.parametrizations.spectral_norm's rule: dim 1
+    for transposed convolutions, else 0; one power iteration per training forward), in float32."""
+    dim = 1 if isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+    parametrize.register_parametrization(layer, "weight", FullPrecisionSpectralNorm(layer.weight, 1, dim, 1e-12))
+    return layer
+
+
 def apply_spectral_norm(module: nn.Module) -> None:
     """Spectral normalization (Miyato et al. 2018) of every conv, linear and embedding weight in `module`.
 
-    torch.nn.utils.parametrizations.spectral_norm: W / sigma(W), sigma estimated by one power iteration
-    per training-mode forward (u, v are buffers; eval mode reuses them). Registering draws u and v from the
-    global RNG (then runs 15 power iterations), so seed identically on every rank before building. The
-    state_dict then holds `<layer>.parametrizations.weight.original`, `...weight.0._u` and `...weight.0._v` instead of
+    W / sigma(W), sigma estimated by one power iteration per training-mode forward (u, v are buffers; eval
+    mode reuses them), in float32 (`FullPrecisionSpectralNorm`). Registering draws u and v from the global
+    RNG (then runs 15 power iterations), so seed identically on every rank before building. The state_dict
+    then holds `<layer>.parametrizations.weight.original`, `...weight.0._u` and `...weight.0._v` instead of
     `<layer>.weight`.
     """
     for layer in [m for m in module.modules() if isinstance(m, SPECTRAL_NORM_TYPES)]:
-        parametrizations.spectral_norm(layer)
+        spectral_norm(layer)
 
 
 class GeneratorBase(nn.Module):

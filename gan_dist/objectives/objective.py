@@ -37,7 +37,6 @@ class DPhaseInputs:
     fake_labels: Tensor | None  # (B,) the classes G was asked for, else None
     mix: Tensor | None = None  # (B,) uniform in [0, 1]: interpolation weights of the gradient penalty
     d_step_index: int = 0  # D steps taken so far in the run (lazy R1 schedule)
-    grad_scale: Tensor | None = None  # fp16 loss scale (0-dim) for penalties; None without a GradScaler
 
 
 def split_output(output: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
@@ -47,18 +46,14 @@ def split_output(output: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor
     return output, None
 
 
-def input_gradients(scores: Tensor, inputs: Tensor, grad_scale: Tensor | None) -> Tensor:
-    """d sum(scores) / d inputs (B, C, H, W), kept in the graph (create_graph) for the penalty's backward.
-
-    Each sample's score depends only on its own input (no BatchNorm in D), so the gradient of the sum is
-    the per-sample gradient. Under fp16 the output is scaled first and the result unscaled in the graph.
-    """
-    outputs = scores.float().sum()
-    if grad_scale is not None:
-        outputs = outputs * grad_scale
-    (grads,) = torch.autograd.grad(outputs, inputs, create_graph=True)
-    grads = grads.float()
-    return grads / grad_scale if grad_scale is not None else grads
+def input_gradients(scores: Tensor, inputs: Tensor) -> Tensor:
+    """d sum(scores) / d inputs (B, C, H, W) in float32, kept in the graph (create_graph) for the penalty's
+    backward. Each sample's score depends only on its own input (no BatchNorm in D), so the gradient of the
+    sum is the per-sample gradient. Outside autocast: the backward ops (and the graph create_graph records
+    for the penalty's own backward) keep the dtypes of the forward they differentiate."""
+    with torch.autocast(inputs.device.type, enabled=False):
+        (grads,) = torch.autograd.grad(scores.float().sum(), inputs, create_graph=True)
+    return grads.float()
 
 
 def gradient_penalty(grads: Tensor) -> Tensor:
@@ -94,15 +89,25 @@ class Objective:
         """Lazy R1: every loss.r1_every-th D step (StyleGAN2), scaled by r1_every when applied."""
         return self.uses_r1 and d_step_index % self.config.r1_every == 0
 
-    def d_phase(self, D: Callable[..., Any], inputs: DPhaseInputs) -> tuple[Tensor, Stats]:
-        """D's loss on one micro-batch: adversarial + class loss (acgan) + penalties, and its stats."""
+    def d_phase(self, D: Callable[..., Any], inputs: DPhaseInputs,
+                D_penalty: Callable[..., Any] | None = None) -> tuple[Tensor, Stats]:
+        """D's loss on one micro-batch: adversarial + class loss (acgan) + penalties, and its stats.
+
+        D_penalty: where the penalties' forwards run when they cannot share D's (None: R1 reuses the real
+        forward, the interpolates go through D). The step passes the uncompiled D under torch.compile
+        (AOTAutograd has no double backward) and a float32 D under fp16 (whose input gradients would
+        overflow at GradScaler's scale, or underflow without it: docs/design-notes.md).
+        """
+        shared = D_penalty is None
         real = inputs.real
         r1_now = self.r1_due(inputs.d_step_index)
-        if r1_now:
+        if r1_now and shared:
             real = real.detach().requires_grad_(True)  # R1 reuses this forward for d D(x)/dx
         real_logits, real_classes = split_output(D(real, inputs.real_labels))  # (B,), (B, K) | None
         fake_logits, fake_classes = split_output(D(inputs.fake, inputs.fake_labels))
         loss, stats = self._d_loss(real_logits, fake_logits)
+        with torch.no_grad():  # E[sign(D(x))]: the overfitting heuristic r_t of ADA (Karras et al. 2020)
+            stats["d_real_sign"] = real_logits.detach().float().sign().mean()
         if real_classes is not None and fake_classes is not None:
             # ACGAN: D learns to classify real images and G's images alike (Odena et al. 2017).
             class_real = F.cross_entropy(real_classes.float(), inputs.real_labels)
@@ -114,17 +119,23 @@ class Objective:
                 stats["d_class_accuracy_real"] = (real_classes.argmax(1) == inputs.real_labels).float().mean()
         if self.uses_gradient_penalty:
             if inputs.mix is None:
-                raise ValueError("wgan_gp needs DPhaseInputs.mix (interpolation weights)")
-            mix = inputs.mix.view(-1, *([1] * (real.dim() - 1))).to(real.dtype)  # (B, 1, 1, 1)
+                raise ValueError("the gradient penalty needs DPhaseInputs.mix (interpolation weights)")
+            mix = inputs.mix.view(-1, *([1] * (real.dim() - 1))).float()  # (B, 1, 1, 1)
             # x_hat = mix * x + (1 - mix) * G(z): points on straight lines between real and fake samples.
-            interpolates = (mix * inputs.real.detach() + (1.0 - mix) * inputs.fake.detach()).requires_grad_(True)
-            scores, _ = split_output(D(interpolates, inputs.real_labels))
-            penalty = gradient_penalty(input_gradients(scores, interpolates, inputs.grad_scale))
+            interpolates = (mix * inputs.real.detach().float() + (1.0 - mix) * inputs.fake.detach().float())
+            interpolates = interpolates.to(inputs.real.dtype).requires_grad_(True)
+            scores, _ = split_output((D if shared else D_penalty)(interpolates, inputs.real_labels))
+            penalty = gradient_penalty(input_gradients(scores, interpolates))
             loss = loss + self.config.gp_weight * penalty
             stats["gradient_penalty"] = penalty.detach()
             stats["d_loss"] = loss.detach()
         if r1_now:
-            penalty = r1_penalty(input_gradients(real_logits, real, inputs.grad_scale))
+            if shared:
+                scores, penalized = real_logits, real
+            else:
+                penalized = inputs.real.detach().requires_grad_(True)
+                scores, _ = split_output(D_penalty(penalized, inputs.real_labels))
+            penalty = r1_penalty(input_gradients(scores, penalized))
             # gamma / 2 * E||grad||^2, times r1_every so that the lazy schedule keeps the same strength.
             loss = loss + 0.5 * self.config.r1_gamma * self.config.r1_every * penalty
             stats["r1_penalty"] = penalty.detach()

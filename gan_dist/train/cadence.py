@@ -16,19 +16,18 @@ class Cadence:
     sample_every: int
     eval_every: int
     checkpoint_every: int
-    num_processes: int
 
     @classmethod
-    def from_config(cls, config: Config, num_processes: int) -> Cadence:
+    def from_config(cls, config: Config) -> Cadence:
         return cls(num_steps=config.train.num_steps, log_every=config.log.log_every,
                    sample_every=config.log.sample_every, eval_every=config.eval.eval_every,
-                   checkpoint_every=config.checkpoint.every, num_processes=num_processes)
+                   checkpoint_every=config.checkpoint.every)
 
     def log(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.num_steps
 
     def sample(self, step: int) -> bool:
-        """Step 1 (the tutorial's first grid), every sample_every, and the end (written by `finish`)."""
+        """Step 1 (the tutorial's first grid), every sample_every, and the end (written by the trainer's `_finish`)."""
         return step == 1 or (self.sample_every > 0 and step % self.sample_every == 0)
 
     def evaluate(self, step: int) -> bool:
@@ -40,8 +39,3 @@ class Cadence:
 
     def checkpoint(self, step: int) -> bool:
         return self.checkpoint_every > 0 and step % self.checkpoint_every == 0 and step != self.num_steps
-
-    def stop_vote(self, step: int) -> bool:
-        """Whether the ranks agree on a stop request now: every step with one process (a Python flag), at
-        the log cadence with several (a collective; SLURM's USR1 comes minutes before the end)."""
-        return self.num_processes == 1 or self.log(step)

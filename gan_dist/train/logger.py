@@ -52,7 +52,10 @@ class StatsAccumulator:
                 self._first_nonfinite = torch.cat(
                     [self._first_nonfinite, torch.full((grow,), NOT_SEEN, dtype=torch.int64, device=self.device)])
                 self._last_value = torch.cat([self._last_value, torch.zeros(grow, device=self.device)])
-            positions = torch.tensor([self.keys.index(key) for key in keys], device=self.device)
+            positions = torch.tensor([self.keys.index(key) for key in keys])
+            if self.device.type == "cuda":  # pinned, so that the copy does not make the device wait
+                positions = positions.pin_memory()
+            positions = positions.to(self.device, non_blocking=True)
             self._index[keys] = positions
         return positions
 
@@ -137,14 +140,21 @@ class MetricLogger:
         check_finite({key: (int(step), value) for key, step, value in zip(stats.keys, first_steps, last_values,
                                                                            strict=True) if step != NOT_SEEN})
 
-    def log(self, step: int, images_seen: int, extra: dict[str, float]) -> dict[str, float]:
+    def log(self, step: int, images_seen: int, extra: dict[str, float],
+            stop_requested: bool = False) -> tuple[dict[str, float], bool]:
         """Collective (every rank): mean of each statistic over the interval and the ranks; checks finiteness,
-        prints the console line and writes `train/<key>` scalars on the main process."""
+        prints the console line and writes `train/<key>` scalars on the main process. Returns the values and
+        whether any rank was asked to stop (its flag travels in the same all-reduce as the means, so the
+        stop vote costs no collective of its own: docs/design-notes.md, "Preemption")."""
         self.check_finite()
         keys, means_and_counts = self.stats.means_tensor()
+        flag = torch.tensor([[1.0 if stop_requested else 0.0], [1.0]], dtype=torch.float64)  # (2, 1)
+        means_and_counts = torch.cat([means_and_counts, flag.to(means_and_counts.device, non_blocking=True)], dim=1)
         if self.accelerator.num_processes > 1:
             means_and_counts = self.accelerator.reduce(means_and_counts, "mean")
         means, counts = means_and_counts.tolist()
+        stop_anywhere = means.pop() > 0  # the mean of 0/1 flags is > 0 iff a rank was asked to stop
+        counts.pop()
         values: dict[str, float] = {key: mean for key, mean, count in zip(keys, means, counts, strict=True)
                                     if count > 0}
         now = time.perf_counter()
@@ -158,7 +168,7 @@ class MetricLogger:
         rate = f" | {values['images_per_s']:.0f} img/s" if "images_per_s" in values else ""
         self.print(f"{step} {self.describe(values)}{rate}")
         self.stats.reset()
-        return values
+        return values, stop_anywhere
 
     def start_interval(self, images_seen: int) -> None:
         """Restart the img/s clock (after start-up, evaluation or a checkpoint: time not spent training)."""

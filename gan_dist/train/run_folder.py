@@ -43,6 +43,7 @@ class RunRecord:
     adam_implementation: str
     dataset: str
     loader: str  # data.loader resolved (stream | memory)
+    num_workers: int  # data.num_workers resolved: decoder processes per rank (0 with the memory loader)
     image_shape: tuple[int, int, int]
     num_classes: int
     global_batch_size: int
@@ -75,6 +76,8 @@ class RunFolder:
         self.is_main = accelerator.is_main_process
         self.config: Config | None = None  # set by prepare; written out by write_record
         self.resume_notes: list[str] = []  # what the last load said (changed optimizer settings, ...)
+        self.loaded_processes: int | None = None  # processes that wrote the checkpoint loaded last
+        self.fresh_streams = False  # this rank wrote no RNG state in it (the run had fewer processes)
 
     def on_main(self, fn: Callable[[], T]) -> T:
         """fn() on the main process, its result on every rank; an exception there is raised on every rank,
@@ -198,14 +201,11 @@ class RunFolder:
         assert loaded is not None
         checkpoint.apply_checkpoint(loaded, target)
         self.resume_notes = loaded.notes
+        self.loaded_processes = loaded.saved_processes
+        self.fresh_streams = loaded.rng is None
         if self.is_main:
             for note in loaded.notes:
                 print(note, flush=True)
-        if loaded.saved_processes != self.accelerator.num_processes and self.is_main:
-            print(f"warning: {path} was written by {loaded.saved_processes} process(es), this run has "
-                  f"{self.accelerator.num_processes}: training continues, but not bit-exactly as an "
-                  "uninterrupted run would (the data order and per-rank noise depend on the process count)",
-                  file=sys.stderr, flush=True)
 
     # -- best checkpoint, end of run -------------------------------------------------------------------
     def mark_best(self, step: int, metrics: dict[str, float]) -> None:

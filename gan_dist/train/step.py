@@ -163,6 +163,7 @@ class Networks:
     opt_g: Any
     opt_d: Any
     ema: EMA | None = None
+    compiled: bool = False  # G_wrapped, D_wrapped and D_in_g_phase are torch.compile'd
 
     @property
     def G_for_samples(self) -> nn.Module:
@@ -180,6 +181,25 @@ class StepSettings:
     accumulation_steps: int
     grad_clip_norm: float
     channels_last: bool
+
+
+class PenaltyD:
+    """D for the forwards a gradient penalty differentiates twice, when they cannot share D's forward: the
+    plain (uncompiled, un-wrapped) D, behind the augmentation, in float32 when `full_precision` (fp16:
+    input gradients in half precision overflow at GradScaler's scale and underflow without it). Its
+    gradients reach D's parameters in the same backward as the main term: DDP all-reduces their sum once."""
+
+    def __init__(self, D: nn.Module, augment: nn.Module | None, draws: Any, full_precision: bool) -> None:
+        self.D, self.augment, self.draws, self.full_precision = D, augment, draws, full_precision
+
+    def __call__(self, images: Tensor, labels: Tensor | None = None) -> Any:
+        if not self.full_precision:
+            return self.D(images if self.augment is None else self.augment(images, self.draws), labels)
+        # accelerate's prepare patched autocast into D.forward and kept the original as _original_forward.
+        forward = getattr(self.D, "_original_forward", self.D.forward)
+        with torch.autocast(images.device.type, enabled=False):
+            images = images.float()
+            return forward(images if self.augment is None else self.augment(images, self.draws), labels)
 
 
 class AugmentedD:
@@ -210,6 +230,10 @@ class GANStep:
         self.D_phase_d: Any = networks.D_wrapped if augment is None else AugmentedD(networks.D_wrapped, augment, noise)
         self.D_phase_g: Any = (networks.D_in_g_phase if augment is None
                                else AugmentedD(networks.D_in_g_phase, augment, noise))
+        # Penalties share D's forward unless D is compiled (no double backward) or the run is fp16.
+        fp16 = accelerator.scaler is not None
+        self.D_penalty = (PenaltyD(networks.D, augment, noise, full_precision=fp16)
+                          if objective.penalizes_gradients and (networks.compiled or fp16) else None)
         self.g_params = [p for p in networks.G.parameters() if p.requires_grad]
         self.world_size = accelerator.num_processes
         self.capturing = False  # True while CUDAGraphStep records run() into a graph
@@ -219,14 +243,7 @@ class GANStep:
         """DDP all-reduces on the last micro-batch of a phase only (forward and backward in the context)."""
         if last_micro_batch or self.world_size == 1:
             return contextlib.nullcontext()
-        return self.accelerator.no_sync(model)
-
-    def _grad_scale(self) -> Tensor | None:
-        """fp16's current loss scale as a device tensor (no host read), for gradient penalties."""
-        scaler = self.accelerator.scaler
-        if scaler is None or not self.objective.penalizes_gradients:
-            return None
-        return scaler.scale(torch.ones((), device=self.accelerator.device))
+        return getattr(model, "_orig_mod", model).no_sync()  # compiled: the DDP module inside
 
     def _draw(self, batch_size: int) -> tuple[Tensor, Tensor | None]:
         z = self.noise.latent(batch_size, self.settings.latent_dim)  # (B, latent_dim)
@@ -249,7 +266,6 @@ class GANStep:
         share_fake = micro_batches == 1  # the seed's one G forward per step
         all_stats: list[Stats] = []
         shared_fake: tuple[Tensor, Tensor | None] | None = None  # the last D step's G output, reused by G
-        grad_scale = self._grad_scale()
         for d_step in range(settings.d_steps_per_g):
             share_this_forward = share_fake and d_step == settings.d_steps_per_g - 1
             for micro in range(micro_batches):
@@ -262,9 +278,9 @@ class GANStep:
                     mix = self.noise.mix(batch_size) if self.objective.needs_mix else None
                     inputs = DPhaseInputs(real=real, real_labels=labels if settings.num_classes else None,
                                           fake=fake.detach(), fake_labels=fake_labels, mix=mix,
-                                          d_step_index=self.counters.d_steps, grad_scale=grad_scale)
+                                          d_step_index=self.counters.d_steps)
                     with accelerator.autocast():
-                        loss, stats = self.objective.d_phase(self.D_phase_d, inputs)
+                        loss, stats = self.objective.d_phase(self.D_phase_d, inputs, self.D_penalty)
                     accelerator.backward(loss / micro_batches if micro_batches > 1 else loss)
                 if share_this_forward:
                     shared_fake = (fake, fake_labels)

@@ -10,7 +10,9 @@ happens at each step. Rank rules: every rank runs the step, the log reduction, e
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -26,6 +28,7 @@ from gan_dist.config import Config, ConfigError, to_yaml
 from gan_dist.data.batches import make_batch_source, resolve_loader
 from gan_dist.data.datasets import ResolvedDataset, resolve_dataset
 from gan_dist.data.folder import scan_folder
+from gan_dist.data.loader import resolve_num_workers
 from gan_dist.data.shards import data_folder_settings
 from gan_dist.data.sources import DataError
 from gan_dist.distributed import (
@@ -43,7 +46,7 @@ from gan_dist.metrics.evaluate import Evaluator, format_table
 from gan_dist.metrics.features import FeatureNetworkMissing
 from gan_dist.models.build import build_models
 from gan_dist.objectives.objective import build_objective
-from gan_dist.progress import TrainState
+from gan_dist.progress import TrainState, elastic_batch
 from gan_dist.registry.architectures import uses_channels_last
 from gan_dist.registry.datasets import dataset_spec
 from gan_dist.sampling import grid_inputs, sample_images, save_grid_png
@@ -52,7 +55,7 @@ from gan_dist.train.cadence import Cadence
 from gan_dist.train.logger import Diverged, MetricLogger
 from gan_dist.train.lr_schedule import LinearDecay
 from gan_dist.train.run_folder import RunFolder, RunRecord, resolve_run_path
-from gan_dist.train.step import EMA, CUDAGraphStep, GANStep, Networks, NoiseSource, StepSettings
+from gan_dist.train.step import EMA, CUDAGraphStep, GANStep, Networks, NoiseSource, StepSettings, derive_seed
 
 # Exit status of a run stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL):
 # "try again" — the SLURM scripts requeue and the next start resumes with --resume auto.
@@ -154,14 +157,11 @@ class Trainer:
         with accelerator.local_main_process_first():
             self.dataset = resolve_dataset(config.data)
         self.loader = resolve_loader(self.dataset, config.data)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self.num_workers = resolve_num_workers(config.data.num_workers, local_processes) if self.loader == "stream" else 0
         if train_cfg.cuda_graph and self.loader != "memory":
             raise ConfigError(f"key 'train.cuda_graph': needs the train split on the device, but it does not fit "
                               f"in data.memory_max_mb={config.data.memory_max_mb}; raise it or turn the graph off")
-        self.global_batch = global_batch_size(config, accelerator.num_processes)
-        if self.dataset.train_size < self.global_batch:
-            raise ConfigError(f"data: the train split of {self.dataset.name} has {self.dataset.train_size} images, "
-                              f"fewer than one global batch ({self.global_batch} = train.batch_size_per_process x "
-                              "processes x train.gradient_accumulation_steps): add images or lower the batch size")
 
         # Same initial weights on every rank (DDP also broadcasts rank 0's at prepare).
         set_seed(config.run.seed)
@@ -188,20 +188,29 @@ class Trainer:
 
         self.resumed_from = self._resume()
         self._elapsed_before = self.state.elapsed_s  # earlier starts' wall-clock, up to the checkpoint
+        self.batch_size_per_process, self.accumulation_steps = self._batch_layout()
+        self.global_batch = self.batch_size_per_process * accelerator.num_processes * self.accumulation_steps
+        self.state.global_batch_size = self.global_batch
+        if self.dataset.train_size < self.global_batch:
+            raise ConfigError(f"data: the train split of {self.dataset.name} has {self.dataset.train_size} images, "
+                              f"fewer than one global batch ({self.global_batch} = train.batch_size_per_process x "
+                              "processes x train.gradient_accumulation_steps): add images or lower the batch size")
         if self.resumed_from is None:
             set_seed(config.run.seed, device_specific=True)  # per-rank dropout RNG; restored on resume
+        elif self.run.fresh_streams:
+            # A rank the checkpoint's run did not have: its own streams, from (seed, rank, step).
+            set_seed(derive_seed(config.run.seed, "rank", accelerator.process_index, self.counters.step) % 2**32)
         if not self.state.run_id:
             self.state.run_id = broadcast_from_main(accelerator, new_run_id())
 
         settings = StepSettings(latent_dim=config.model.latent_dim, num_classes=self.num_classes,
-                                d_steps_per_g=train_cfg.d_steps_per_g,
-                                accumulation_steps=train_cfg.gradient_accumulation_steps,
+                                d_steps_per_g=train_cfg.d_steps_per_g, accumulation_steps=self.accumulation_steps,
                                 grad_clip_norm=config.optim.grad_clip_norm, channels_last=self._channels_last)
         self.step = GANStep(accelerator, nets, self.objective, self.noise, self.counters, settings)
         if train_cfg.cuda_graph:
             self.step = CUDAGraphStep(self.step)  # type: ignore[assignment]
         self.lr_schedule = LinearDecay([nets.opt_d, nets.opt_g], config.optim.lr_decay_start, train_cfg.num_steps)
-        self.cadence = Cadence.from_config(config, accelerator.num_processes)
+        self.cadence = Cadence.from_config(config)
         self.record = self._run_record()
         self.run.write_record(self.record.to_dict())
         self.stop_request = StopRequest()
@@ -213,7 +222,6 @@ class Trainer:
         self._last_saved: tuple[int, Path] | None = None
         self._last_grid_step: int | None = None
         self._eval_s_total = 0.0
-        self._stop_group: Any = None
 
     def _run_record(self) -> RunRecord:
         accelerator, nets = self.accelerator, self.networks
@@ -221,7 +229,8 @@ class Trainer:
             run_name=self.run.path.name, run_dir=str(self.run.path), run_id=self.state.run_id,
             mixed_precision=accelerator.mixed_precision, num_processes=accelerator.num_processes,
             device=str(accelerator.device), adam_implementation=self.adam_implementation,
-            dataset=self.dataset.name, loader=self.loader, image_shape=self.dataset.image_shape,
+            dataset=self.dataset.name, loader=self.loader, num_workers=self.num_workers,
+            image_shape=self.dataset.image_shape,
             num_classes=self.num_classes, global_batch_size=self.global_batch, start_step=self.counters.step,
             resumed_from=str(self.resumed_from) if self.resumed_from else None,
             parameters={"G": trainable_parameters(nets.G), "D": trainable_parameters(nets.D)})
@@ -269,15 +278,49 @@ class Trainer:
             adam["capturable"] = True
         opt_g = torch.optim.Adam(G.parameters(), lr=optim_cfg.lr_g, **adam)
         opt_d = torch.optim.Adam(D.parameters(), lr=optim_cfg.lr_d, **adam)
-        G_forward, D_forward = G, D
+        # One prepare for all four, returned in the same order (accelerate #245). prepare patches autocast
+        # into G.forward and D.forward themselves, so D called without its DDP wrapper has it too.
+        G_wrapped, D_wrapped, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+        D_in_g_phase = D  # the G phase calls D without its DDP wrapper (see the step's docstring)
         if config.train.compile:
-            G_forward, D_forward = torch.compile(G), torch.compile(D)
-        # One prepare for all four, returned in the same order (accelerate #245).
-        G_wrapped, D_wrapped, opt_g, opt_d = accelerator.prepare(G_forward, D_forward, opt_g, opt_d)
+            # Compile the DDP-wrapped modules, not the reverse: TorchDynamo's DDPOptimizer then splits the
+            # graph at DDP's bucket boundaries, so the all-reduce overlaps the backward (DDP around a compiled
+            # module gets every gradient at once, at the end of one opaque backward).
+            compiled_D = torch.compile(D_wrapped)
+            D_in_g_phase = compiled_D if D_wrapped is D else torch.compile(D)  # one process: the same module
+            G_wrapped, D_wrapped = torch.compile(G_wrapped), compiled_D
         ema = EMA(G, config.train.ema_decay, config.train.ema_warmup_steps) if config.train.ema_decay > 0 else None
-        # The G phase calls D without its DDP wrapper (prepare patched autocast into D_forward itself).
-        return Networks(G=G, D=D, G_wrapped=G_wrapped, D_wrapped=D_wrapped, D_in_g_phase=D_forward,
-                        opt_g=opt_g, opt_d=opt_d, ema=ema)
+        return Networks(G=G, D=D, G_wrapped=G_wrapped, D_wrapped=D_wrapped, D_in_g_phase=D_in_g_phase,
+                        opt_g=opt_g, opt_d=opt_d, ema=ema, compiled=config.train.compile)
+
+    def _batch_layout(self) -> tuple[int, int]:
+        """(images per process, accumulation steps): the config's, unless this start resumed a checkpoint
+        written by another number of processes; then the run's global batch is kept (elastic resume) and the
+        per-process batch, else the accumulation, adapts. ConfigError naming both keys when neither divides."""
+        train_cfg, num_processes = self.config.train, self.accelerator.num_processes
+        configured = (train_cfg.batch_size_per_process, train_cfg.gradient_accumulation_steps)
+        saved_processes = self.run.loaded_processes
+        if self.resumed_from is None or saved_processes in (None, num_processes):
+            return configured
+        saved_global = self.state.global_batch_size or saved_processes * configured[0] * configured[1]
+        try:
+            layout = elastic_batch(saved_global, num_processes, *configured)
+        except ValueError as error:
+            raise ConfigError(f"keys 'train.batch_size_per_process' and 'train.gradient_accumulation_steps': "
+                              f"{self.resumed_from} was written by {saved_processes} process(es) training a "
+                              f"global batch of {saved_global}; on {num_processes}: {error}. Resume on a "
+                              "process count that divides it") from None
+        if self.config.train.cuda_graph and layout[1] != 1:
+            raise ConfigError(f"key 'train.cuda_graph': keeping the global batch of {saved_global} on "
+                              f"{num_processes} process(es) needs {layout[1]} accumulation steps, which a graph "
+                              "cannot capture; resume on a process count that divides the global batch")
+        note = (f"elastic resume: {saved_processes} -> {num_processes} process(es), the global batch stays "
+                f"{saved_global}: {layout[0]} images per process x {layout[1]} accumulation step(s) "
+                f"(configured {configured[0]} x {configured[1]}); ranks without saved streams draw their own "
+                "from (run.seed, rank, step)")
+        self.print_main(note)
+        self.run.resume_notes.append(note)
+        return layout
 
     def _generator_info(self, step: int) -> GeneratorInfo:
         return GeneratorInfo(model=self.config.model, dataset=self.dataset.name,
@@ -310,20 +353,6 @@ class Trainer:
         if self.is_main:
             print(*args, flush=True)
 
-    def _stop_agreed(self) -> bool:
-        """All ranks agree to stop if any rank got the signal: a CPU (gloo) all-reduce, so on GPUs it does
-        not synchronise the CUDA stream. Called at the log cadence only (Cadence.stop_vote)."""
-        requested = self.stop_request.requested
-        if self.accelerator.num_processes == 1:
-            return requested
-        if self._stop_group is None:
-            backend = torch.distributed.get_backend()
-            self._stop_group = (torch.distributed.group.WORLD if backend == "gloo"
-                                else torch.distributed.new_group(backend="gloo"))
-        flag = torch.tensor([1 if requested else 0], dtype=torch.int32)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._stop_group)
-        return bool(flag.item())
-
     # -- the loop -----------------------------------------------------------------------------------------
     def fit(self) -> int:
         """Train to train.num_steps (or until a stop signal). Returns the process exit status."""
@@ -346,15 +375,18 @@ class Trainer:
                         self.logger.add(stats, self.counters.step)
                     step = self.counters.step
                     self._progress_tick()
+                    # One process reads its own flag every step; several agree at the log cadence, the
+                    # flag riding on the log's all-reduce (SLURM's USR1 comes minutes before the end).
+                    stop = self.stop_request.requested and self.accelerator.num_processes == 1
                     if self.cadence.log(step):
-                        self._log(step)
+                        stop = self._log(step) or stop
                     if self.cadence.sample(step):
                         self.write_samples(step)
                     if self.cadence.evaluate(step):
                         self.evaluate(step)
                     if self.cadence.checkpoint(step):
                         self.save_checkpoint(step)
-                    if self.cadence.stop_vote(step) and self._stop_agreed():
+                    if stop:
                         return self._stopped_early(step)
                 return self._finish(start_step, time.perf_counter() - loop_start)
         except Diverged as error:
@@ -387,19 +419,23 @@ class Trainer:
 
     def batch_source(self) -> Any:
         config = self.config
-        return make_batch_source(self.dataset, config.data, config.train.batch_size_per_process,
+        data = dataclasses.replace(config.data, num_workers=self.num_workers)  # resolved (run.json), not the user's
+        return make_batch_source(self.dataset, data, self.batch_size_per_process,
                                  seed=config.run.seed, rank=self.accelerator.process_index,
-                                 world_size=self.accelerator.num_processes, start_batch=self.counters.batches,
+                                 world_size=self.accelerator.num_processes, start_sample=self.counters.images_seen,
                                  device=self.accelerator.device, channels_last=self._channels_last)
 
     def _progress_tick(self) -> None:
         if self._progress is not None:
             self._progress.update(1)
 
-    def _log(self, step: int) -> None:
-        self.logger.log(step, self.counters.images_seen, {
+    def _log(self, step: int) -> bool:
+        """The log line (collective); returns whether any rank was asked to stop."""
+        _, stop = self.logger.log(step, self.counters.images_seen, {
             "epoch": self.counters.images_seen / self.dataset.train_size,
-            "lr_g": self.networks.opt_g.param_groups[0]["lr"], "lr_d": self.networks.opt_d.param_groups[0]["lr"]})
+            "lr_g": self.networks.opt_g.param_groups[0]["lr"], "lr_d": self.networks.opt_d.param_groups[0]["lr"]},
+            stop_requested=self.stop_request.requested)
+        return stop
 
     def _stopped_early(self, step: int) -> int:
         path = self.save_checkpoint(step)

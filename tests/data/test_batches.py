@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gan_dist.config import DataConfig
-from gan_dist.data.batches import MemoryBatches, StreamBatches, make_batch_source
+from gan_dist.data.batches import MemoryBatches, StreamBatches, _epoch_seed, make_batch_source
 from gan_dist.data.datasets import resolve_dataset
 from gan_dist.data.loader import train_batches
 from gan_dist.data.sources import DataError
@@ -25,9 +25,10 @@ def tiny(shards, **overrides):
 
 
 def source(shards, rank=0, world_size=1, start_batch=0, loader="stream", **overrides):
+    """The batch source of one rank, started after `start_batch` global batches (start_sample in samples)."""
     dataset, data = tiny(shards, loader=loader, **overrides)
-    return make_batch_source(dataset, data, BATCH, seed=5, rank=rank, world_size=world_size, start_batch=start_batch,
-                             device="cpu")
+    return make_batch_source(dataset, data, BATCH, seed=5, rank=rank, world_size=world_size,
+                             start_sample=start_batch * BATCH * world_size, device="cpu")
 
 
 def test_the_stream_source_scales_the_training_stream_on_the_device(tiny_shards):
@@ -40,7 +41,7 @@ def test_the_stream_source_scales_the_training_stream_on_the_device(tiny_shards)
         assert x.dtype == torch.float32 and x.shape == (BATCH, 1, 28, 28)
         assert torch.equal(x, u8.float() / 127.5 - 1) and torch.equal(y, labels)
     batches.close()
-    last = make_batch_source(dataset, data, BATCH, seed=5, rank=0, world_size=1, start_batch=0, device="cpu",
+    last = make_batch_source(dataset, data, BATCH, seed=5, rank=0, world_size=1, start_sample=0, device="cpu",
                              channels_last=True)
     assert next(last)[0].is_contiguous(memory_format=torch.channels_last)
 
@@ -70,6 +71,22 @@ def test_the_memory_source_uses_each_sample_once_per_epoch_across_ranks_and_resu
     for epoch in range(3):
         assert sorted(stream[300 * epoch:300 * (epoch + 1)]) == list(range(300)), f"epoch {epoch}"
     assert stream[:300] != stream[300:600]  # reshuffled per epoch
+    # Resumed on another number of processes, the global stream goes on at the same sample (elastic resume).
+    for start in (3, 7):
+        other = world_size % 2 + 1  # 1 <-> 2
+        resumed_batches = [source(tiny_shards, rank, other, loader="memory") for rank in range(other)]
+        for batches in resumed_batches:
+            batches.position = start * BATCH * world_size
+        continued = [i for _ in range(2) for batches in resumed_batches for i in sample_indices(next(batches)[0])]
+        assert continued == stream[start * BATCH * world_size:(start * world_size + 2 * other) * BATCH]
+
+
+def test_the_memory_permutation_is_drawn_on_the_cpu(tiny_shards):
+    """The same order whatever the device (randperm on a GPU depends on its SM count above ~270k samples)."""
+    batches = source(tiny_shards, loader="memory")
+    for epoch in range(2):
+        reference = torch.randperm(300, generator=torch.Generator().manual_seed(_epoch_seed(5, epoch)))
+        assert torch.equal(batches.permutation(epoch).cpu(), reference)
 
 
 def test_the_memory_source_refuses_data_over_its_limit(tiny_shards):
@@ -77,7 +94,7 @@ def test_the_memory_source_refuses_data_over_its_limit(tiny_shards):
     big = dataclasses.replace(dataset, train_size=2_000)  # 2,000 x 784 bytes: 1.5 MiB
     with pytest.raises(DataError, match=r"takes 1.5 MiB as uint8, over data.memory_max_mb=1; raise it or use "
                                         "data.loader=stream"):
-        make_batch_source(big, data, BATCH, seed=0, rank=0, world_size=1, start_batch=0, device="cpu")
+        make_batch_source(big, data, BATCH, seed=0, rank=0, world_size=1, start_sample=0, device="cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (pinned memory, device batches)")
@@ -87,7 +104,7 @@ def test_cuda_batches_are_pinned_on_the_host_and_equal_the_cpu_ones(tiny_shards,
     if loader == "stream":
         images, labels = next(train_batches(dataset, data, BATCH, 5, 0, 1, pin_memory=True))
         assert images.is_pinned() and labels.is_pinned() and images.dtype == torch.uint8
-    on_cpu, on_gpu = (make_batch_source(dataset, data, BATCH, seed=5, rank=0, world_size=1, start_batch=3,
+    on_cpu, on_gpu = (make_batch_source(dataset, data, BATCH, seed=5, rank=0, world_size=1, start_sample=3 * BATCH,
                                         device=device) for device in ("cpu", "cuda"))
     for _ in range(3):
         (x, y), (x_gpu, y_gpu) = next(on_cpu), next(on_gpu)
@@ -112,10 +129,11 @@ def test_memory_batches_equal_the_stream_decode_pixel_for_pixel(tiny_shards):
     memory = source(tiny_shards, loader="memory")
     dataset, _ = tiny(tiny_shards)
     decoded = {}
-    for images, _labels, keys in eval_batches(dataset.train_urls, 64, 0, 1, with_keys=True, image_shape=dataset.image_shape):
+    for images, _labels, keys in eval_batches(dataset.train_urls, 64, 0, 1, with_keys=True,
+                                              image_shape=dataset.image_shape):
         decoded.update({key: image for key, image in zip(keys, images, strict=True)})
     for _ in range(3):
-        index = memory.indices(memory.batch)
+        index = memory.indices(memory.position)
         images, _ = next(memory)
         for i, image in zip(index.tolist(), images, strict=True):
             assert torch.equal(image, decoded[f"train-{i:06d}"]), i

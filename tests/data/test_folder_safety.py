@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image, ImageFile
 
-from gan_dist.data import folder
+from gan_dist.data import folder, shards
 from gan_dist.data.folder import ImageRefused, MemoryBudget, convert_image, plan_decode, scan_folder
 from gan_dist.data.shards import manifest_report, prepare_data, read_manifest
 from gan_dist.data.sources import SourceError
@@ -219,7 +219,7 @@ def test_the_conversion_threads_reserve_each_images_estimate_within_the_budget(t
     root = tmp_path / "images"
     for index in range(8):  # big-but-allowed: 300x400 RGBA, 2.4 MB each by the estimate
         save(root / f"{index}.png", np.dstack([noise(300, 400), np.full((300, 400), 200, np.uint8)]))
-    monkeypatch.setattr(folder, "MemoryBudget", Recording)
+    monkeypatch.setattr(shards, "MemoryBudget", Recording)  # what write_folder_shards builds
     convert = folder._decode_and_convert
 
     def slow(*args):  # every conversion takes 20 ms at least: the four threads do meet at the budget
@@ -231,10 +231,7 @@ def test_the_conversion_threads_reserve_each_images_estimate_within_the_budget(t
     limited = prepare_data(tmp_path / "limited", f"folder:{root}", 3, dataset="folder", workers=4)
     assert budgets[-1].limit == folder.MEMORY_BUDGET_BYTES and budgets[-1].peak <= folder.MEMORY_BUDGET_BYTES
     costs.clear()
-    from gan_dist.data.datasets import folder_settings
-    from gan_dist.data.shards import write_folder_shards
-
-    tight = write_folder_shards(tmp_path / "tight", folder_settings(f"folder:{root}"), 3, workers=4,
+    tight = shards.write_folder_shards(tmp_path / "tight", shards.folder_settings(f"folder:{root}"), 3, workers=4,
                                 memory_budget=2 * one + 1)
     assert costs == [one] * 8  # every image reserved its estimate
     assert budgets[-1].peak == 2 * one and budgets[-1].in_use == 0  # two at a time, never three

@@ -178,3 +178,38 @@ def test_ranks_keep_identical_weights_and_vectors_under_ddp(tmp_path: Path) -> N
     for run in ("broadcast", "no_broadcast"):
         assert result[run] == {"identical": [True] * 4, "u_moved": True}, run
     assert result["no_broadcast_seed_per_rank"]["identical"] == [False] * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_power_iteration_and_sigma_stay_float32_under_autocast(dtype: torch.dtype) -> None:
+    """On CUDA, autocast runs the power iteration's `mv` in half precision (~3 digits of sigma, carried over in
+    u and v from step to step); the parametrization turns autocast off around it. CPU autocast leaves `mv`
+    alone, so here the check is the parametrization in place and sigma bit-equal with and without autocast;
+    scripts/gpu_check.py repeats it on a GPU."""
+    from gan_dist.models.base import FullPrecisionSpectralNorm
+
+    _, d = sn_models("dcgan")
+    layers = [m for m in d.modules() if isinstance(m, WEIGHT_TYPES)]
+    assert layers and all(isinstance(m.parametrizations.weight[0], FullPrecisionSpectralNorm) for m in layers)
+    plain, under_autocast = copy.deepcopy(d).train(), copy.deepcopy(d).train()
+    for layer_plain, layer_auto in zip(plain.modules(), under_autocast.modules(), strict=True):
+        if not isinstance(layer_plain, WEIGHT_TYPES):
+            continue
+        expected = layer_plain.weight  # one power iteration, float32
+        with torch.autocast("cpu", dtype=dtype):
+            got = layer_auto.weight
+        assert got.dtype == torch.float32
+        assert torch.equal(got, expected)
+        assert torch.equal(layer_auto.parametrizations.weight[0]._u, layer_plain.parametrizations.weight[0]._u)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (autocast lowers mv there)")
+def test_sigma_is_the_same_with_and_without_cuda_autocast() -> None:
+    _, d = sn_models("dcgan")
+    plain, under_autocast = copy.deepcopy(d).cuda().train(), copy.deepcopy(d).cuda().train()
+    layer = next(m for m in plain.modules() if isinstance(m, nn.Conv2d))
+    other = next(m for m in under_autocast.modules() if isinstance(m, nn.Conv2d))
+    expected = layer.weight
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = other.weight
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, rtol=1e-6, atol=0)

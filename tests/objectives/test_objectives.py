@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_dist.config import LossConfig
+from gan_dist.config import ConfigError, LossConfig
 from gan_dist.objectives.objective import DPhaseInputs, build_objective, gradient_penalty, input_gradients
+from gan_dist.registry.objectives import OBJECTIVES
 
 
 class LinearCritic(nn.Module):
@@ -63,17 +65,49 @@ def test_gradient_penalty_is_zero_for_a_unit_gradient_critic() -> None:
     w = torch.zeros(1, 2, 2)
     w[0, 0, 0] = 1.0
     x = torch.randn(3, 1, 2, 2).requires_grad_(True)
-    grads = input_gradients(LinearCritic(w)(x), x, None)
+    grads = input_gradients(LinearCritic(w)(x), x)
     assert gradient_penalty(grads).item() == pytest.approx(0.0, abs=1e-10)
 
 
-def test_input_gradients_are_unscaled_after_loss_scaling() -> None:
-    x = torch.randn(4, 1, 3, 3).requires_grad_(True)
-    critic = QuadraticCritic(2.0)
-    plain = input_gradients(critic(x), x, None)
-    scaled = input_gradients(critic(x), x, torch.tensor(65536.0))
-    torch.testing.assert_close(plain, 2.0 * x.detach())
-    torch.testing.assert_close(scaled, plain)
+def test_fp16_penalties_run_in_float32_and_stay_finite() -> None:
+    """Under fp16 autocast the step hands penalties a float32 D (PenaltyD): d D(x)/dx of a D whose output grows
+    with x overflows in half precision at GradScaler's first scale (65536), which once put an inf in the
+    statistics and stopped healthy runs as 'diverged'. The float32 path gives the exact penalty."""
+    from gan_dist.train.step import PenaltyD
+
+    torch.manual_seed(0)
+    critic = nn.Sequential(nn.Flatten(), nn.Linear(16, 64), nn.Linear(64, 1))
+    with torch.no_grad():
+        critic[1].weight.mul_(40.0)  # large input gradients: ~1e3 per sample
+    real, fake = torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4)
+    D = lambda x, labels=None: critic(x).squeeze(1)  # noqa: E731
+    objective = build_objective(LossConfig(name="wgan_gp", r1_gamma=1.0))
+    reference_loss, reference = objective.d_phase(D, _inputs(real, fake, mix=torch.full((4,), 0.5)))
+    # The old recipe's input gradient of the loss-scaled fp16 output overflows:
+    x = real.detach().half().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        scaled = copy.deepcopy(critic).half()(x).float().sum() * 65536.0
+    (grads,) = torch.autograd.grad(scaled, x)
+    assert not torch.isfinite(grads).all()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss, stats = objective.d_phase(D, _inputs(real, fake, mix=torch.full((4,), 0.5)),
+                                        D_penalty=PenaltyD(critic_module(critic), None, None, full_precision=True))
+    for key in ("gradient_penalty", "r1_penalty"):
+        assert torch.isfinite(stats[key]) and stats[key].item() == pytest.approx(reference[key].item(), rel=1e-5)
+
+
+def critic_module(critic: nn.Module) -> nn.Module:
+    """`critic` as a D module: (x, labels) -> scores (B,)."""
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.critic = critic
+
+        def forward(self, x, labels=None):
+            return self.critic(x).squeeze(1)
+
+    return Wrapped()
 
 
 def test_r1_penalty_of_a_quadratic_critic_is_analytic_and_lazy() -> None:
@@ -140,7 +174,7 @@ def test_acgan_adds_the_class_loss_in_both_phases() -> None:
     assert g_stats["g_class_accuracy"].item() == pytest.approx(accuracy)
 
 
-@pytest.mark.parametrize("name", ["ns", "lsgan", "wgan_gp", "hinge"])
+@pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_every_objective_reports_d_and_g_loss_and_describes_them(name: str) -> None:
     torch.manual_seed(1)
     critic = LinearCritic(torch.randn(1, 2, 2))
@@ -157,5 +191,5 @@ def test_every_objective_reports_d_and_g_loss_and_describes_them(name: str) -> N
 
 
 def test_unknown_objective_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="loss.name"):
+    with pytest.raises(ConfigError, match="loss.name"):
         build_objective(LossConfig(name="wgan"))

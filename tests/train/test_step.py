@@ -112,13 +112,29 @@ def test_d_steps_and_accumulation_resume_exactly_and_count_images(mnist_shards, 
     assert done["images_seen"] == 8 * 2 * 2 * 8  # steps x d_steps_per_g x micro-batches x batch_size
 
 
+# Ops that make a CUDA device wait for the host to read a value, as far as a CPU run can see them: reading a
+# scalar (.item(), bool(tensor); a CPU tensor's .tolist() reads memory without an op), comparing whole tensors, and ops whose output size depends on the
+# data (nonzero, masked_select, unique, boolean-mask indexing, repeat_interleave without output_size). Copies
+# to the host and torch.tensor(..., device=cuda) are invisible on a CPU: the CUDA test below sees them.
+SYNCING_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default,
+               torch.ops.aten.is_nonzero.default, torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default,
+               torch.ops.aten._unique2.default, torch.ops.aten.unique_consecutive.default,
+               torch.ops.aten.unique_dim.default}
+
+
 class NoHostSync(TorchDispatchMode):
-    """Fails on any op that reads a tensor's value on the host (.item(), bool(tensor), .tolist(), ...)."""
+    """Fails on any op that makes the device wait for the host (see SYNCING_OPS)."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default):
+        kwargs = kwargs or {}
+        if func in SYNCING_OPS:
             raise AssertionError(f"host sync inside the step: {func}")
-        return func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.index.Tensor and any(
+                index is not None and index.dtype == torch.bool for index in args[1]):
+            raise AssertionError(f"host sync inside the step: {func} with a boolean mask")
+        if func is torch.ops.aten.repeat_interleave.Tensor and kwargs.get("output_size") is None:
+            raise AssertionError(f"host sync inside the step: {func} without output_size")
+        return func(*args, **kwargs)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -148,9 +164,44 @@ def test_the_step_never_reads_a_device_value_on_the_host(mnist_shards, tmp_path,
         trainer.close()
 
 
-def test_the_sync_detector_catches_a_sync():
+@pytest.mark.parametrize("syncing", [
+    lambda x: x.sum().item(), lambda x: bool(x.sum()), lambda x: torch.nonzero(x),
+    lambda x: x[x > 0], lambda x: torch.unique(x), lambda x: torch.repeat_interleave(x.long().abs()),
+    lambda x: torch.equal(x, x)], ids=["item", "bool", "nonzero", "mask", "unique",
+                                         "repeat_interleave", "equal"])
+def test_the_sync_detector_catches_a_sync(syncing):
     with pytest.raises(AssertionError, match="host sync"), NoHostSync():
-        torch.ones(2).sum().item()
+        syncing(torch.ones(4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.set_sync_debug_mode)")
+@pytest.mark.parametrize("overrides", [
+    ["data.loader=memory", "dist.cpu=false"],
+    ["data.loader=memory", "dist.cpu=false", "loss.name=hinge", "loss.r1_gamma=1", "model.d_norm=none",
+     "model.conditioning=projection", "train.ema_decay=0.99"],
+])
+def test_the_cuda_step_never_syncs(mnist_shards, tmp_path, overrides):
+    """On CUDA, torch flags every synchronizing call (copies to the host, .item(), pageable copies to the device,
+    data-dependent shapes): after one warm-up step (Adam's state, the accumulator's index) none may happen."""
+    from gan_dist.train.logger import StatsAccumulator
+
+    trainer = Trainer(config_for(mnist_shards, tmp_path, *overrides))
+    try:
+        batches = trainer.batch_source()
+        accumulator = StatsAccumulator(trainer.accelerator.device)
+        for stats in trainer.step.run(batches):
+            accumulator.add(stats, trainer.counters.step)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                for stats in trainer.step.run(batches):
+                    accumulator.add(stats, trainer.counters.step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        batches.close()
+    finally:
+        trainer.close()
 
 
 def test_fused_and_foreach_adam_train_the_same_model(mnist_shards, tmp_path):
