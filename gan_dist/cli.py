@@ -266,7 +266,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         bench_training(config, batch_sizes=args.batch_sizes, num_steps=args.steps, warmup_steps=args.warmup,
                        precisions=args.precisions, loaders=args.loaders, modes=args.modes,
                        objectives=args.objectives or [config.loss.name], channels_last=args.channels_last,
-                       device=args.device, repeats=args.repeats, out_json=args.out)
+                       device=args.device, repeats=args.repeats, out_json=args.out, min_chunk_s=args.min_chunk_s)
     if args.train_runs:
         bench_train_runs(config, num_steps=args.train_runs, process_counts=tuple(args.processes or [1]))
     return 0
@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2,
                    help="rounds of one framework and one bare chunk, interleaved: the best chunk's img/s and "
                         "the median paired ratio are reported")
+    p.add_argument("--min-chunk-s", type=float, default=0.0,
+                   help="grow each timed chunk until it takes at least this long (GPU steps can take microseconds)")
     p.add_argument("--train-runs", type=int, default=0, metavar="STEPS",
                    help="also time whole `gan-dist train` runs of this many steps (the config as given)")
     p.add_argument("--processes", type=int, nargs="*", default=[],

@@ -110,7 +110,20 @@ def test_the_gpu_check_script_runs_in_its_cpu_mode(tmp_path):
                              "--device", "cpu", "--small"], capture_output=True, text=True, timeout=900,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    [resume] = report["resume"]
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert summary == {"env": "pass", "sync": "skipped", "numerics": "skipped", "resume": "pass",
+                       "cuda_graph": "skipped", "bench": "pass", "compile": "skipped"}
+    phases = {line["phase"]: line for line in map(json.loads, (out / "report.jsonl").read_text().splitlines())}
+    [resume] = phases["resume"]["runs"]
     assert resume["precision"] == "bf16" and resume["exact"] and resume["finite"]
-    assert {row["loader"] for row in report["bench"]} == {"stream", "memory"}
+    # G, D, G_ema and both optimizers are compared (the EMA and Adam's moments, not only the weights)
+    assert resume["tensors"] > 50 and json.loads((out / "bench.json").read_text())[0]["loader"] == "memory"
+
+
+def test_the_gpu_check_script_fails_when_a_phase_cannot_run(tmp_path):
+    """A check that can fail: a phase that does not run to its end (here: no time left for it) makes the whole
+    script exit 1 and say which."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "gpu_check.py"), "--out", str(tmp_path),
+                             "--device", "cpu", "--small", "--phases", "resume", "--budget-s", "0"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1 and "resume: FAIL" in result.stdout and "budget" in result.stdout, result.stdout

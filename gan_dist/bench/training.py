@@ -47,8 +47,10 @@ from gan_dist.registry.objectives import penalizes_gradients
 from gan_dist.train.logger import StatsAccumulator
 from gan_dist.train.trainer import Trainer
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, for the "share of peak" column.
+# Dense tensor-core peaks (FLOP/s) by device name and precision, for the "share of peak" column: bf16/fp16,
+# and TF32 for float32 runs (torch uses TF32 there: gan_dist.distributed.configure_backends). Datasheet values.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+PEAK_TF32_FLOPS = {"H200": 494e12, "H100": 494e12, "A100": 156e12, "L40S": 181e12, "L4": 60e12, "A10": 62e12}
 
 
 @dataclass(frozen=True)
@@ -216,20 +218,23 @@ class BareRunner:
         _sync(self.device)
 
 
-def _busy_share(run_steps: Callable[[int], None], device: torch.device, ms_per_step: float) -> float | None:
-    """Share of a step the GPU spends in kernels (the profiler's device time / wall time); None on CPUs."""
+def _profile_steps(run_steps: Callable[[int], None], device: torch.device,
+                   ms_per_step: float) -> tuple[float | None, float | None]:
+    """(share of a step the GPU spends in kernels: the profiler's device time / wall time, kernels launched
+    per step) over 5 steps; (None, None) on CPUs."""
     if device.type != "cuda":
-        return None
+        return None, None
     try:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             run_steps(5)
             _sync(device)
+        events = [event for event in prof.events() if str(getattr(event, "device_type", "")).endswith("CUDA")]
         busy_us = sum(getattr(event, "self_device_time_total", 0.0) for event in prof.key_averages())
-        return busy_us / 1000 / 5 / ms_per_step
+        return busy_us / 1000 / 5 / ms_per_step, len(events) / 5
     except Exception:  # noqa: BLE001 - a profiler problem must not lose the benchmark
-        return None
+        return None, None
 
 
 class FrameworkRunner:
@@ -283,9 +288,9 @@ def _device_name(device: torch.device) -> str:
 
 
 def peak_flops(device_name: str, precision: str) -> float | None:
-    if precision not in ("bf16", "fp16"):
-        return None
-    return next((flops for name, flops in PEAK_FLOPS.items() if name in device_name), None)
+    """The device's dense tensor-core peak for `precision` (TF32's for float32 runs); None when unknown."""
+    table = PEAK_FLOPS if precision in ("bf16", "fp16") else PEAK_TF32_FLOPS
+    return next((flops for name, flops in table.items() if name in device_name), None)
 
 
 HEADER = (f"{'batch':>5} {'prec':>4} {'loader':>6} {'mode':>10} {'loss':>7} {'framework img/s':>15} "
@@ -301,8 +306,9 @@ def _row_line(row: dict[str, Any]) -> str:
 
 
 def _measure_case(config: Config, case: BenchCase, num_steps: int, warmup_steps: int, rounds: int,
-                  device: torch.device, image_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """One row: both sides built and warmed up once, then timed interleaved (see the module docstring)."""
+                  device: torch.device, image_shape: tuple[int, int, int], min_chunk_s: float = 0.0) -> dict[str, Any]:
+    """One row: both sides built and warmed up once, then timed interleaved (see the module docstring).
+    With min_chunk_s, the chunks grow until one takes at least that long (a GPU step can take microseconds)."""
     framework = FrameworkRunner(config)
     try:
         if device.type == "cuda":
@@ -313,9 +319,15 @@ def _measure_case(config: Config, case: BenchCase, num_steps: int, warmup_steps:
         num_classes = framework.trainer.num_classes
         bare = BareRunner(config, device, image_shape, num_classes)
         bare.run(max(warmup_steps, 1))
+        if min_chunk_s > 0:
+            start = time.perf_counter()
+            framework.run(num_steps)
+            pilot_s = time.perf_counter() - start
+            num_steps = max(num_steps, math.ceil(num_steps * min_chunk_s / max(pilot_s, 1e-6)))
         framework_s, bare_s = time_interleaved(framework, bare, num_steps, rounds)
         ms_per_step = 1000 * min(framework_s) / num_steps
-        busy = _busy_share(framework.run, device, ms_per_step)
+        busy, kernels = _profile_steps(framework.run, device, ms_per_step)
+        _, bare_kernels = _profile_steps(bare.run, device, 1000 * min(bare_s) / num_steps)
         adam = framework.trainer.adam_implementation
     finally:
         framework.close()
@@ -331,13 +343,15 @@ def _measure_case(config: Config, case: BenchCase, num_steps: int, warmup_steps:
             "ms_per_step": ms_per_step, "flops_per_step": flops, "tflops": tflops,
             "peak_share": tflops * 1e12 / peak if peak else None,
             "bound": "cpu" if busy is None else ("device" if busy >= 0.8 else "host"),
-            "gpu_busy_share": busy, "memory_mb": memory_mb, "adam": adam}
+            "gpu_busy_share": busy, "kernels_per_step": kernels, "bare_kernels_per_step": bare_kernels,
+            "steps_per_chunk": num_steps, "chunk_seconds": [framework_s, bare_s], "memory_mb": memory_mb,
+            "adam": adam}
 
 
 def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmup_steps: int,
                    precisions: list[str], loaders: list[str], modes: list[str], objectives: list[str],
                    channels_last: bool = False, device: str = "auto", repeats: int = 2,
-                   out_json: str | None = None) -> list[dict[str, Any]]:
+                   out_json: str | None = None, min_chunk_s: float = 0.0) -> list[dict[str, Any]]:
     """Print (and return) one row per case: framework and bare img/s, ratio, ms/step, TFLOP/s, bound, memory."""
     dataset = resolve_dataset(config.data)  # shards once, before any timing
     run_dir = tempfile.mkdtemp(prefix="gan_dist_bench_")
@@ -362,7 +376,7 @@ def bench_training(config: Config, batch_sizes: list[int], num_steps: int, warmu
                         if variant.train.compile:
                             torch._dynamo.reset()  # fresh caches per case: rebuilt models would hit recompile limits
                         row = _measure_case(variant, case, num_steps, warmup_steps, repeats, torch_device,
-                                            dataset.image_shape)
+                                            dataset.image_shape, min_chunk_s)
                         row["model"] = config.model.name
                         rows.append(row)
                         print(_row_line(row), flush=True)

@@ -238,6 +238,10 @@ class GANStep:
         self.world_size = accelerator.num_processes
         self.capturing = False  # True while CUDAGraphStep records run() into a graph
 
+    def invalidate(self) -> None:
+        """Nothing to drop: the eager step reads the networks' state afresh at every call (CUDAGraphStep's
+        graph does not: see its invalidate)."""
+
     # -- helpers ------------------------------------------------------------------------------------
     def _sync_context(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """DDP all-reduces on the last micro-batch of a phase only (forward and backward in the context)."""

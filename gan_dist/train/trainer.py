@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gan_dist.checkpoint import Checkpointable, CheckpointError, GeneratorInfo
+from gan_dist.checkpoint import Checkpointable, CheckpointError, GeneratorInfo, select_resume
 from gan_dist.config import Config, ConfigError, to_yaml
 from gan_dist.data.batches import make_batch_source, resolve_loader
 from gan_dist.data.datasets import ResolvedDataset, resolve_dataset
@@ -342,6 +342,16 @@ class Trainer:
             for moved in self.run.set_aside_newer(self.counters.step):
                 self.print_main(f"newer checkpoint of the abandoned trajectory set aside: {moved}")
         return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Every rank, mid-run: restore the run's state from `path` (verified first) and drop what a captured
+        CUDA graph recorded of the state it replaces (the optimizer's state tensors are new objects)."""
+        verified = self.run.on_main(lambda: select_resume(self.run.path, str(path)))
+        assert verified is not None
+        self.run.load(verified, self.checkpointable)
+        if self.networks.ema is not None:
+            self.networks.ema.num_updates = self.state.ema_updates
+        self.step.invalidate()
 
     def elapsed_s(self) -> float:
         """Wall-clock seconds of the whole run: earlier starts (up to the resumed checkpoint) and this one."""
