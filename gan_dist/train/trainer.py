@@ -163,6 +163,10 @@ class Trainer:
             raise ConfigError(f"key 'train.cuda_graph': needs the train split on the device, but it does not fit "
                               f"in data.memory_max_mb={config.data.memory_max_mb}; raise it or turn the graph off")
 
+        # Before anything is written (a resume on another process count keeps the checkpoint's global batch,
+        # which passed this check at its own start; it is checked again once known).
+        self._check_global_batch(global_batch_size(config, accelerator.num_processes))
+
         # Same initial weights on every rank (DDP also broadcasts rank 0's at prepare).
         set_seed(config.run.seed)
         G, D = build_models(config.model, self.dataset.image_shape, self.dataset.num_classes)
@@ -191,10 +195,7 @@ class Trainer:
         self.batch_size_per_process, self.accumulation_steps = self._batch_layout()
         self.global_batch = self.batch_size_per_process * accelerator.num_processes * self.accumulation_steps
         self.state.global_batch_size = self.global_batch
-        if self.dataset.train_size < self.global_batch:
-            raise ConfigError(f"data: the train split of {self.dataset.name} has {self.dataset.train_size} images, "
-                              f"fewer than one global batch ({self.global_batch} = train.batch_size_per_process x "
-                              "processes x train.gradient_accumulation_steps): add images or lower the batch size")
+        self._check_global_batch(self.global_batch)
         if self.resumed_from is None:
             set_seed(config.run.seed, device_specific=True)  # per-rank dropout RNG; restored on resume
         elif self.run.fresh_streams:
@@ -292,6 +293,12 @@ class Trainer:
         ema = EMA(G, config.train.ema_decay, config.train.ema_warmup_steps) if config.train.ema_decay > 0 else None
         return Networks(G=G, D=D, G_wrapped=G_wrapped, D_wrapped=D_wrapped, D_in_g_phase=D_in_g_phase,
                         opt_g=opt_g, opt_d=opt_d, ema=ema, compiled=config.train.compile)
+
+    def _check_global_batch(self, global_batch: int) -> None:
+        if self.dataset.train_size < global_batch:
+            raise ConfigError(f"data: the train split of {self.dataset.name} has {self.dataset.train_size} images, "
+                              f"fewer than one global batch ({global_batch} = train.batch_size_per_process x "
+                              "processes x train.gradient_accumulation_steps): add images or lower the batch size")
 
     def _batch_layout(self) -> tuple[int, int]:
         """(images per process, accumulation steps): the config's, unless this start resumed a checkpoint
