@@ -65,17 +65,25 @@ def uses_cpu(dist: DistConfig) -> bool:
 
 
 def build_accelerator(dist: DistConfig, mixed_precision: str = "no", log_with: str | None = None,
-                      project_dir: str = ".") -> Any:
+                      project_dir: str = ".", cuda_graph: bool = False) -> Any:
     """An Accelerator for `dist` with a resolved precision (no | fp16 | bf16).
 
     Gradient accumulation is not delegated to Accelerate (gradient_accumulation_steps stays 1): the step
     runs its own D and G micro-batch loops (gan_dist/train/step.py) and uses `no_sync` itself. On a
     machine without a GPU the Accelerator is created with cpu=True, which makes N launched processes form
     a gloo group; a WORLD_SIZE that disagrees with the group size is refused (the processes would
-    otherwise train alone, silently).
+    otherwise train alone, silently). With `cuda_graph`, autocast's cast cache is off: cached bf16 copies of
+    the weights made during capture would be freed when the autocast context exits while the graph still
+    writes them, and their memory handed to other tensors (PyTorch's CUDA-graph notes; on the H200 this
+    corrupted the memory loader's sample indices: docs/design-notes.md, "CUDA graphs").
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
+    from accelerate.utils import (
+        AutocastKwargs,
+        DistributedDataParallelKwargs,
+        InitProcessGroupKwargs,
+        ProjectConfiguration,
+    )
 
     # torch >= 2.12 deprecates DDP's broadcast_buffers for forward_sync_buffers, which Accelerate's
     # DistributedDataParallelKwargs cannot pass yet; broadcast_buffers=False is still what we mean.
@@ -89,6 +97,7 @@ def build_accelerator(dist: DistConfig, mixed_precision: str = "no", log_with: s
             DistributedDataParallelKwargs(broadcast_buffers=dist.broadcast_buffers,
                                           find_unused_parameters=dist.find_unused_parameters),
             InitProcessGroupKwargs(timeout=timedelta(seconds=dist.timeout_s)),
+            AutocastKwargs(cache_enabled=False if cuda_graph else None),
         ],
     )
     expected_world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -251,13 +251,15 @@ def phase_bench(args: argparse.Namespace) -> dict[str, Any]:
         cases = [([16], ["bf16"], ["eager"])]
         steps, warmup, rounds, min_chunk_s = 3, 1, 1, 0.0
     else:
-        cases = [([32, 256, 1024, 4096], ["bf16"], ["eager", "cuda_graph"]), ([32, 4096], ["fp16"], ["eager"])]
+        modes = args.bench_modes.split(",")
+        cases = [([32, 256, 1024, 4096], ["bf16"], modes)] + ([] if os.environ.get("GPU_CHECK_NCHW") else [([32, 4096], ["fp16"], ["eager"])])
         steps, warmup, rounds, min_chunk_s = 20, 20, 3, 1.0
     rows = []
     for batch_sizes, precisions, modes in cases:
         rows += bench_training(base, batch_sizes=batch_sizes, num_steps=steps, warmup_steps=warmup,
                                precisions=precisions, loaders=["memory"], modes=modes, objectives=["ns"],
-                               channels_last=args.device == "cuda", device=args.device, repeats=rounds,
+                               channels_last=args.device == "cuda" and not os.environ.get("GPU_CHECK_NCHW"),
+                               device=args.device, repeats=rounds,
                                out_json=str(args.out / "bench.json"), min_chunk_s=min_chunk_s)
     (args.out / "bench.json").write_text(json.dumps(rows, indent=2) + "\n")
     within = [row["ratio"] >= 0.9 for row in rows]
@@ -308,7 +310,7 @@ def run_all(args: argparse.Namespace) -> int:
         else:
             (args.out / f"phase_{phase}.json").unlink(missing_ok=True)
             command = [sys.executable, __file__, "--phase", phase, "--out", str(args.out), "--device", args.device]
-            command += ["--small"] if args.small else []
+            command += (["--small"] if args.small else []) + ["--bench-modes", args.bench_modes]
             log = open(args.out / "phases.log", "a")  # noqa: SIM115 - closed below, also on timeout
             log.write(f"\n===== {phase} =====\n")
             log.flush()
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny data and few steps (the CPU/CI mode)")
     parser.add_argument("--phases", default="", help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--budget-s", type=float, default=480.0, help="whole-script budget (phases beyond it skip)")
+    parser.add_argument("--bench-modes", default="eager,cuda_graph", help="bench: eager, cuda_graph, compile")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: run one phase in this process
     args = parser.parse_args(argv)
     if args.phase:

@@ -89,11 +89,13 @@ def case_config(config: Config, case: BenchCase, device: str) -> Config:
     return variant
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
+def _autocast(device: torch.device, precision: str, cache_enabled: bool = True) -> Any:
+    """The bare loop's autocast; without its cast cache when the step is captured in a CUDA graph (cached
+    casts would be freed at the context's exit while the graph still writes them)."""
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     if precision == "fp16":
-        return torch.autocast(device.type, dtype=torch.float16)
+        return torch.autocast(device.type, dtype=torch.float16, cache_enabled=cache_enabled)
     return nullcontext()
 
 
@@ -120,7 +122,7 @@ def _bare_step(config: Config, device: torch.device, image_shape: tuple[int, int
     if channels_last:
         reals = [real.contiguous(memory_format=torch.channels_last) for real in reals]
     labels = torch.randint(max(num_classes, 1), (batch_size,), device=device)
-    autocast = _autocast(device, train_cfg.mixed_precision)
+    autocast = _autocast(device, train_cfg.mixed_precision, cache_enabled=not train_cfg.cuda_graph)
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.mixed_precision == "fp16")
     g_params = list(G.parameters())
     cond = num_classes > 0

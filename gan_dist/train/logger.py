@@ -39,6 +39,7 @@ class StatsAccumulator:
         self._first_nonfinite = torch.zeros(0, dtype=torch.int64, device=device)
         self._last_value = torch.zeros(0, dtype=torch.float32, device=device)
         self._index: dict[tuple[str, ...], Tensor] = {}  # key set -> positions (device), cached
+        self._pinned: list[Tensor] = []  # the host copies of those positions
 
     def _positions(self, keys: tuple[str, ...]) -> Tensor:
         positions = self._index.get(keys)
@@ -52,10 +53,11 @@ class StatsAccumulator:
                 self._first_nonfinite = torch.cat(
                     [self._first_nonfinite, torch.full((grow,), NOT_SEEN, dtype=torch.int64, device=self.device)])
                 self._last_value = torch.cat([self._last_value, torch.zeros(grow, device=self.device)])
-            positions = torch.tensor([self.keys.index(key) for key in keys])
+            host = torch.tensor([self.keys.index(key) for key in keys])
             if self.device.type == "cuda":  # pinned, so that the copy does not make the device wait
-                positions = positions.pin_memory()
-            positions = positions.to(self.device, non_blocking=True)
+                host = host.pin_memory()
+            positions = host.to(self.device, non_blocking=True)
+            self._pinned.append(host)  # kept alive: its memory must not be reused before the copy ran
             self._index[keys] = positions
         return positions
 

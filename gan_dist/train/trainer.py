@@ -136,7 +136,7 @@ class Trainer:
         precision = resolve_mixed_precision(precision_with_launcher(train_cfg.mixed_precision), uses_cpu(config.dist))
         accelerator = build_accelerator(config.dist, precision,
                                         log_with=None if config.log.tracker == "none" else config.log.tracker,
-                                        project_dir=config.run.out_dir)
+                                        project_dir=config.run.out_dir, cuda_graph=train_cfg.cuda_graph)
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         try:

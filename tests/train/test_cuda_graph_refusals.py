@@ -55,3 +55,18 @@ def test_cuda_graph_refuses_a_grad_scaler_that_came_from_the_run_not_the_config(
         _check_on(_gpu_accelerator(scaler=object(), mixed_precision="fp16"), f"train.mixed_precision={configured}")
     message = str(error.value)
     assert "train.cuda_graph" in message and "train.mixed_precision" in message and "fp16" in message
+
+
+def test_a_cuda_graph_run_turns_off_autocasts_cast_cache():
+    """Cached casts made during capture are freed when autocast exits while the graph still writes them
+    (on an H200 this corrupted the memory loader's sample indices: an out-of-bounds gather). The trainer's
+    Accelerator, and so every autocast it opens and patches into G and D, has the cache off."""
+    from gan_dist.config import DistConfig
+    from gan_dist.distributed import build_accelerator, release_accelerator
+
+    for cuda_graph, expected in ((True, False), (False, None)):
+        accelerator = build_accelerator(DistConfig(cpu=True), "bf16", cuda_graph=cuda_graph)
+        try:
+            assert accelerator.autocast_handler.cache_enabled is expected
+        finally:
+            release_accelerator(accelerator)
