@@ -248,6 +248,7 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, y], dim=1)  # (B, z_dim + w_dim)
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)  # (B, w_dim)
+        x = x.to(torch.float32)  # w in float32 (under autocast the FC layers give bf16 / fp16), as w_avg
         if self.training and update_w_avg:
             # w_avg <- beta w_avg + (1 - beta) mean_b(w): an in-place buffer update, no host sync.
             self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
@@ -432,7 +433,8 @@ class StyleGAN2Generator(GeneratorBase):
         if not self.training or self.mixing_prob <= 0:
             return ws
         device = ws.device
-        cutoff = torch.empty([], dtype=torch.int64, device=device).random_(1, self.num_ws)
+        # randint = empty().random_(1, num_ws): the reference's draw, but traceable by torch.compile
+        cutoff = torch.randint(1, self.num_ws, [], device=device)
         mixing = torch.rand([], device=device) < self.mixing_prob
         cutoff = torch.where(mixing, cutoff, torch.full_like(cutoff, self.num_ws))  # num_ws = no mixing
         other = self.mapping(torch.randn_like(z), labels, update_w_avg=False)  # (B, num_ws, w_dim)

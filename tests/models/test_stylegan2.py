@@ -452,6 +452,17 @@ def test_training_step_pieces_never_read_device_values() -> None:
         G(z, labels, truncation_psi=0.7, truncation_cutoff=4)
 
 
+def test_bf16_autocast() -> None:
+    """Under autocast the mapping's output is cast back to float32 (w_avg's lerp needs one dtype)."""
+    G, D = tiny_models(32)
+    z = torch.randn(4, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ws = G.mapping(z, truncation_psi=0.5)
+        logits = D(G(z))
+    assert ws.dtype == torch.float32 and logits.shape == (4,) and torch.isfinite(logits).all()
+    assert torch.count_nonzero(G.w_avg) > 0
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Options and builders
 
