@@ -95,7 +95,9 @@ class StyleGAN2Options:
     channel_base: int = 32768
     # Probability that a training-mode G forward mixes two w's at a random layer (0 = no style mixing).
     mixing_prob: float = 0.9
-    # Noise inputs: random (fresh per forward) | const (a fixed map per layer, a buffer) | none.
+    # Noise inputs: random (fresh per forward) | const (a fixed map per layer, a buffer) | none (built without
+    # noise inputs: no noise_strength parameters, so none sits unused under DDP). G(..., noise_mode=...) overrides
+    # random / const per call (sampling with const noise).
     noise_mode: str = "random"
     # Decay of G's moving average of w (the truncation centre), updated by every training-mode forward.
     w_avg_beta: float = 0.995
@@ -326,7 +328,7 @@ class SynthesisBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
-                 conv_clamp: float | None = None) -> None:
+                 conv_clamp: float | None = None, use_noise: bool = True) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.resolution = resolution
@@ -335,8 +337,10 @@ class SynthesisBlock(nn.Module):
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp)
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, use_noise=use_noise,
+                                        conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, use_noise=use_noise,
+                                    conv_clamp=conv_clamp)
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.register_buffer("resample_filter", setup_filter(RESAMPLE_TAPS), persistent=False)
 
@@ -357,7 +361,8 @@ class SynthesisBlock(nn.Module):
 class SynthesisNetwork(nn.Module):
     """ws (B, num_ws, w_dim) -> images (B, C, H, W), unbounded (no tanh, as the reference).
 
-    num_ws = 2 * len(blocks): one w per conv plus the last toRGB's (14 at 256 px, 18 at 1024 px).
+    num_ws = 2 * len(blocks): one w per conv plus the last toRGB's (14 at 256 px, 18 at 1024 px). Built with
+    noise_mode none, the layers have no noise inputs (the reference's use_noise=False).
     """
 
     def __init__(self, w_dim: int, image_shape: tuple[int, int, int], channel_base: int = 32768,
@@ -373,7 +378,7 @@ class SynthesisNetwork(nn.Module):
         for res in self.resolutions:
             in_channels = 0 if res == self.resolutions[0] else channels_at(res // 2, channel_base, channel_max)
             block = SynthesisBlock(in_channels, channels_at(res, channel_base, channel_max), w_dim, res,
-                                   self.image_shape[0], conv_clamp=conv_clamp)
+                                   self.image_shape[0], conv_clamp=conv_clamp, use_noise=noise_mode != "none")
             setattr(self, f"b{res}", block)
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last block's toRGB

@@ -331,6 +331,18 @@ def test_style_mixing_only_in_training_with_positive_probability() -> None:
     assert 1 <= cutoff < G.num_ws and first[:cutoff].all() and not first[cutoff:].any()
 
 
+def test_noise_mode_none_builds_without_noise_inputs() -> None:
+    options = StyleGAN2Options(w_dim=16, mapping_layers=2, channel_base=512, noise_mode="none")
+    G, _ = tiny_models(32, options=options)
+    assert not any("noise" in name for name, _ in [*G.named_parameters(), *G.named_buffers()])
+    G.eval()
+    z = torch.randn(2, 12)
+    assert torch.equal(G(z), G(z, noise_mode="random"))  # deterministic: nothing to draw
+    G.train()
+    G(z).mean().backward()
+    assert all(p.grad is not None for p in G.parameters())  # no parameter unused under DDP
+
+
 def test_noise_modes() -> None:
     G, _ = tiny_models(32)
     for p in G.parameters():
