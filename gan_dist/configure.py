@@ -47,6 +47,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     """Schema defaults <- YAML file <- `key=value` overrides, checked; raises ConfigError naming the key."""
     schema = OmegaConf.structured(Config)
     OmegaConf.set_struct(schema, True)
+    # model.options is the architecture's own section: its keys are checked against that architecture's
+    # options dataclass once model.name is known (registry.architectures.model_options), not here.
+    OmegaConf.set_struct(schema.model.options, False)
     layers: list[tuple[str, Any]] = []
     if path is not None:
         path = Path(path)
@@ -270,4 +273,5 @@ def validate_model(m: ModelConfig, origin: str = "config") -> None:
     require(m.conditioning in CONDITIONING_MODES, "model.conditioning",
             f"{m.conditioning!r} is not one of {', '.join(CONDITIONING_MODES)}")
     require(not m.spectral_norm or spec.spectral_norm == "optional", "model.spectral_norm",
-            f"model.name={m.name} has spectral normalization built in; leave model.spectral_norm=false")
+            f"model.name={m.name} " + ("has spectral normalization built in" if spec.spectral_norm == "builtin"
+                                       else "does not use spectral normalization") + "; leave model.spectral_norm=false")

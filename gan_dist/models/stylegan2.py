@@ -53,7 +53,6 @@ Where this differs from the reference, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -69,77 +68,12 @@ from gan_dist.models.stylegan2_ops import (
     setup_filter,
     upsample2d,
 )
+from gan_dist.registry.architectures import NOISE_MODES, StyleGAN2Options, check_stylegan2_options
 
 DEFAULT_G_WIDTH = 512  # channel_max of G (config F)
 DEFAULT_D_WIDTH = 512  # channel_max of D
-NOISE_MODES = ("random", "const", "none")
 RESAMPLE_TAPS = (1, 3, 3, 1)  # the binomial low-pass filter of up- and downsampling
 SKIP_GAIN = math.sqrt(0.5)  # residual D: (skip + main) * sqrt(1/2) keeps the variance of the sum
-
-
-@dataclass
-class StyleGAN2Options:
-    """The YAML section `model.options` for model.name=stylegan2, with the paper's (config F) defaults.
-
-    z's size is model.latent_dim (the reference's z_dim is 512; gan_dist's default 100), channel_max is
-    model.g_width / model.d_width (default 512). R1 is the objective's (loss.r1_gamma, loss.r1_every; config F:
-    gamma 10 at 256 px, every 16 D steps); Adam (0.002, betas (0, 0.99), eps 1e-8) is optim.*.
-    """
-
-    # Size of the intermediate latent w (and of the class embedding).
-    w_dim: int = 512
-    # Fully connected layers of the mapping network z -> w, and their learning-rate multiplier.
-    mapping_layers: int = 8
-    mapping_lr_multiplier: float = 0.01
-    # Channels at resolution r: min(channel_base // r, channel_max) (32768: config F; 16384: paper256).
-    channel_base: int = 32768
-    # Probability that a training-mode G forward mixes two w's at a random layer (0 = no style mixing).
-    mixing_prob: float = 0.9
-    # Noise inputs: random (fresh per forward) | const (a fixed map per layer, a buffer) | none (built without
-    # noise inputs: no noise_strength parameters, so none sits unused under DDP). G(..., noise_mode=...) overrides
-    # random / const per call (sampling with const noise).
-    noise_mode: str = "random"
-    # Decay of G's moving average of w (the truncation centre), updated by every training-mode forward.
-    w_avg_beta: float = 0.995
-    # Clamp conv outputs to [-x, x] (the reference uses 256 with fp16); None = no clamp.
-    conv_clamp: float | None = None
-    # Modulated conv as one grouped conv (True) or by scaling activations (False); None = the reference's
-    # rule: scaled activations in training mode, grouped in eval mode.
-    fused_modconv: bool | None = None
-    # Minibatch stddev in D: group size (the per-process batch must be a multiple of min(group, batch)) and
-    # number of stddev channels (0 = no mbstd layer).
-    mbstd_group: int = 4
-    mbstd_channels: int = 1
-    # Path-length regularization of G (PathLengthPenalty): weight, batch divisor, decay of the running mean
-    # length, and lazy interval (applied every pl_every G steps, scaled by pl_every; 0 weight = off).
-    pl_weight: float = 2.0
-    pl_batch_shrink: int = 2
-    pl_decay: float = 0.01
-    pl_every: int = 4
-
-
-def check_options(options: StyleGAN2Options) -> None:
-    """ConfigError naming model.options.<key> for a value the networks cannot use."""
-
-    def require(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ConfigError(f"key 'model.options.{key}': {why}")
-
-    o = options
-    require(o.w_dim >= 1, "w_dim", f"must be >= 1, got {o.w_dim}")
-    require(o.mapping_layers >= 1, "mapping_layers", f"must be >= 1, got {o.mapping_layers}")
-    require(o.mapping_lr_multiplier > 0, "mapping_lr_multiplier", f"must be > 0, got {o.mapping_lr_multiplier}")
-    require(o.channel_base >= 1, "channel_base", f"must be >= 1, got {o.channel_base}")
-    require(0.0 <= o.mixing_prob <= 1.0, "mixing_prob", f"must be in [0, 1], got {o.mixing_prob}")
-    require(o.noise_mode in NOISE_MODES, "noise_mode", f"{o.noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
-    require(0.0 <= o.w_avg_beta <= 1.0, "w_avg_beta", f"must be in [0, 1], got {o.w_avg_beta}")
-    require(o.conv_clamp is None or o.conv_clamp > 0, "conv_clamp", f"must be > 0 or null, got {o.conv_clamp}")
-    require(o.mbstd_group >= 1, "mbstd_group", f"must be >= 1, got {o.mbstd_group}")
-    require(o.mbstd_channels >= 0, "mbstd_channels", f"must be >= 0, got {o.mbstd_channels}")
-    require(o.pl_weight >= 0, "pl_weight", f"must be >= 0, got {o.pl_weight}")
-    require(o.pl_batch_shrink >= 1, "pl_batch_shrink", f"must be >= 1, got {o.pl_batch_shrink}")
-    require(0.0 <= o.pl_decay <= 1.0, "pl_decay", f"must be in [0, 1], got {o.pl_decay}")
-    require(o.pl_every >= 1, "pl_every", f"must be >= 1, got {o.pl_every}")
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -416,7 +350,7 @@ class StyleGAN2Generator(GeneratorBase):
                  conditioning: str = "none", options: StyleGAN2Options | None = None) -> None:
         super().__init__(latent_dim, image_shape, num_classes, conditioning)
         o = StyleGAN2Options() if options is None else options
-        check_options(o)
+        check_stylegan2_options(o)
         _check_widths(_resolutions(self.image_shape), o.channel_base, width, "model.g_width")
         self.w_dim = o.w_dim
         self.mixing_prob = o.mixing_prob
@@ -519,7 +453,7 @@ class StyleGAN2Discriminator(DiscriminatorBase):
                  num_classes: int = 0, conditioning: str = "none", options: StyleGAN2Options | None = None) -> None:
         super().__init__(image_shape, num_classes, conditioning)
         o = StyleGAN2Options() if options is None else options
-        check_options(o)
+        check_stylegan2_options(o)
         resolutions = _resolutions(self.image_shape)
         _check_widths(resolutions, o.channel_base, width, "model.d_width")
         self.base_size = resolutions[0]

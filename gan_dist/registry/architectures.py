@@ -10,6 +10,7 @@ Each entry names the module that builds it: `gan_dist.models.<file>` defines
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,74 @@ MIN_BASE_SIZE = 4  # px: the conv models' smallest feature map (DCGAN's 4x4 proj
 @dataclass(frozen=True)
 class NoOptions:
     """An architecture without options of its own: model.options must be empty."""
+
+
+NOISE_MODES = ("random", "const", "none")  # StyleGAN2Options.noise_mode
+
+
+@dataclass
+class StyleGAN2Options:
+    """The YAML section `model.options` for model.name=stylegan2, with the paper's (config F) defaults.
+
+    z's size is model.latent_dim (the reference's z_dim is 512; gan_dist's default 100), channel_max is
+    model.g_width / model.d_width (default 512). R1 is the objective's (loss.r1_gamma, loss.r1_every; config F:
+    gamma 10 at 256 px, every 16 D steps); Adam (0.002, betas (0, 0.99), eps 1e-8) is optim.*.
+    """
+
+    # Size of the intermediate latent w (and of the class embedding).
+    w_dim: int = 512
+    # Fully connected layers of the mapping network z -> w, and their learning-rate multiplier.
+    mapping_layers: int = 8
+    mapping_lr_multiplier: float = 0.01
+    # Channels at resolution r: min(channel_base // r, channel_max) (32768: config F; 16384: paper256).
+    channel_base: int = 32768
+    # Probability that a training-mode G forward mixes two w's at a random layer (0 = no style mixing).
+    mixing_prob: float = 0.9
+    # Noise inputs: random (fresh per forward) | const (a fixed map per layer, a buffer) | none (built without
+    # noise inputs: no noise_strength parameters, so none sits unused under DDP). G(..., noise_mode=...) overrides
+    # random / const per call (sampling with const noise).
+    noise_mode: str = "random"
+    # Decay of G's moving average of w (the truncation centre), updated by every training-mode forward.
+    w_avg_beta: float = 0.995
+    # Clamp conv outputs to [-x, x] (the reference uses 256 with fp16); None = no clamp.
+    conv_clamp: float | None = None
+    # Modulated conv as one grouped conv (True) or by scaling activations (False); None = the reference's
+    # rule: scaled activations in training mode, grouped in eval mode.
+    fused_modconv: bool | None = None
+    # Minibatch stddev in D: group size (the per-process batch must be a multiple of min(group, batch)) and
+    # number of stddev channels (0 = no mbstd layer).
+    mbstd_group: int = 4
+    mbstd_channels: int = 1
+    # Path-length regularization of G (PathLengthPenalty): weight, batch divisor, decay of the running mean
+    # length, and lazy interval (applied every pl_every G steps, scaled by pl_every; 0 weight = off).
+    pl_weight: float = 2.0
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    pl_every: int = 4
+
+
+def check_stylegan2_options(options: StyleGAN2Options) -> None:
+    """ConfigError naming model.options.<key> for a value the networks cannot use."""
+
+    def require(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"key 'model.options.{key}': {why}")
+
+    o = options
+    require(o.w_dim >= 1, "w_dim", f"must be >= 1, got {o.w_dim}")
+    require(o.mapping_layers >= 1, "mapping_layers", f"must be >= 1, got {o.mapping_layers}")
+    require(o.mapping_lr_multiplier > 0, "mapping_lr_multiplier", f"must be > 0, got {o.mapping_lr_multiplier}")
+    require(o.channel_base >= 1, "channel_base", f"must be >= 1, got {o.channel_base}")
+    require(0.0 <= o.mixing_prob <= 1.0, "mixing_prob", f"must be in [0, 1], got {o.mixing_prob}")
+    require(o.noise_mode in NOISE_MODES, "noise_mode", f"{o.noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
+    require(0.0 <= o.w_avg_beta <= 1.0, "w_avg_beta", f"must be in [0, 1], got {o.w_avg_beta}")
+    require(o.conv_clamp is None or o.conv_clamp > 0, "conv_clamp", f"must be > 0 or null, got {o.conv_clamp}")
+    require(o.mbstd_group >= 1, "mbstd_group", f"must be >= 1, got {o.mbstd_group}")
+    require(o.mbstd_channels >= 0, "mbstd_channels", f"must be >= 0, got {o.mbstd_channels}")
+    require(o.pl_weight >= 0, "pl_weight", f"must be >= 0, got {o.pl_weight}")
+    require(o.pl_batch_shrink >= 1, "pl_batch_shrink", f"must be >= 1, got {o.pl_batch_shrink}")
+    require(0.0 <= o.pl_decay <= 1.0, "pl_decay", f"must be in [0, 1], got {o.pl_decay}")
+    require(o.pl_every >= 1, "pl_every", f"must be >= 1, got {o.pl_every}")
 
 
 @dataclass(frozen=True)
@@ -41,9 +110,15 @@ class ArchitectureSpec:
     convolutional: bool
     # Square images whose side `conv_stages` accepts (a multiple of 4, at least 16); False: any (C, H, W).
     conv_sizes: bool = True
-    # model.spectral_norm: "optional" (the config decides for D) | "builtin" (always on, the paper's).
+    # model.spectral_norm: "optional" (the config decides for D) | "builtin" (always on, the paper's) |
+    # "unsupported" (the architecture normalizes otherwise: model.spectral_norm=true is refused).
     spectral_norm: str = "optional"
     options: type = NoOptions  # dataclass of model.options, with the paper's defaults
+    check_options: Callable[[Any], None] | None = None  # ConfigError naming model.options.<key> for a bad value
+    # Where G's latent lives: "z" (G(z) alone: truncation draws a truncated normal z, BigGAN's trick) or "w"
+    # (G has mapping(z, labels, truncation_psi) -> ws, synthesis(ws) and a tracked w_avg: truncation pulls w
+    # toward w_avg, walks interpolate w linearly; StyleGAN).
+    latent_space: str = "z"
     # Whether the step may run compiled (train.compile) and captured in a CUDA graph (train.cuda_graph).
     # False with the reason, which the refusal quotes.
     compile_ok: bool = True
@@ -63,6 +138,15 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         ArchitectureSpec(name="mlp", title="the MLP GAN (Goodfellow et al. 2014)", module="gan_dist.models.mlp",
                          g_width=256, d_width=256, d_dropout=0.3, uses_norm=False, convolutional=False,
                          conv_sizes=False),
+        # Karras et al. 2020, config F (NVlabs/stylegan2-ada-pytorch's networks) in plain PyTorch: widths are
+        # channel_max (512). Its lazy path-length regularization (a double backward every pl_every G steps)
+        # cannot be captured in a CUDA graph.
+        ArchitectureSpec(name="stylegan2", title="StyleGAN2 (Karras et al. 2020)", module="gan_dist.models.stylegan2",
+                         g_width=512, d_width=512, d_dropout=0.0, uses_norm=False, convolutional=True,
+                         spectral_norm="unsupported", options=StyleGAN2Options, check_options=check_stylegan2_options,
+                         latent_space="w", cuda_graph_ok=False,
+                         cuda_graph_refusal="its lazy path-length regularization is a double backward every "
+                         "model.options.pl_every steps"),
     )
 }
 
@@ -137,10 +221,13 @@ def model_options(model: ModelConfig) -> Any:
     OmegaConf.set_struct(schema, True)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.create(dict(model.options)))
-        return OmegaConf.to_object(merged)
+        options = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         known = ", ".join(field.name for field in dataclasses.fields(spec.options)) or "none"
         message = str(error).splitlines()[0]
         raise ConfigError(f"key 'model.options.{key}': {message} (model.name={model.name} has options: {known})"
                           ) from None
+    if spec.check_options is not None:
+        spec.check_options(options)
+    return options
