@@ -51,6 +51,15 @@ def test_p_zero_is_exactly_the_identity(shape):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
+def test_p_zero_applies_nothing_even_for_the_smallest_uniform(channels):
+    """Gates are u < multiplier * p: u = 0 is a possible draw, and p = 0 must still apply nothing."""
+    x = torch.randn(2, channels, 16, 16)
+    augment = AdaptiveAugment("bgc", p=0.0)
+    values = {name: 0.0 for name in UNIFORM_COLUMNS}
+    assert torch.equal(augment(x, scripted(2, values, {name: 1.0 for name in NORMAL_COLUMNS})), x)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
 def test_xflip_mirrors_left_right(channels):
     x = torch.randn(2, channels, 16, 16)
     out = only("xflip")(x, scripted(2, {"xflip": torch.tensor([0.75, 0.25])}))  # flip, no flip
