@@ -113,11 +113,15 @@ def _rotate2d(theta: Tensor) -> Tensor:
     return _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], theta)
 
 
-def _reflect(index: Tensor, size: int) -> Tensor:
-    """Integer positions (as floats) reflected into [0, size - 1] about the edge pixels' centres, repeating
-    (numpy 'reflect': -1 -> 1, size -> size - 2)."""
+def _fold(position: Tensor, size: int) -> Tensor:
+    """Positions (in pixel indices) reflected into [0, size - 1] about the edge pixels' centres, repeating.
+
+    Folding the continuous position and then interpolating equals interpolating in the image padded by
+    reflection (numpy 'reflect': -1 -> 1, size -> size - 2, the reference's padding), because that padded
+    image is symmetric about every edge pixel's centre. Integer positions stay exact.
+    """
     period = 2 * (size - 1)
-    folded = torch.remainder(index, period)
+    folded = torch.remainder(position, period)
     return torch.where(folded > size - 1, period - folded, folded)
 
 
@@ -125,8 +129,9 @@ def resample(images: Tensor, transform: Tensor) -> Tensor:
     """out[b, :, i, j] = images[b] bilinearly sampled at transform[b] @ (j - (W-1)/2, i - (H-1)/2, 1),
     in pixels from the image centre, reflected at the borders. transform (B, 3, 3) float32.
 
-    Integer sample positions copy pixels exactly (weights exactly 1 and 0). Differentiable twice w.r.t.
-    the images; the transform gets no gradient (it depends only on random draws).
+    Integer sample positions copy pixels exactly (weights exactly 1, 0, 0, 0). Differentiable twice w.r.t.
+    the images (a gather, whose backward is a scatter-add); the transform gets no gradient (it depends
+    only on random draws).
     """
     batch, channels, height, width = images.shape
     device = images.device
@@ -134,22 +139,19 @@ def resample(images: Tensor, transform: Tensor) -> Tensor:
     ys = torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2  # (H,)
     t = transform[:, :2, :, None, None]  # (B, 2, 3, 1, 1)
     # Source positions in pixel indices (B, H, W): rows of the transform times (x, y, 1), then re-centred.
-    col = t[:, 0, 0] * xs + t[:, 0, 1] * ys[:, None] + t[:, 0, 2] + (width - 1) / 2
-    row = t[:, 1, 0] * xs + t[:, 1, 1] * ys[:, None] + t[:, 1, 2] + (height - 1) / 2
+    col = _fold(t[:, 0, 0] * xs + t[:, 0, 1] * ys[:, None] + t[:, 0, 2] + (width - 1) / 2, width)
+    row = _fold(t[:, 1, 0] * xs + t[:, 1, 1] * ys[:, None] + t[:, 1, 2] + (height - 1) / 2, height)
     col0, row0 = torch.floor(col), torch.floor(row)
-    wc1, wr1 = (col - col0).to(images.dtype), (row - row0).to(images.dtype)  # weights of col0 + 1, row0 + 1
-    wc0, wr0 = 1 - wc1, 1 - wr1
-    c0, c1 = _reflect(col0, width).long(), _reflect(col0 + 1, width).long()
-    r0, r1 = _reflect(row0, height).long(), _reflect(row0 + 1, height).long()
-    flat = images.reshape(batch, channels, height * width)
-
-    def at(r: Tensor, c: Tensor) -> Tensor:  # (B, C, H, W) values at rows r, columns c (B, H, W)
-        index = (r * width + c).view(batch, 1, height * width).expand(batch, channels, height * width)
-        return flat.gather(2, index).view(batch, channels, height, width)
-
-    top = at(r0, c0) * wc0[:, None] + at(r0, c1) * wc1[:, None]
-    bottom = at(r1, c0) * wc0[:, None] + at(r1, c1) * wc1[:, None]
-    return top * wr0[:, None] + bottom * wr1[:, None]
+    fc, fr = col - col0, row - row0  # weights of the next column and row (0 on the last one)
+    col1, row1 = (col0 + 1).clamp(max=width - 1), ((row0 + 1).clamp(max=height - 1)) * width
+    row0 = row0 * width
+    # The four neighbours (B, 4, H, W): flat indices and bilinear weights (exactly 1, 0, 0, 0 at a pixel).
+    index = torch.stack([row0 + col0, row0 + col1, row1 + col0, row1 + col1], dim=1).long()
+    weight = torch.stack([(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc], dim=1).to(images.dtype)
+    pixels = height * width
+    index = index.view(batch, 1, 4 * pixels).expand(batch, channels, 4 * pixels)
+    corners = images.reshape(batch, channels, pixels).gather(2, index).view(batch, channels, 4, pixels)
+    return (corners * weight.view(batch, 1, 4, pixels)).sum(dim=2).view(batch, channels, height, width)
 
 
 class AdaptiveAugment(nn.Module):
