@@ -27,22 +27,23 @@ Where this differs from the reference, and why:
 - Random numbers come from `Draws` (gan_dist/augment/draws.py): 21 uniforms and 7 normals per sample at
   every call, drawn for all twelve ops whatever p and the pipeline (the stream stays aligned across ranks
   and resumes); integers are floor(u * n). Column layouts: UNIFORM_COLUMNS, NORMAL_COLUMNS.
-- Resampling: bilinear at the image's own resolution, reflecting about the edge pixels' centres
-  (numpy's 'reflect', the reference's padding mode) without limit, via four gathers. The reference pads
-  with reflection, upsamples 2x with a 12-tap sym6 wavelet low-pass filter (upfirdn2d), samples bilinearly,
-  filters and downsamples. Bilinear at 1x blurs under fractional offsets (up to a 2-tap box at half a pixel)
-  and aliases when zooming out, where the reference is close to band-limited: a mild augmentation of its
-  own that D sees on reals and fakes alike (the paper's non-leaking argument needs p < 1, which holds; in
-  practice watch for leaks at high p, as the paper does for geometric ops). Beyond its pad (up to one
-  image size) the reference samples zeros; here the reflection continues.
-  The gathers, not F.grid_sample, because: (1) the sample positions are computed in pixel units, so blits
+- Resampling: bilinear at the image's own resolution, reflecting about the edge pixels' centres (numpy's
+  'reflect', the reference's padding mode) without limit, by one gather of the four neighbours of every
+  output pixel. The reference pads with reflection, upsamples 2x with a 12-tap sym6 wavelet low-pass filter
+  (upfirdn2d), samples bilinearly, filters and downsamples. Bilinear at 1x blurs under fractional offsets
+  (up to a 2-tap box at half a pixel) and aliases when zooming out, where the reference is close to
+  band-limited: a mild augmentation of its own that D sees on reals and fakes alike (the paper's
+  non-leaking argument needs p < 1, which holds; in practice watch for leaks at high p, as the paper does
+  for geometric ops). Beyond its pad (up to one image size) the reference samples zeros; here the
+  reflection continues.
+  A gather, not F.grid_sample, because: (1) the sample positions are computed in pixel units, so blits
   (flips, 90-degree turns, integer shifts) and p = 0 are exact copies, bit for bit (grid_sample's
   normalised coordinates round); (2) gather's backward (scatter-add) is itself differentiable, so R1 and
-  WGAN-GP's double backward work on any torch version (stylegan2-ada ships grid_sample_gradfix for
-  this; torch 2.14's grid_sample has it too); (3) no matmul on images or matrices (TF32, when enabled, would
-  round colour and sample positions): all products here are elementwise float32.
-- The blits and the 90-degree turn are built from exact 0 / +-1 entries (the reference uses cos(pi / 2),
-  which is 6e-17, not 0), so they are exact permutations of pixels.
+  WGAN-GP's double backward work on any torch version (stylegan2-ada ships grid_sample_gradfix for this;
+  torch 2.14's grid_sample passes gradgradcheck too); (3) no matmul on images or matrices (TF32, when
+  enabled, would round colours and sample positions): all products here are elementwise float32.
+- The blits and the 90-degree turn are built from exact 0 / +-1 entries (the reference computes
+  cos(k pi / 2) in float32: -4e-8, not 0), so they are exact permutations of pixels.
 - Each op's matrix is selected per sample with torch.where(gate, M, I), so a sample left alone gets
   exactly the identity (the reference gates the parameters; the same distribution).
 - One channel: brightness, contrast and luma flip apply as the reference's projection onto the gray axis
