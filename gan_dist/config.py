@@ -139,7 +139,11 @@ class AugmentConfig:
     name: str = "none"
     # diffaugment: comma-separated operations (color, translation, cutout).
     policy: str = "color,translation,cutout"
-    # Probability of each operation per image: ada starts from it and adapts it; a fixed-p pipeline keeps it.
+    # ada, ada_fixed: the pipeline of operations (stylegan2-ada's names: blit, geom, color, bg, bgc; bgc =
+    # flips, 90-degree rotations, integer translation, scale, rotation, anisotropy, fractional translation,
+    # brightness, contrast, luma flip, hue, saturation).
+    pipeline: str = "bgc"
+    # Probability of each operation per image: ada starts from it and adapts it; ada_fixed keeps it.
     p: float = 0.0
     # ada: the target of E[sign(D(real))] (the overfitting heuristic r_t), the D steps between adjustments of
     # p, and how fast p may move (from 0 to 1 in this many thousand real images).

@@ -27,6 +27,7 @@ from gan_dist.config import (
     ON_CORRUPT,
     TRACKERS,
     WANDB_MODES,
+    AugmentConfig,
     Config,
     ConfigError,
     ModelConfig,
@@ -190,8 +191,16 @@ def validate(config: Config, origin: str = "config") -> None:
     require(0.0 < a.target < 1.0, "augment.target", "must be in (0, 1)")
     require(a.interval >= 1, "augment.interval", "must be >= 1")
     require(a.speed_kimg > 0, "augment.speed_kimg", "must be > 0")
-    require(a.policy == "color,translation,cutout" or augment_spec.uses_policy, "augment.policy",
+    require(a.policy == AugmentConfig.policy or bool(augment_spec.policy_ops), "augment.policy",
             f"does not apply to augment.name={a.name}")
+    if augment_spec.policy_ops:
+        unknown = [op for op in a.policy.split(",") if op.strip() not in augment_spec.policy_ops]
+        require(not unknown, "augment.policy", f"unknown operation(s) {', '.join(map(repr, unknown))}; a "
+                f"comma-separated list of {', '.join(augment_spec.policy_ops)}")
+    require(a.pipeline == AugmentConfig.pipeline or bool(augment_spec.pipelines), "augment.pipeline",
+            f"does not apply to augment.name={a.name}")
+    if augment_spec.pipelines:
+        one_of(a.pipeline, augment_spec.pipelines, "augment.pipeline")
 
     require(o.lr_g > 0, "optim.lr_g", "must be > 0")
     require(o.lr_d > 0, "optim.lr_d", "must be > 0")

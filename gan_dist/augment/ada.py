@@ -67,6 +67,8 @@ import torch
 from torch import Tensor, nn
 
 from gan_dist.augment.draws import Draws, uniform_integers
+from gan_dist.config import AugmentConfig
+from gan_dist.registry.augmentations import augmentation
 
 GEOMETRIC_OPS = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 COLOR_OPS = ("brightness", "contrast", "lumaflip", "hue", "saturation")
@@ -188,11 +190,11 @@ class AdaptiveAugment(nn.Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"key 'augment.p': the initial augmentation probability must be in [0, 1], got {p}")
         if target is not None and not -1.0 <= target <= 1.0:
-            raise ValueError(f"key 'augment.ada_target': r_t = E[sign(D(real))] is in [-1, 1], got {target}")
+            raise ValueError(f"key 'augment.target': r_t = E[sign(D(real))] is in [-1, 1], got {target}")
         if interval < 1:
-            raise ValueError(f"key 'augment.ada_interval': must be >= 1 D step, got {interval}")
+            raise ValueError(f"key 'augment.interval': must be >= 1 D step, got {interval}")
         if not speed_kimg > 0:
-            raise ValueError(f"key 'augment.ada_kimg': must be > 0 (thousands of images for p to move by 1), "
+            raise ValueError(f"key 'augment.speed_kimg': must be > 0 (thousands of images for p to move by 1), "
                              f"got {speed_kimg}")
         self.pipeline = pipeline if isinstance(pipeline, str) else "custom"
         self.multipliers = {op: float(multipliers.get(op, 0.0)) for op in OPS}
@@ -344,6 +346,12 @@ class AdaptiveAugment(nn.Module):
         self.count.add_(real_logits.numel())
 
     @torch.no_grad()
+    def accumulate_mean(self, sign_mean: Tensor, count: int) -> None:
+        """As `accumulate`, from the mean sign of `count` real logits (the objective's d_real_sign statistic)."""
+        self.sign_sum.add_(sign_mean.detach().float() * count)
+        self.count.add_(count)
+
+    @torch.no_grad()
     def adjust(self, reduce_sum: Callable[[Tensor], Tensor], batch_size_global: int) -> dict[str, Tensor]:
         """Close the window of `interval` D steps: r_t = E[sign(D(real))] over all ranks, then (adaptive)
         p <- clamp(p + sign(r_t - target) * batch_size_global * interval / (speed_kimg * 1000), 0, 1).
@@ -404,3 +412,10 @@ def _rotate_about_luma(theta: Tensor) -> Tensor:
                     [b + v * s, a, b - v * s, 0],
                     [b - v * s, b + v * s, a, 0],
                     [0, 0, 0, 1]], theta)
+
+
+def build(augment: AugmentConfig) -> AdaptiveAugment:
+    """augment.name=ada (p adapts toward augment.target) or ada_fixed (p stays augment.p)."""
+    adaptive = augmentation(augment.name).adaptive
+    return AdaptiveAugment(augment.pipeline, p=augment.p, target=augment.target if adaptive else None,
+                           interval=augment.interval, speed_kimg=augment.speed_kimg)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from gan_dist.augment.draws import Draws, uniform_integers
+from gan_dist.config import AugmentConfig
 
 # policy name -> (ops in order, uniforms per sample each op draws)
 POLICIES: dict[str, tuple[tuple[str, int], ...]] = {
@@ -154,3 +155,8 @@ class DiffAugment(nn.Module):
 
     def extra_repr(self) -> str:
         return f"policy={self.policy!r}"
+
+
+def build(augment: AugmentConfig) -> DiffAugment:
+    """augment.name=diffaugment with augment.policy."""
+    return DiffAugment(augment.policy)

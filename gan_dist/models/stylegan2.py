@@ -53,6 +53,7 @@ Where this differs from the reference, and why:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -349,6 +350,8 @@ class StyleGAN2Generator(GeneratorBase):
                  image_shape: tuple[int, int, int] = (3, 256, 256), num_classes: int = 0,
                  conditioning: str = "none", options: StyleGAN2Options | None = None) -> None:
         super().__init__(latent_dim, image_shape, num_classes, conditioning)
+        # G_ema copies the tracked mean w (the reference copies every buffer) rather than averaging it again.
+        self.ema_copied_buffers = ("mapping.w_avg",)
         o = StyleGAN2Options() if options is None else options
         check_stylegan2_options(o)
         _check_widths(_resolutions(self.image_shape), o.channel_base, width, "model.g_width")
@@ -506,27 +509,54 @@ class PathLengthPenalty(nn.Module):
     through its DDP wrapper if any: G(z, labels, return_ws=True) must give (images, ws).
     """
 
-    def __init__(self, pl_weight: float = 2.0, pl_decay: float = 0.01, pl_batch_shrink: int = 2) -> None:
+    def __init__(self, pl_weight: float = 2.0, pl_decay: float = 0.01, pl_batch_shrink: int = 2,
+                 every: int = 1) -> None:
         super().__init__()
         self.pl_weight, self.pl_decay, self.pl_batch_shrink = pl_weight, pl_decay, pl_batch_shrink
+        self.every = every  # lazy regularization: applied every `every` G steps, scaled by `every` (the caller)
         self.register_buffer("pl_mean", torch.zeros([]))
 
     @classmethod
     def from_options(cls, options: StyleGAN2Options) -> PathLengthPenalty:
-        return cls(options.pl_weight, options.pl_decay, options.pl_batch_shrink)
+        return cls(options.pl_weight, options.pl_decay, options.pl_batch_shrink, options.pl_every)
 
-    def forward(self, G: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(penalty_loss 0-dim, {"pl_penalty", "pl_length", "pl_mean": 0-dim detached tensors})."""
-        batch = max(z.shape[0] // self.pl_batch_shrink, 1)
+    def due(self, step: int) -> bool:
+        """Whether G step `step` (0-based) takes the penalty (every `every`-th, as stylegan2-ada's G_reg_interval)."""
+        return step % self.every == 0
+
+    def batch_size(self, batch_size: int) -> int:
+        """z's the penalty uses out of a batch of `batch_size` (pl_batch_shrink)."""
+        return max(batch_size // self.pl_batch_shrink, 1)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """pl_mean, for checkpoints (safetensors)."""
+        return {"pl_mean": self.pl_mean.detach().clone()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        value = tensors["pl_mean"]
+        if value.shape != () or not bool(torch.isfinite(value)):
+            raise ValueError(f"path-length state 'pl_mean' must be a finite 0-dim tensor, got {value!r}")
+        self.pl_mean.copy_(value)
+
+    def forward(self, G: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, draws: Any = None,
+                reduce_mean: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(penalty_loss 0-dim, {"pl_penalty", "pl_length", "pl_mean": 0-dim detached tensors}).
+
+        `draws` (uniform / normal per sample, gan_dist.augment.draws.Draws; None: torch's global RNG) draws
+        pl_noise; `reduce_mean` averages the batch's mean length over ranks before it moves pl_mean, so that
+        pl_mean is the same on every rank and the run a function of the global batch (None: this rank's)."""
+        batch = self.batch_size(z.shape[0])
         labels = None if labels is None else labels[:batch]
         images, ws = G(z[:batch], labels, return_ws=True)  # (b, C, H, W), (b, num_ws, w_dim)
-        pl_noise = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
-        (grads,) = torch.autograd.grad(outputs=[(images * pl_noise).sum()], inputs=[ws], create_graph=True)
-        lengths = grads.square().sum(dim=2).mean(dim=1).sqrt()  # (b,)
+        noise = torch.randn_like(images) if draws is None else draws.normal(batch, *images.shape[1:]).to(images)
+        pl_noise = noise / math.sqrt(images.shape[2] * images.shape[3])
+        (grads,) = torch.autograd.grad(outputs=[(images.float() * pl_noise.float()).sum()], inputs=[ws],
+                                       create_graph=True)
+        lengths = grads.float().square().sum(dim=2).mean(dim=1).sqrt()  # (b,)
         if self.pl_mean.device != lengths.device:
             self.pl_mean = self.pl_mean.to(lengths.device)
-        pl_mean = self.pl_mean.lerp(lengths.mean(), self.pl_decay)  # 0-dim, in the graph (as the reference)
+        mean_length = lengths.mean() if reduce_mean is None else reduce_mean(lengths.mean().detach())
+        pl_mean = self.pl_mean.lerp(mean_length, self.pl_decay)  # 0-dim (the reference keeps it in the graph)
         self.pl_mean.copy_(pl_mean.detach())
         penalty = (lengths - pl_mean).square()  # (b,)
         loss = (images[:, 0, 0, 0] * 0 + penalty * self.pl_weight).mean()
@@ -556,3 +586,8 @@ def build_discriminator(model: ModelConfig, options: StyleGAN2Options | None, im
                           "spectral normalization; set model.spectral_norm=false")
     width = DEFAULT_D_WIDTH if model.d_width is None else model.d_width
     return StyleGAN2Discriminator(width, image_shape, num_classes, model.conditioning, options)
+
+
+def build_g_regularizer(model: ModelConfig, options: StyleGAN2Options) -> PathLengthPenalty | None:
+    """G's lazy path-length regularization (model.options.pl_weight, 0 = off), for the step to apply."""
+    return PathLengthPenalty.from_options(options) if options.pl_weight > 0 else None

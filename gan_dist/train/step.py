@@ -118,9 +118,13 @@ class EMA:
         return min(self.decay, (1.0 + step) / (self.warmup_steps + 1.0 + step))
 
     def _pairs(self, G: nn.Module) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """(averaged EMA tensors, their sources, copied EMA tensors, their sources): floating-point parameters
+        and buffers are averaged, except the buffers G names in `ema_copied_buffers` (StyleGAN's tracked mean
+        w, itself a moving average), and integer buffers are copied."""
+        copied = set(getattr(G, "ema_copied_buffers", ()))
         ema_float, src_float, ema_other, src_other = [], [], [], []
-        for ema_tensor, tensor in zip(self.module.state_dict().values(), G.state_dict().values(), strict=True):
-            if ema_tensor.is_floating_point():
+        for (name, ema_tensor), tensor in zip(self.module.state_dict().items(), G.state_dict().values(), strict=True):
+            if ema_tensor.is_floating_point() and name not in copied:
                 ema_float.append(ema_tensor)
                 src_float.append(tensor.detach())
             else:
@@ -183,23 +187,41 @@ class StepSettings:
     channels_last: bool
 
 
+class PlainForward:
+    """A module's forward for a double backward (a gradient penalty, the path-length penalty), when it cannot
+    go through the training forward: the plain (uncompiled, un-wrapped) module, in float32 when
+    `full_precision` (fp16: gradients of gradients in half precision overflow at GradScaler's scale and
+    underflow without it). Its gradients reach the parameters in the same backward as the main term: DDP
+    all-reduces their sum once."""
+
+    def __init__(self, module: nn.Module, full_precision: bool) -> None:
+        self.module, self.full_precision = module, full_precision
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.full_precision:
+            return self.module(*args, **kwargs)
+        # accelerate's prepare patched autocast into forward and kept the original as _original_forward.
+        forward = getattr(self.module, "_original_forward", self.module.forward)
+        device_type = next(self.module.parameters()).device.type
+        with torch.autocast(device_type, enabled=False):
+            return forward(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args),
+                           **kwargs)
+
+
 class PenaltyD:
-    """D for the forwards a gradient penalty differentiates twice, when they cannot share D's forward: the
-    plain (uncompiled, un-wrapped) D, behind the augmentation, in float32 when `full_precision` (fp16:
-    input gradients in half precision overflow at GradScaler's scale and underflow without it). Its
-    gradients reach D's parameters in the same backward as the main term: DDP all-reduces their sum once."""
+    """D for the forwards a gradient penalty differentiates twice (see PlainForward), behind the augmentation."""
 
     def __init__(self, D: nn.Module, augment: nn.Module | None, draws: Any, full_precision: bool) -> None:
-        self.D, self.augment, self.draws, self.full_precision = D, augment, draws, full_precision
+        self.D, self.augment, self.draws = PlainForward(D, full_precision), augment, draws
+        self.full_precision = full_precision
 
     def __call__(self, images: Tensor, labels: Tensor | None = None) -> Any:
-        if not self.full_precision:
-            return self.D(images if self.augment is None else self.augment(images, self.draws), labels)
-        # accelerate's prepare patched autocast into D.forward and kept the original as _original_forward.
-        forward = getattr(self.D, "_original_forward", self.D.forward)
-        with torch.autocast(images.device.type, enabled=False):
+        if self.full_precision:
             images = images.float()
-            return forward(images if self.augment is None else self.augment(images, self.draws), labels)
+        if self.augment is not None:
+            with torch.autocast(images.device.type, enabled=not self.full_precision):
+                images = self.augment(images, self.draws)
+        return self.D(images, labels)
 
 
 class AugmentedD:
@@ -218,7 +240,8 @@ class GANStep:
     """Runs one G step (with its D steps) on the networks the Trainer built. See the module docstring."""
 
     def __init__(self, accelerator: Any, networks: Networks, objective: Objective, noise: NoiseSource,
-                 counters: StepCounters, settings: StepSettings, augment: nn.Module | None = None) -> None:
+                 counters: StepCounters, settings: StepSettings, augment: nn.Module | None = None,
+                 g_regularizer: nn.Module | None = None) -> None:
         self.accelerator = accelerator
         self.networks = networks
         self.objective = objective
@@ -234,6 +257,12 @@ class GANStep:
         fp16 = accelerator.scaler is not None
         self.D_penalty = (PenaltyD(networks.D, augment, noise, full_precision=fp16)
                           if objective.penalizes_gradients and (networks.compiled or fp16) else None)
+        # An adaptive augmentation (ADA) follows E[sign(D(real))] and moves its p every `interval` D steps.
+        self.adaptive_augment = augment is not None and bool(getattr(augment, "adaptive", False))
+        # G's lazy regularizer (StyleGAN2's path-length penalty): a double backward through G.
+        self.g_regularizer = g_regularizer
+        self.G_regularized = (PlainForward(networks.G, full_precision=fp16) if networks.compiled or fp16
+                              else networks.G_wrapped)
         self.g_params = [p for p in networks.G.parameters() if p.requires_grad]
         self.world_size = accelerator.num_processes
         self.capturing = False  # True while CUDAGraphStep records run() into a graph
@@ -254,6 +283,19 @@ class GANStep:
         num_classes = self.settings.num_classes
         labels = self.noise.labels(batch_size, num_classes) if num_classes else None  # (B,)
         return z, labels
+
+    def _reduce_sum(self, tensor: Tensor) -> Tensor:
+        """Sum over ranks (an all-reduce; the tensor itself with one process)."""
+        return self.accelerator.reduce(tensor, "sum") if self.world_size > 1 else tensor
+
+    def _reduce_mean(self, tensor: Tensor) -> Tensor:
+        return self.accelerator.reduce(tensor, "mean") if self.world_size > 1 else tensor
+
+    @staticmethod
+    def _model_regularization(module: nn.Module) -> Tensor | None:
+        """A term the architecture adds to its own loss at every step (BigGAN's orthogonal regularization)."""
+        regularization = getattr(module, "regularization_loss", None)
+        return regularization() if regularization is not None else None
 
     def _optimizer_step(self, optimizer: Any, model: nn.Module) -> None:
         if self.settings.grad_clip_norm > 0:
@@ -285,7 +327,13 @@ class GANStep:
                                           d_step_index=self.counters.d_steps)
                     with accelerator.autocast():
                         loss, stats = self.objective.d_phase(self.D_phase_d, inputs, self.D_penalty)
+                        regularization = self._model_regularization(nets.D)
+                    if regularization is not None:
+                        loss = loss + regularization
+                        stats["d_regularization"] = regularization.detach()
                     accelerator.backward(loss / micro_batches if micro_batches > 1 else loss)
+                if self.adaptive_augment:
+                    self.augment.accumulate_mean(stats["d_real_sign"], batch_size)
                 if share_this_forward:
                     shared_fake = (fake, fake_labels)
                 all_stats.append(stats)
@@ -293,6 +341,8 @@ class GANStep:
                 self.counters.images_seen += batch_size * self.world_size
             self._optimizer_step(nets.opt_d, nets.D)
             self.counters.d_steps += 1
+            if self.adaptive_augment and self.counters.d_steps % self.augment.interval == 0:
+                all_stats.append(self.augment.adjust(self._reduce_sum, batch_size * self.world_size))
         for micro in range(micro_batches):
             with self._sync_context(nets.G_wrapped, micro == micro_batches - 1):
                 if shared_fake is not None:
@@ -303,6 +353,19 @@ class GANStep:
                         fake = nets.G_wrapped(z, fake_labels)  # (B, C, H, W)
                 with accelerator.autocast():
                     loss, stats = self.objective.g_phase(self.D_phase_g, fake, fake_labels)
+                    regularization = self._model_regularization(nets.G)
+                if regularization is not None:
+                    loss = loss + regularization
+                    stats["g_regularization"] = regularization.detach()
+                regularizer = self.g_regularizer
+                if regularizer is not None and micro == micro_batches - 1 and regularizer.due(self.counters.step):
+                    z_reg, labels_reg = self._draw(regularizer.batch_size(batch_size))
+                    with accelerator.autocast():
+                        penalty, penalty_stats = regularizer(self.G_regularized, z_reg, labels_reg, draws=self.noise,
+                                                             reduce_mean=self._reduce_mean)
+                    # Lazy regularization: every `every` G steps, scaled by `every` (StyleGAN2, sec. 4).
+                    loss = loss + regularizer.every * micro_batches * penalty
+                    stats.update(penalty_stats)
                 # Gradients into G only: D's weights get no .grad and D's DDP reducer is not involved.
                 accelerator.backward(loss / micro_batches if micro_batches > 1 else loss, inputs=self.g_params)
             all_stats.append(stats)
