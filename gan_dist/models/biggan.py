@@ -79,36 +79,12 @@ from gan_dist.models.resnet_blocks import (
     orthogonal_regularization,
     plain_norm,
 )
+from gan_dist.registry.architectures import BigGANOptions
 
 NAME = "biggan"
 DEFAULT_G_WIDTH = 64  # BigGAN-PyTorch's G_ch default and its CIFAR-10 setting (256 channels at 32 px)
 DEFAULT_D_WIDTH = 64
 INIT_STYLES = ("ortho", "N02", "xavier")
-
-
-@dataclass
-class BigGANOptions:
-    """model.options of biggan (the paper's ImageNet values unless said)."""
-
-    # Width of the class embedding shared by every conditional BN of G (G_shared, shared_dim).
-    shared_dim: int = 128
-    # One shared class embedding (the paper); false: each BN has its own class embeddings for its gain and
-    # bias (BigGAN-PyTorch without --G_shared, as in its CIFAR-10 script; needs hier=false when conditional).
-    shared_embedding: bool = True
-    # Hierarchical latent (skip-z): z is split into num_stages + 1 chunks, the first feeds the Linear, one
-    # joins the class embedding at each block's BNs.
-    hier: bool = True
-    # Resolutions (px) of the self-attention blocks, after the G block (and the first D block) with that
-    # output size (the paper: 64 at 128 px). Values above the image size are ignored. None or [] = none.
-    attention: tuple[int, ...] | None = (64,)
-    # Modified orthogonal regularization of G (the paper: 1e-4; 0 = off; G.regularization_loss()).
-    ortho_reg: float = 1e-4
-    # The same for D (BigGAN-PyTorch's D_ortho, default 0; D.regularization_loss()).
-    d_ortho_reg: float = 0.0
-    # Weight init: ortho (the paper) | N02 (N(0, 0.02), the CIFAR script) | xavier (G_init / D_init).
-    init: str = "ortho"
-    # Epsilon of G's BatchNorms (BN_eps).
-    bn_eps: float = 1e-5
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 
+from torch import nn
+
 from gan_dist.config import ConfigError, ModelConfig
 from gan_dist.models.base import DiscriminatorBase, GeneratorBase
 from gan_dist.registry.architectures import architecture, model_options, resolve_model
@@ -39,3 +41,11 @@ def build_models(model: ModelConfig, image_shape: ImageShape,
     """(G, D), G first (the caller seeds: with spectral norm D's power-iteration vectors are random too, so
     every rank must seed identically before building)."""
     return build_generator(model, image_shape, num_classes), build_discriminator(model, image_shape, num_classes)
+
+
+def build_g_regularizer(model: ModelConfig) -> nn.Module | None:
+    """G's lazy regularizer, when the architecture has one (its module's `build_g_regularizer`: StyleGAN2's
+    path-length penalty), else None."""
+    module = importlib.import_module(architecture(model.name).module)
+    builder = getattr(module, "build_g_regularizer", None)
+    return builder(resolve_model(model), model_options(model)) if builder is not None else None

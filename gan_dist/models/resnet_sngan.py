@@ -62,19 +62,12 @@ from gan_dist.models.base import (
     require_labels,
 )
 from gan_dist.models.resnet_blocks import CategoricalBatchNorm2d, DBlock, GBlock, plain_norm
+from gan_dist.registry.architectures import ResNetSNGANOptions
 
 NAME = "resnet_sngan"
 DEFAULT_G_WIDTH = 256  # SNGAN's CIFAR-10 G (resnet_32.py, ch=256)
 DEFAULT_D_WIDTH = 128  # SNGAN's CIFAR-10 D (snresnet_32.py, ch=128)
 RESIDUAL_GAIN = math.sqrt(2)  # xavier_uniform gain of the 3x3 convs inside residual branches (1 elsewhere)
-
-
-@dataclass
-class ResNetSNGANOptions:
-    """model.options of resnet_sngan (the reference code's values)."""
-
-    # Epsilon of G's BatchNorms (chainer's BatchNormalization default, which sngan_projection uses).
-    bn_eps: float = 2e-5
 
 
 @dataclass(frozen=True)
@@ -212,15 +205,16 @@ class ResNetSNGANDiscriminator(DiscriminatorBase):
         return self.linear(h).flatten()  # (B, 1) -> (B,)
 
 
-def _widths(model: ModelConfig) -> tuple[int, int]:
-    return (DEFAULT_G_WIDTH if model.g_width is None else model.g_width,
-            DEFAULT_D_WIDTH if model.d_width is None else model.d_width)
+def _widths(model: ModelConfig, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """model.g_width / d_width, None meaning the reference's width for this size (`reference_widths`)."""
+    g_width, d_width = reference_widths(image_shape)
+    return (g_width if model.g_width is None else model.g_width, d_width if model.d_width is None else model.d_width)
 
 
 def build_generator(model: ModelConfig, options: ResNetSNGANOptions, image_shape: tuple[int, int, int],
                     num_classes: int) -> GeneratorBase:
     """G for `model` (latent_dim, g_width, g_norm, conditioning; the rest is D's or ignored)."""
-    return ResNetSNGANGenerator(model.latent_dim, _widths(model)[0], image_shape, num_classes, model.conditioning,
+    return ResNetSNGANGenerator(model.latent_dim, _widths(model, image_shape)[0], image_shape, num_classes, model.conditioning,
                                 norm=model.g_norm, bn_eps=options.bn_eps)
 
 
@@ -228,4 +222,4 @@ def build_discriminator(model: ModelConfig, options: ResNetSNGANOptions, image_s
                         num_classes: int) -> DiscriminatorBase:
     """D for `model` (d_width, conditioning). Spectral norm is always on; d_norm and d_dropout are ignored
     (the paper's D has neither)."""
-    return ResNetSNGANDiscriminator(_widths(model)[1], image_shape, num_classes, model.conditioning)
+    return ResNetSNGANDiscriminator(_widths(model, image_shape)[1], image_shape, num_classes, model.conditioning)

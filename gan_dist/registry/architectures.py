@@ -95,17 +95,53 @@ def check_stylegan2_options(options: StyleGAN2Options) -> None:
     require(o.pl_every >= 1, "pl_every", f"must be >= 1, got {o.pl_every}")
 
 
+@dataclass
+class ResNetSNGANOptions:
+    """model.options of resnet_sngan (the reference code's values)."""
+
+    # Epsilon of G's BatchNorms (chainer's BatchNormalization default, which sngan_projection uses).
+    bn_eps: float = 2e-5
+
+
+@dataclass
+class BigGANOptions:
+    """model.options of biggan (the paper's ImageNet values unless said)."""
+
+    # Width of the class embedding shared by every conditional BN of G (G_shared, shared_dim).
+    shared_dim: int = 128
+    # One shared class embedding (the paper); false: each BN has its own class embeddings for its gain and
+    # bias (BigGAN-PyTorch without --G_shared, as in its CIFAR-10 script; needs hier=false when conditional).
+    shared_embedding: bool = True
+    # Hierarchical latent (skip-z): z is split into num_stages + 1 chunks, the first feeds the Linear, one
+    # joins the class embedding at each block's BNs.
+    hier: bool = True
+    # Resolutions (px) of the self-attention blocks, after the G block (and the first D block) with that
+    # output size (the paper: 64 at 128 px). Values above the image size are ignored. None or [] = none.
+    attention: tuple[int, ...] | None = (64,)
+    # Modified orthogonal regularization of G (the paper: 1e-4; 0 = off; G.regularization_loss()).
+    ortho_reg: float = 1e-4
+    # The same for D (BigGAN-PyTorch's D_ortho, default 0; D.regularization_loss()).
+    d_ortho_reg: float = 0.0
+    # Weight init: ortho (the paper) | N02 (N(0, 0.02), the CIFAR script) | xavier (G_init / D_init).
+    init: str = "ortho"
+    # Epsilon of G's BatchNorms (BN_eps).
+    bn_eps: float = 1e-5
+
+
 @dataclass(frozen=True)
 class ArchitectureSpec:
     name: str  # model.name
     title: str  # the paper, for messages and the README
     module: str  # gan_dist.models.<file>: build_generator / build_discriminator
-    g_width: int  # what model.g_width = None means (channels for conv models, hidden units for mlp)
-    d_width: int
+    # What model.g_width / d_width = None mean (channels for conv models, hidden units for mlp); None: the
+    # builder's own rule for the image size (resnet_sngan: the paper's width of each size).
+    g_width: int | None
+    d_width: int | None
     d_dropout: float  # what model.d_dropout = None means
-    # model.g_norm / model.d_norm choose the normalization (False: the architecture has its own, or none,
-    # and the config's value is ignored and resolved to "none").
-    uses_norm: bool
+    # model.g_norm / model.d_norm choose G's / D's normalization (False: the architecture has its own, or
+    # none, and the config's value is ignored and resolved to "none").
+    g_uses_norm: bool
+    d_uses_norm: bool
     # Convolutions over (C, H, W): train.channels_last applies. False: the image is flattened at once.
     convolutional: bool
     # Square images whose side `conv_stages` accepts (a multiple of 4, at least 16); False: any (C, H, W).
@@ -130,23 +166,38 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.name: spec for spec in (
         # The seed Keras tutorial: G 128/64 channels, D 32/64/128/256 channels, dropout 0.25.
         ArchitectureSpec(name="keras_dcgan", title="the Keras DCGAN tutorial", module="gan_dist.models.keras_dcgan",
-                         g_width=128, d_width=32, d_dropout=0.25, uses_norm=True, convolutional=True),
+                         g_width=128, d_width=32, d_dropout=0.25, g_uses_norm=True, d_uses_norm=True,
+                         convolutional=True),
         # Radford et al. 2015: G 256/128 channels, D 64/128 channels at 28x28, no dropout.
         ArchitectureSpec(name="dcgan", title="DCGAN (Radford et al. 2015)", module="gan_dist.models.dcgan",
-                         g_width=64, d_width=64, d_dropout=0.0, uses_norm=True, convolutional=True),
+                         g_width=64, d_width=64, d_dropout=0.0, g_uses_norm=True, d_uses_norm=True,
+                         convolutional=True),
         # Goodfellow et al. 2014: hidden layers of 256/512/1024 units, dropout 0.3 in D.
         ArchitectureSpec(name="mlp", title="the MLP GAN (Goodfellow et al. 2014)", module="gan_dist.models.mlp",
-                         g_width=256, d_width=256, d_dropout=0.3, uses_norm=False, convolutional=False,
-                         conv_sizes=False),
+                         g_width=256, d_width=256, d_dropout=0.3, g_uses_norm=False, d_uses_norm=False,
+                         convolutional=False, conv_sizes=False),
         # Karras et al. 2020, config F (NVlabs/stylegan2-ada-pytorch's networks) in plain PyTorch: widths are
         # channel_max (512). Its lazy path-length regularization (a double backward every pl_every G steps)
         # cannot be captured in a CUDA graph.
         ArchitectureSpec(name="stylegan2", title="StyleGAN2 (Karras et al. 2020)", module="gan_dist.models.stylegan2",
-                         g_width=512, d_width=512, d_dropout=0.0, uses_norm=False, convolutional=True,
+                         g_width=512, d_width=512, d_dropout=0.0, g_uses_norm=False, d_uses_norm=False,
+                         convolutional=True,
                          spectral_norm="unsupported", options=StyleGAN2Options, check_options=check_stylegan2_options,
                          latent_space="w", cuda_graph_ok=False,
                          cuda_graph_refusal="its lazy path-length regularization is a double backward every "
                          "model.options.pl_every steps"),
+        # Miyato et al. 2018 (pfnet-research/sngan_projection): ResNet G with BatchNorm (class-conditional
+        # when conditional), ResNet D with spectral norm (projection when conditional); widths per size as the
+        # paper (CIFAR 256 / 128, STL-10 and up 64 / 64).
+        ArchitectureSpec(name="resnet_sngan", title="ResNet SNGAN (Miyato et al. 2018)",
+                         module="gan_dist.models.resnet_sngan", g_width=None, d_width=None, d_dropout=0.0,
+                         g_uses_norm=True, d_uses_norm=False, convolutional=True, spectral_norm="builtin",
+                         options=ResNetSNGANOptions),
+        # Brock et al. 2019 (ajbrock/BigGAN-PyTorch): shared class embedding + hierarchical z into G's
+        # conditional BatchNorms, self-attention, spectral norm in G and D, orthogonal regularization.
+        ArchitectureSpec(name="biggan", title="BigGAN (Brock et al. 2019)", module="gan_dist.models.biggan",
+                         g_width=64, d_width=64, d_dropout=0.0, g_uses_norm=True, d_uses_norm=False,
+                         convolutional=True, spectral_norm="builtin", options=BigGANOptions),
     )
 }
 
@@ -189,7 +240,7 @@ def check_image_shape(name: str, image_shape: tuple[int, int, int]) -> None:
 
 def d_has_batchnorm(model: ModelConfig) -> bool:
     """Whether the D built for `model` has BatchNorm layers (which mix the samples of a batch)."""
-    return architecture(model.name).uses_norm and model.d_norm == "batch"
+    return architecture(model.name).d_uses_norm and model.d_norm == "batch"
 
 
 def uses_channels_last(model: ModelConfig, requested: bool) -> bool:
@@ -207,8 +258,8 @@ def resolve_model(model: ModelConfig) -> ModelConfig:
         g_width=spec.g_width if model.g_width is None else model.g_width,
         d_width=spec.d_width if model.d_width is None else model.d_width,
         d_dropout=spec.d_dropout if model.d_dropout is None else model.d_dropout,
-        g_norm=model.g_norm if spec.uses_norm else "none",
-        d_norm=model.d_norm if spec.uses_norm else "none",
+        g_norm=model.g_norm if spec.g_uses_norm else "none",
+        d_norm=model.d_norm if spec.d_uses_norm else "none",
         options=dataclasses.asdict(model_options(model)),
     )
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from gan_dist.config import ConfigError
 
-
 ADA_PIPELINES = ("blit", "geom", "color", "bg", "bgc")  # stylegan2-ada's names (gan_dist.augment.ada.PIPELINES)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gan_dist.augment.build import build_augment
 from gan_dist.checkpoint import Checkpointable, CheckpointError, GeneratorInfo, select_resume
 from gan_dist.config import Config, ConfigError, to_yaml
 from gan_dist.data.batches import make_batch_source, resolve_loader
@@ -44,7 +45,7 @@ from gan_dist.distributed import (
 )
 from gan_dist.metrics.evaluate import Evaluator, format_table
 from gan_dist.metrics.features import FeatureNetworkMissing
-from gan_dist.models.build import build_models
+from gan_dist.models.build import build_g_regularizer, build_models
 from gan_dist.objectives.objective import build_objective
 from gan_dist.progress import TrainState, elastic_batch
 from gan_dist.registry.architectures import uses_channels_last
@@ -181,6 +182,14 @@ class Trainer:
         self.networks = self._build_networks(G, D)
         self.noise = NoiseSource(config.run.seed, accelerator.process_index, accelerator.device,
                                  accelerator.num_processes)
+        # What D sees goes through the augmentation; G's lazy regularizer (StyleGAN2's path length). Both keep
+        # state a resume must restore (ADA's p, the mean path length).
+        augment = build_augment(config.augment)
+        self.augment = augment.to(accelerator.device) if augment is not None else None
+        g_regularizer = build_g_regularizer(config.model)
+        self.g_regularizer = g_regularizer.to(accelerator.device) if g_regularizer is not None else None
+        extra = {name: holder for name, holder in (("augment", self.augment), ("g_regularizer", self.g_regularizer))
+                 if holder is not None and holder.state_tensors()}
         self.state = TrainState()
         self.counters = self.state.counters
         nets = self.networks
@@ -188,7 +197,7 @@ class Trainer:
             G=nets.G, D=nets.D, G_ema=nets.ema.module if nets.ema is not None else None, opt_g=nets.opt_g,
             opt_d=nets.opt_d, scaler=accelerator.scaler, noise=self.noise, state=self.state,
             generator_info=self._generator_info,
-            base_lrs={"optimizer_G": config.optim.lr_g, "optimizer_D": config.optim.lr_d})
+            base_lrs={"optimizer_G": config.optim.lr_g, "optimizer_D": config.optim.lr_d}, extra=extra)
 
         self.resumed_from = self._resume()
         self._elapsed_before = self.state.elapsed_s  # earlier starts' wall-clock, up to the checkpoint
@@ -207,7 +216,8 @@ class Trainer:
         settings = StepSettings(latent_dim=config.model.latent_dim, num_classes=self.num_classes,
                                 d_steps_per_g=train_cfg.d_steps_per_g, accumulation_steps=self.accumulation_steps,
                                 grad_clip_norm=config.optim.grad_clip_norm, channels_last=self._channels_last)
-        self.step = GANStep(accelerator, nets, self.objective, self.noise, self.counters, settings)
+        self.step = GANStep(accelerator, nets, self.objective, self.noise, self.counters, settings,
+                            augment=self.augment, g_regularizer=self.g_regularizer)
         if train_cfg.cuda_graph:
             self.step = CUDAGraphStep(self.step)  # type: ignore[assignment]
         self.lr_schedule = LinearDecay([nets.opt_d, nets.opt_g], config.optim.lr_decay_start, train_cfg.num_steps)

@@ -121,8 +121,8 @@ def test_the_state_lives_outside_the_state_dict_as_0_dim_float32():
 
 
 @pytest.mark.parametrize("kwargs, key", [
-    ({"p": 1.5}, "augment.p"), ({"target": 2.0}, "augment.ada_target"), ({"interval": 0}, "augment.ada_interval"),
-    ({"speed_kimg": 0.0}, "augment.ada_kimg"), ({"pipeline": {"xflip": -1}}, "augment.pipeline"),
+    ({"p": 1.5}, "augment.p"), ({"target": 2.0}, "augment.target"), ({"interval": 0}, "augment.interval"),
+    ({"speed_kimg": 0.0}, "augment.speed_kimg"), ({"pipeline": {"xflip": -1}}, "augment.pipeline"),
 ])
 def test_bad_settings_name_their_key(kwargs, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

@@ -64,3 +64,54 @@ def test_the_import_order_has_no_cycle_and_no_upward_import():
     result = subprocess.run([sys.executable, "scripts/import_graph.py"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout
     assert "cycles: 0" in result.stdout and "upward imports: 0" in result.stdout, result.stdout
+
+
+# Small widths and options per architecture, for the contract test (a new architecture adds a line here).
+SMALL = {"keras_dcgan": (16, 8, {}), "dcgan": (8, 8, {}), "mlp": (16, 16, {}), "resnet_sngan": (8, 8, {}),
+         "biggan": (8, 8, {}), "stylegan2": (16, 16, {"w_dim": 16, "mapping_layers": 2, "channel_base": 512})}
+
+
+@pytest.mark.parametrize("conditioning", ["none", "concat", "acgan", "projection"])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_architecture_keeps_the_model_contract(name, conditioning):
+    """What the step, the objectives and the samplers rely on, for every registered architecture: G(z, y) ->
+    (B, C, H, W); D(x, y) -> logits (B,) (acgan: + class logits (B, K)); gradients reach every parameter of G
+    through D and of D; the registry's facts match the modules (norms, convolutions)."""
+    import torch
+    from torch import nn
+
+    from gan_dist.models.build import build_models
+    from gan_dist.registry.architectures import d_has_batchnorm
+
+    g_width, d_width, options = SMALL[name]
+    model = ModelConfig(name=name, g_width=g_width, d_width=d_width, conditioning=conditioning, options=options,
+                        d_norm="none")
+    torch.manual_seed(0)
+    shape, classes = (3, 32, 32), 10
+    G, D = build_models(model, shape, classes)
+    z = torch.randn(4, model.latent_dim)
+    labels = torch.arange(4) % classes
+    images = G(z, labels)
+    assert images.shape == (4, *shape)
+    output = D(images, labels)
+    logits, class_logits = output if conditioning == "acgan" else (output, None)
+    assert logits.shape == (4,)
+    assert (class_logits is None) == (conditioning != "acgan")
+    loss = logits.sum() + (class_logits.sum() if class_logits is not None else 0)
+    loss.backward()
+    for module, what in ((G, "G"), (D, "D")):
+        missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, f"{name} {what}: no gradient for {missing[:5]}"
+    spec = architecture(name)
+    assert spec.convolutional == any(p.dim() == 4 for p in D.parameters())  # conv kernels (O, I, kh, kw)
+    assert not d_has_batchnorm(model)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules())
+
+
+def test_the_augmentation_registry_matches_its_modules():
+    from gan_dist.augment.ada import PIPELINES
+    from gan_dist.augment.diffaugment import POLICIES
+    from gan_dist.registry.augmentations import ADA_PIPELINES
+
+    assert set(ADA_PIPELINES) == set(PIPELINES)
+    assert set(AUGMENTATIONS["diffaugment"].policy_ops) == set(POLICIES)
