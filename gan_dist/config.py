@@ -86,6 +86,11 @@ class DataConfig:
     # data.loader=memory refuses (and auto does not pick memory for) data whose uint8 copy per process would
     # exceed this many MiB (MNIST's train split: 45 MiB).
     memory_max_mb: int = 4096
+    # Train on this many images of the train split (0 = all of it): the low-data regime augmentation is for.
+    # Class-balanced when labeled (equal counts per class, the remainder to classes drawn at random), else a
+    # uniform draw; chosen from run.seed, the same on every rank and on resume. Needs the memory loader
+    # (auto picks it). Evaluation still uses the full test split.
+    train_subset: int = 0
 
 
 @dataclass

@@ -169,6 +169,9 @@ def validate(config: Config, origin: str = "config") -> None:
     one_of(d.on_corrupt, ON_CORRUPT, "data.on_corrupt")
     one_of(d.loader, LOADERS, "data.loader")
     require(d.memory_max_mb > 0, "data.memory_max_mb", "must be > 0")
+    require(d.train_subset >= 0, "data.train_subset", "must be >= 0 (0: the whole train split)")
+    require(d.train_subset == 0 or d.loader != "stream", "data.train_subset",
+            "needs data.loader=memory or auto (the subset is drawn from the split held in memory)")
     require(d.read_timeout_s >= 0, "data.read_timeout_s", "must be >= 0 (0: no deadline)")
 
     loss_spec = known(objective, lo.name)

@@ -102,6 +102,8 @@ def test_bad_file_key_names_key_and_file(tmp_path):
     ("train.batch_size_per_process=0", "train.batch_size_per_process"),
     ("optim.lr_g=inf", "optim.lr_g"),
     ("loss.name=wgan_gp", "model.d_norm"),
+    ("data.train_subset=-1", "data.train_subset"),
+    ("data.train_subset=100", "data.train_subset"),  # debug.yaml streams: a subset needs the memory loader
 ])
 def test_cli_refuses_bad_config_with_exit_2_and_writes_nothing(tmp_path, override, key):
     out_dir = tmp_path / "runs"

@@ -13,16 +13,19 @@ number of samples the run has consumed across ranks (`start_sample`, the run's i
 
 The memory source's order: one global stream of sample positions in which epoch e is a permutation of the
 N samples drawn from (seed, e), the same on every rank; each global batch covers the next B * W positions
-and rank r takes its r-th slice of B. So each sample is used exactly once per epoch across all ranks (a
-global batch may straddle two epochs; nothing is dropped or repeated), and the order is a function of the
+and rank r takes its r-th slice of B. With data.train_subset=N the source holds only N samples of the split
+(`subset_indices`: class-balanced when labeled, drawn from the run seed) and the same rule applies to them.
+So each sample is used exactly once per epoch across all ranks (a global batch may straddle two epochs; nothing is dropped or repeated), and the order is a function of the
 position alone: a run resumed on another number of processes continues at the same sample.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import traceback
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,6 +69,7 @@ class StreamBatches:
                                      pin_memory=self.device.type == "cuda")
         self.batches_per_epoch = self._stream.steps_per_epoch
         self.stats = self._stream.stats
+        self.subset: dict[str, Any] | None = None  # data.train_subset needs the memory source
 
     def __iter__(self) -> StreamBatches:
         return self
@@ -135,6 +139,47 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(("memory", seed, epoch)).encode()).digest()[:8], "big") >> 1
 
 
+def _subset_seed(seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(("train_subset", seed)).encode()).digest()[:8], "big") >> 1
+
+
+def subset_indices(labels: Tensor, size: int, num_classes: int, seed: int) -> Tensor:
+    """Indices (size,), ascending, of `size` samples of a split whose labels are `labels` (N,), drawn on the CPU
+    from `seed` alone (the same on every rank and every start).
+
+    Labeled (num_classes > 0): class-balanced. Each class gets size // num_classes; the remainder goes one each
+    to classes drawn at random; a class with fewer samples than its share gives all it has and the shortfall
+    is spread over the others the same way. Within a class the samples are a uniform draw. Unlabeled: a
+    uniform draw of `size` of the N samples."""
+    labels = labels.cpu()
+    num_samples = len(labels)
+    if not 0 < size <= num_samples:
+        raise DataError(f"data.train_subset={size}: must be in [1, {num_samples}] (the train split's size)")
+    generator = torch.Generator().manual_seed(_subset_seed(seed))
+    if num_classes == 0:
+        return torch.randperm(num_samples, generator=generator)[:size].sort().values
+    members = [torch.nonzero(labels == label).flatten() for label in range(num_classes)]
+    available = [len(m) for m in members]
+    quota = [0] * num_classes
+    remaining = size
+    while remaining:
+        # Water-filling: every class that still has samples gets the same share (all of them, equal quotas so
+        # far); once the share rounds to 0, the last few go one each to classes drawn at random.
+        open_classes = [c for c in range(num_classes) if quota[c] < available[c]]
+        share = remaining // len(open_classes)
+        if share == 0:
+            order = torch.randperm(len(open_classes), generator=generator)[:remaining].tolist()
+            for position in order:
+                quota[open_classes[position]] += 1
+            break
+        for label in open_classes:
+            take = min(share, available[label] - quota[label])
+            quota[label] += take
+            remaining -= take
+    chosen = [m[torch.randperm(len(m), generator=generator)[:q]] for m, q in zip(members, quota, strict=True)]
+    return torch.cat(chosen).sort().values
+
+
 class MemoryBatches:
     """data.loader=memory: see the module docstring. Attributes: images (N, C, H, W) uint8 and labels (N,)
     int64 on the device."""
@@ -144,8 +189,7 @@ class MemoryBatches:
         if batch_size <= 0 or not 0 <= rank < world_size or start_sample < 0:
             raise ValueError(f"need batch_size > 0, 0 <= rank < world_size, start_sample >= 0; got {batch_size}, "
                              f"{rank}, {world_size}, {start_sample}")
-        channels, height, width = dataset.image_shape
-        size_mb = dataset.train_size * channels * height * width / 2**20
+        size_mb = training_images(dataset, data) * math.prod(dataset.image_shape) / 2**20
         if size_mb > data.memory_max_mb:
             raise DataError(f"data.loader=memory: the train split of {dataset.describe()} takes {size_mb:,.1f} MiB "
                             f"as uint8, over data.memory_max_mb={data.memory_max_mb}; raise it or use "
@@ -154,6 +198,14 @@ class MemoryBatches:
         self.seed, self.rank, self.world_size, self.batch_size = seed, rank, world_size, batch_size
         self.stats = LoaderStats()
         images, labels = read_split(dataset, "train", self.stats)
+        self.subset: dict[str, Any] | None = None
+        if data.train_subset:
+            chosen = subset_indices(labels, data.train_subset, dataset.num_classes, seed)  # (N,)
+            images, labels = images[chosen], labels[chosen]
+            self.subset = {"images": len(chosen), "split_images": dataset.train_size,
+                           "class_counts": torch.bincount(labels, minlength=dataset.num_classes).tolist()
+                           if dataset.num_classes else None,
+                           "indices_sha256": hashlib.sha256(chosen.numpy().astype("<i8").tobytes()).hexdigest()}
         self.images = images.to(self.device)  # (N, C, H, W) uint8
         self.labels = labels.to(self.device)  # (N,) int64
         self.num_samples = len(self.labels)
@@ -203,12 +255,18 @@ class MemoryBatches:
         pass
 
 
+def training_images(dataset: ResolvedDataset, data: DataConfig) -> int:
+    """Images the run trains on: data.train_subset, else the whole train split."""
+    return data.train_subset or dataset.train_size
+
+
 def resolve_loader(dataset: ResolvedDataset, data: DataConfig) -> str:
-    """data.loader, with auto resolved: memory when the train split's uint8 copy fits in data.memory_max_mb."""
+    """data.loader, with auto resolved: memory when the training images' uint8 copy fits in
+    data.memory_max_mb (always with data.train_subset, which needs it)."""
     if data.loader != "auto":
         return data.loader
-    channels, height, width = dataset.image_shape
-    return "memory" if dataset.train_size * channels * height * width / 2**20 <= data.memory_max_mb else "stream"
+    fits = training_images(dataset, data) * math.prod(dataset.image_shape) / 2**20 <= data.memory_max_mb
+    return "memory" if fits or data.train_subset else "stream"
 
 
 def make_batch_source(dataset: ResolvedDataset, data: DataConfig, batch_size: int, *, seed: int, rank: int,

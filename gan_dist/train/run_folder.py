@@ -50,6 +50,10 @@ class RunRecord:
     start_step: int
     resumed_from: str | None
     parameters: dict[str, int]  # G, D: trainable parameter counts
+    train_images: int = 0  # images an epoch goes through: data.train_subset, else the train split's size
+    # data.train_subset's draw, once the batch source made it: images, split_images, class_counts (None when
+    # unlabeled) and the sha256 of the chosen indices (int64 little-endian): the same draw on every start.
+    train_subset: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -113,6 +117,11 @@ class RunFolder:
                 "config": to_dict(self.config) if self.config is not None else None, "record": record,
                 "resume_notes": self.resume_notes}
         append_line_durably(self.path / STARTS, json.dumps(line, sort_keys=True))
+
+    def update_record(self, record: dict[str, Any]) -> None:
+        """Rewrite run.json with what became known after the start (starts.jsonl keeps the start's line)."""
+        if self.is_main:
+            write_json_atomic(self.path / "run.json", record)
 
     def resume(self, resume: str, target: Checkpointable) -> Path | None:
         """Every rank: select (verify) and load the checkpoint that checkpoint.resume names; returns it, or

@@ -26,7 +26,7 @@ from torch import nn
 from gan_dist.augment.build import build_augment
 from gan_dist.checkpoint import Checkpointable, CheckpointError, GeneratorInfo, select_resume
 from gan_dist.config import Config, ConfigError, to_yaml
-from gan_dist.data.batches import make_batch_source, resolve_loader
+from gan_dist.data.batches import make_batch_source, resolve_loader, training_images
 from gan_dist.data.datasets import ResolvedDataset, resolve_dataset
 from gan_dist.data.folder import scan_folder
 from gan_dist.data.loader import resolve_num_workers
@@ -157,6 +157,10 @@ class Trainer:
         # missing shards first (atomic writes make a shared filesystem safe too).
         with accelerator.local_main_process_first():
             self.dataset = resolve_dataset(config.data)
+        if config.data.train_subset > self.dataset.train_size:
+            raise ConfigError(f"key 'data.train_subset': {config.data.train_subset} is more than the "
+                              f"{self.dataset.train_size} images of {self.dataset.name}'s train split")
+        self.train_images = training_images(self.dataset, config.data)  # what an epoch is
         self.loader = resolve_loader(self.dataset, config.data)
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self.num_workers = resolve_num_workers(config.data.num_workers, local_processes) if self.loader == "stream" else 0
@@ -241,7 +245,7 @@ class Trainer:
             mixed_precision=accelerator.mixed_precision, num_processes=accelerator.num_processes,
             device=str(accelerator.device), adam_implementation=self.adam_implementation,
             dataset=self.dataset.name, loader=self.loader, num_workers=self.num_workers,
-            image_shape=self.dataset.image_shape,
+            image_shape=self.dataset.image_shape, train_images=self.train_images,
             num_classes=self.num_classes, global_batch_size=self.global_batch, start_step=self.counters.step,
             resumed_from=str(self.resumed_from) if self.resumed_from else None,
             parameters={"G": trainable_parameters(nets.G), "D": trainable_parameters(nets.D)})
@@ -305,9 +309,10 @@ class Trainer:
                         opt_g=opt_g, opt_d=opt_d, ema=ema, compiled=config.train.compile)
 
     def _check_global_batch(self, global_batch: int) -> None:
-        if self.dataset.train_size < global_batch:
-            raise ConfigError(f"data: the train split of {self.dataset.name} has {self.dataset.train_size} images, "
-                              f"fewer than one global batch ({global_batch} = train.batch_size_per_process x "
+        if self.train_images < global_batch:
+            what = "data.train_subset" if self.config.data.train_subset else f"the train split of {self.dataset.name}"
+            raise ConfigError(f"data: {what} has {self.train_images} images, fewer than one global batch "
+                              f"({global_batch} = train.batch_size_per_process x "
                               "processes x train.gradient_accumulation_steps): add images or lower the batch size")
 
     def _batch_layout(self) -> tuple[int, int]:
@@ -447,10 +452,15 @@ class Trainer:
     def batch_source(self) -> Any:
         config = self.config
         data = dataclasses.replace(config.data, num_workers=self.num_workers)  # resolved (run.json), not the user's
-        return make_batch_source(self.dataset, data, self.batch_size_per_process,
-                                 seed=config.run.seed, rank=self.accelerator.process_index,
-                                 world_size=self.accelerator.num_processes, start_sample=self.counters.images_seen,
-                                 device=self.accelerator.device, channels_last=self._channels_last)
+        batches = make_batch_source(self.dataset, data, self.batch_size_per_process,
+                                    seed=config.run.seed, rank=self.accelerator.process_index,
+                                    world_size=self.accelerator.num_processes, start_sample=self.counters.images_seen,
+                                    device=self.accelerator.device, channels_last=self._channels_last)
+        subset = getattr(batches, "subset", None)
+        if subset is not None and self.record.train_subset != subset:  # the draw, recorded once it is made
+            self.record.train_subset = subset
+            self.run.update_record(self.record.to_dict())
+        return batches
 
     def _progress_tick(self) -> None:
         if self._progress is not None:
@@ -459,7 +469,7 @@ class Trainer:
     def _log(self, step: int) -> bool:
         """The log line (collective); returns whether any rank was asked to stop."""
         _, stop = self.logger.log(step, self.counters.images_seen, {
-            "epoch": self.counters.images_seen / self.dataset.train_size,
+            "epoch": self.counters.images_seen / self.train_images,
             "lr_g": self.networks.opt_g.param_groups[0]["lr"], "lr_d": self.networks.opt_d.param_groups[0]["lr"]},
             stop_requested=self.stop_request.requested)
         return stop

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from gan_dist.config import DataConfig
-from gan_dist.data.batches import MemoryBatches, StreamBatches, _epoch_seed, make_batch_source
+from gan_dist.data.batches import (
+    MemoryBatches,
+    StreamBatches,
+    _epoch_seed,
+    make_batch_source,
+    resolve_loader,
+    subset_indices,
+)
 from gan_dist.data.datasets import resolve_dataset
 from gan_dist.data.loader import train_batches
 from gan_dist.data.sources import DataError
@@ -137,3 +144,46 @@ def test_memory_batches_equal_the_stream_decode_pixel_for_pixel(tiny_shards):
         images, _ = next(memory)
         for i, image in zip(index.tolist(), images, strict=True):
             assert torch.equal(image, decoded[f"train-{i:06d}"]), i
+
+
+# -- data.train_subset -----------------------------------------------------------------------------------
+
+def test_subset_indices_are_class_balanced_deterministic_and_seeded():
+    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 40, 30, 20, 10, 60, 70, 5, 90, 100]))  # (475,)
+    chosen = subset_indices(labels, 103, 10, seed=3)
+    assert len(chosen) == 103 and len(set(chosen.tolist())) == 103 and torch.equal(chosen, chosen.sort().values)
+    counts = torch.bincount(labels[chosen], minlength=10).tolist()
+    # 103 = 10 x 10 + 3, and class 7 has only 5: its shortfall and the remainder spread over the other nine.
+    assert counts[7] == 5 and sorted(c for i, c in enumerate(counts) if i != 7) == [10] * 1 + [11] * 8, counts
+    assert torch.equal(subset_indices(labels, 103, 10, seed=3), chosen)  # the seed alone decides
+    assert not torch.equal(subset_indices(labels, 103, 10, seed=4), chosen)
+    whole = subset_indices(labels, 475, 10, seed=3)
+    assert torch.equal(whole, torch.arange(475))  # all of it: every sample, once
+    unlabeled = subset_indices(torch.zeros(475, dtype=torch.long), 40, 0, seed=3)
+    assert len(set(unlabeled.tolist())) == 40 and unlabeled.max() < 475
+    for size in (0, 476):
+        with pytest.raises(DataError, match=rf"data.train_subset={size}: must be in \[1, 475\]"):
+            subset_indices(labels, size, 10, seed=3)
+
+
+def test_the_memory_source_trains_on_the_subset_only_each_image_once_per_epoch(tiny_shards, synthetic_mnist):
+    """30 of the 300 synthetic images (3 per class): the batches hold exactly those pixels, each once per epoch
+    of 30, for every rank; the draw is recorded (class counts, index digest)."""
+    images_u8, labels_all = synthetic_mnist.split("train")
+    dataset, data = tiny(tiny_shards, loader="auto", train_subset=30)
+    assert resolve_loader(dataset, data) == "memory"
+    expected = subset_indices(torch.from_numpy(labels_all).long(), 30, 10, seed=5).tolist()
+    streams = []
+    for rank in range(2):
+        batches = make_batch_source(dataset, data, 5, seed=5, rank=rank, world_size=2, start_sample=0, device="cpu")
+        assert isinstance(batches, MemoryBatches) and batches.num_samples == 30
+        assert batches.subset["images"] == 30 and batches.subset["split_images"] == 300
+        assert batches.subset["class_counts"] == [3] * 10
+        taken = [next(batches) for _ in range(6)]  # 6 global batches of 10: two epochs
+        for x, y in taken:
+            index = sample_indices(x)
+            assert torch.equal(x[:, 0], torch.from_numpy(images_u8[index]) / 127.5 - 1)
+            assert torch.equal(y, torch.from_numpy(labels_all[index]))
+        streams.append([sample_indices(x) for x, _ in taken])
+    stream = [i for batch in range(6) for rank in range(2) for i in streams[rank][batch]]
+    assert sorted(stream[:30]) == expected and sorted(stream[30:]) == expected

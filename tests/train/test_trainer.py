@@ -235,3 +235,33 @@ def test_precision_from_accelerate_launch_is_honoured_or_refused(monkeypatch):
         precision_with_launcher("fp16")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     assert precision_with_launcher("bf16") == "bf16"  # the launcher's default is not a choice
+
+
+def test_a_train_subset_run_records_its_draw_and_resumes_exactly(tiny_shards, tmp_path):
+    """data.train_subset=40 of the 300 synthetic images: run.json records the draw (4 per class, its index digest);
+    stopped at step 3 and resumed, the run equals an uninterrupted one (the same subset, the same order); a
+    subset larger than the split is refused before anything is written."""
+    overrides = ("data.loader=auto", "data.auto_prepare=false", "data.train_subset=40", "train.num_steps=6",
+                 "checkpoint.every=3",
+                 "train.ema_decay=0.9", "run.deterministic=true", "log.sample_every=0")
+    assert train(debug_config(tiny_shards, tmp_path, "run.name=straight", *overrides)) == 0
+    record = json.loads((tmp_path / "straight" / "run.json").read_text())
+    assert record["loader"] == "memory" and record["train_images"] == 40
+    subset = record["train_subset"]
+    assert (subset["images"], subset["split_images"], subset["class_counts"]) == (40, 300, [4] * 10)
+    assert json.loads((tmp_path / "straight" / "done.json").read_text())["images_seen"] == 6 * 8
+
+    assert train(debug_config(tiny_shards, tmp_path, "run.name=split", *overrides, "train.num_steps=3")) == 0
+    assert train(debug_config(tiny_shards, tmp_path, "run.name=split", *overrides, "checkpoint.resume=auto")) == 0
+    resumed_record = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert resumed_record["train_subset"] == subset and resumed_record["start_step"] == 3
+    straight, split = _final_state(tmp_path / "straight"), _final_state(tmp_path / "split")
+    for name, value in straight.items():
+        assert torch.equal(value, split[name]), name
+
+    from gan_dist.configure import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.train_subset': 301 is more than the 300 images"):
+        Trainer(debug_config(tiny_shards, tmp_path, "run.name=big", "data.loader=auto", "data.auto_prepare=false",
+                        "data.train_subset=301"))
+    assert not (tmp_path / "big").exists()
