@@ -516,10 +516,20 @@ class Trainer:
         self._last_grid_step = step
         G = self.networks.G_for_samples
         z, labels, columns = grid_inputs(G, self.config.log.num_samples, self.config.run.seed + GRID_SEED_OFFSET)
-        images = sample_images(G, z, labels, device=self.accelerator.device)  # (N, C, H, W), one batch
+        with self._training_rng_untouched():
+            images = sample_images(G, z, labels, device=self.accelerator.device)  # (N, C, H, W), one batch
         grid = save_grid_png(images, self.run.path / "samples" / f"step_{step:08d}.png", columns=columns,
                              pixel_scale=self.config.log.grid_pixel_scale)
         self.tracker.log_image("samples", grid, step)
+
+    def _training_rng_untouched(self) -> Any:
+        """A context in which G may draw from torch's global RNG (StyleGAN2's random noise inputs) without
+        moving the training stream: the run stays a function of its seed whatever log.sample_every and
+        eval.eval_every are, and a resumed run (whose last start wrote samples before its final
+        checkpoint) continues the uninterrupted one exactly."""
+        device = self.accelerator.device
+        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                     device_type=device.type if device.type == "cuda" else "cuda")
 
     def _make_evaluator(self) -> Any:
         """The Evaluator, or None with the reason said once (e.g. an unlabeled folder without eval.feature_net)."""
@@ -544,7 +554,8 @@ class Trainer:
                 return {}
         G = self.networks.G_for_samples
         _sync_buffers([G])
-        metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
+        with self._training_rng_untouched():
+            metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
         self.tracker.log_scalars({f"eval/{key}": value for key, value in metrics.items()}, step)
         self.print_main(f"eval at step {step} ({self.config.eval.num_samples} samples, "
                         f"{'G_ema' if self.networks.ema is not None else 'G'}):\n"

@@ -65,8 +65,15 @@ def main(out_path: str, model_name: str, global_batch: int, num_steps: int, *ove
             identical_after_step.append(all(torch.equal(gathered[0], g) for g in gathered[1:]))
         else:
             identical_after_step.append(True)
+    # ADA's p (and its window) after the run: the same on every rank (adjusted from sums over all ranks).
+    augment_state = trainer.augment.state_tensors() if trainer.augment is not None else {}
+    augment_equal = True
+    if world_size > 1 and "p" in augment_state:
+        gathered = [torch.empty_like(augment_state["p"]) for _ in range(world_size)]
+        torch.distributed.all_gather(gathered, augment_state["p"])
+        augment_equal = all(torch.equal(gathered[0], g) for g in gathered[1:])
     if rank == 0:
-        torch.save({"G": {k: v.clone() for k, v in trainer.networks.G.state_dict().items()},
+        torch.save({"augment": augment_state, "augment_equal_on_ranks": augment_equal,"G": {k: v.clone() for k, v in trainer.networks.G.state_dict().items()},
                     "D": {k: v.clone() for k, v in trainer.networks.D.state_dict().items()},
                     "initial_G": initial_G,
                     "identical_after_step": identical_after_step,

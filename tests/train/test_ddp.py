@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.distributed import run_processes
@@ -13,17 +14,28 @@ from tests.distributed import run_processes
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def _assert_two_match_one(tmp_path, name: str, args: list[str]) -> None:
+def _assert_two_match_one(tmp_path, name: str, args: list[str], per_rank_buffers: tuple[str, ...] = ()) -> dict:
+    """Returns the 1-process result. `per_rank_buffers`: buffers that are statistics of each rank's own batch
+    (StyleGAN2's w_avg, as in the reference's multi-GPU training); they are not compared."""
     run_processes(WORKER, 1, [str(tmp_path / f"{name}1.pt"), *args])
     run_processes(WORKER, 2, [str(tmp_path / f"{name}2.pt"), *args])
     one, two = torch.load(tmp_path / f"{name}1.pt"), torch.load(tmp_path / f"{name}2.pt")
     assert (one["world_size"], two["world_size"]) == (1, 2)
     for model in ("G", "D"):
         for key, value in one[model].items():
+            if key.endswith(per_rank_buffers) and per_rank_buffers:
+                continue
             torch.testing.assert_close(two[model][key], value, atol=1e-5, rtol=1e-4, msg=f"{model}.{key}")
+    for key, value in one["augment"].items():  # ADA's p and window: one process's equal the two's
+        torch.testing.assert_close(two["augment"][key], value, atol=1e-6, rtol=1e-5, msg=f"augment.{key}")
+    assert two["augment_equal_on_ranks"]
     # Training really moved every G parameter, so equality is not that of two untouched copies.
-    assert all(not torch.equal(one["G"][k], one["initial_G"][k]) for k in one["G"])
+    # (Constants: a spectral norm's u of a layer with one output row is a unit scalar, +-1; StyleGAN2's const
+    # noise maps.)
+    unmoved = [k for k in one["G"] if torch.equal(one["G"][k], one["initial_G"][k])]
+    assert all((k.endswith("._u") and one["G"][k].numel() == 1) or k.endswith(".noise_const") for k in unmoved), unmoved
     assert two["identical_after_step"] == [True] * len(two["identical_after_step"])
+    return one
 
 
 MLP = ["model.d_dropout=0.0", "model.g_width=32", "model.d_width=32"]
@@ -45,6 +57,40 @@ def test_conditional_projection_with_r1_matches_one_process(mnist_shards, tmp_pa
     """A class-conditional G and a projection D with the R1 penalty: 2 processes equal 1."""
     _assert_two_match_one(tmp_path, "cond", ["mlp", "16", "4", *MLP, "model.conditioning=projection",
                                              "loss.name=hinge", "loss.r1_gamma=1.0"])
+
+
+# The new architectures at CPU width, G without BatchNorm (per-rank batch statistics cannot equal one process's
+# at twice the batch without SyncBatchNorm, which PyTorch has for CUDA only; `train.sync_batchnorm` there).
+
+@pytest.mark.slow  # 4 torchrun starts
+def test_resnet_sngan_with_diffaugment_and_biggan_conditional_match_one_process(mnist_shards, tmp_path):
+    """resnet_sngan (SN D, hinge, 2 D steps per G step) with DiffAugment on everything D sees; biggan
+    class-conditional (shared embedding, hierarchical z, self-attention, SN in G and D, orthogonal
+    regularization): 2 processes x B equal 1 x 2B. DiffAugment's draws are global (rank r takes its slice)."""
+    _assert_two_match_one(tmp_path, "sngan", [
+        "resnet_sngan", "8", "3", "model.g_width=16", "model.d_width=16", "model.g_norm=none", "loss.name=hinge",
+        "train.d_steps_per_g=2", "augment.name=diffaugment"])
+    _assert_two_match_one(tmp_path, "biggan", [
+        "biggan", "8", "3", "model.g_width=16", "model.d_width=16", "model.g_norm=none", "loss.name=hinge",
+        "model.conditioning=projection", "model.options.attention=[14]",
+        "model.options.ortho_reg=0.0001"])
+
+
+@pytest.mark.slow  # 2 torchrun starts
+def test_stylegan2_with_ada_and_lazy_regularization_matches_one_process(mnist_shards, tmp_path):
+    """stylegan2 (mapping, modulated convs, const noise, skip G, residual D) with lazy R1 and ADA adjusting p
+    every 2 D steps from the sign sums of all ranks: 2 processes equal 1 process, and p is the same on every
+    rank and equal to the 1-process p. Per-rank statistics are left out: minibatch stddev groups (0 channels
+    here), style mixing (0 here: its draw is per rank, as in the reference) and w_avg (not compared)."""
+    one = _assert_two_match_one(tmp_path, "stylegan2", [
+        "stylegan2", "8", "4", "model.g_width=32", "model.d_width=32", "model.latent_dim=16",
+        "model.options.w_dim=16", "model.options.mapping_layers=2", "model.options.mixing_prob=0",
+        "model.options.noise_mode=const", "model.options.mbstd_channels=0", "model.options.pl_weight=0",
+        "loss.name=ns", "loss.r1_gamma=1.0", "loss.r1_every=2", "model.d_norm=none",
+        "augment.name=ada", "augment.p=0.5", "augment.interval=2", "augment.speed_kimg=1"],
+        per_rank_buffers=("w_avg",))
+    # p moved (by 8 x 2 / 1000 per adjustment, up or down: r_t = k / 16 never equals the target 0.6).
+    assert float(one["augment"]["p"]) != 0.5
 
 
 def test_keras_dcgan_ranks_hold_identical_parameters_after_every_step(mnist_shards, tmp_path):

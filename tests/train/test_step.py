@@ -60,6 +60,67 @@ def test_the_g_phase_changes_no_d_parameter_and_the_d_phase_no_g_parameter(mnist
         trainer.close()
 
 
+class _SpyAugment(torch.nn.Module):
+    """The run's augmentation, recording what it was given and what it returned, per call."""
+
+    def __init__(self, augment: torch.nn.Module) -> None:
+        super().__init__()
+        self.augment, self.calls = augment, []
+
+    def forward(self, images: torch.Tensor, draws) -> torch.Tensor:
+        out = self.augment(images, draws)
+        self.calls.append((images, out))
+        return out
+
+
+@pytest.mark.parametrize("overrides", [
+    ["augment.name=diffaugment"],
+    ["augment.name=ada_fixed", "augment.p=0.8", "loss.name=hinge", "loss.r1_gamma=1.0", "model.d_norm=none"],
+])
+def test_d_sees_only_augmented_images_in_both_phases_and_g_learns_through_the_augmentation(
+        mnist_shards, tmp_path, overrides):
+    """Every tensor that reaches D in the D phase (real, fake, the R1 penalty's reals) and the G phase is an
+    output of the augmentation (the same module, the same pipeline), never a raw image; in the G phase that
+    output is a function of G's images with their graph, so G's (nonzero) gradient came through it."""
+    trainer = Trainer(config_for(mnist_shards, tmp_path, "train.batch_size_per_process=8", *overrides))
+    try:
+        G, D, step = trainer.networks.G, trainer.networks.D, trainer.step
+        spy = _SpyAugment(step.augment)
+        for holder in (step.D_phase_d, step.D_phase_g, step.D_penalty):
+            if getattr(holder, "augment", None) is not None:
+                holder.augment = spy
+        d_inputs: list[tuple[str, torch.Tensor]] = []
+        phase = {"name": "d"}
+        D.register_forward_pre_hook(lambda module, args: d_inputs.append((phase["name"], args[0])))
+
+        def g_phase_begins(optimizer, args, kwargs) -> None:
+            phase["name"] = "g"
+
+        trainer.networks.opt_d.optimizer.register_step_post_hook(g_phase_begins)
+        g_grads: dict[str, torch.Tensor] = {}
+
+        def before_g_step(optimizer, args, kwargs) -> None:
+            g_grads.update({name: p.grad.clone() for name, p in G.named_parameters() if p.grad is not None})
+
+        trainer.networks.opt_g.optimizer.register_step_pre_hook(before_g_step)
+        batches = trainer.batch_source()
+        step.run(batches)
+        batches.close()
+        outputs = [out for _, out in spy.calls]
+        assert {name for name, _ in d_inputs} == {"d", "g"}
+        for name, seen in d_inputs:  # the very tensors the augmentation returned (the penalty's included)
+            assert any(seen is out or (seen.shape == out.shape and torch.equal(seen.float(), out.float()))
+                       for out in outputs), name
+            raw = [images for images, _ in spy.calls]
+            assert not any(seen.shape == r.shape and torch.equal(seen, r) for r in raw), name
+        [(g_input, g_output)] = [(i, o) for i, o in spy.calls if o.requires_grad and i.grad_fn is not None
+                                 and any(seen is o for name, seen in d_inputs if name == "g")]
+        assert g_output.grad_fn is not None  # G's graph runs through the augmentation into D
+        assert g_grads and any(g.abs().sum() > 0 for g in g_grads.values())
+    finally:
+        trainer.close()
+
+
 def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     step, path = complete_checkpoints(run_dir)[-1]
     tensors = {}
@@ -219,3 +280,27 @@ def test_fused_and_foreach_adam_train_the_same_model(mnist_shards, tmp_path):
         assert json.loads((tmp_path / implementation / "run.json").read_text())["adam_implementation"] == implementation
     for name, value in finals["fused"].items():
         torch.testing.assert_close(finals["foreach"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_ada_p_and_the_path_length_mean_resume_exactly(mnist_shards, tmp_path):
+    """stylegan2 at CPU width with ADA adjusting p every 2 D steps and lazy path-length regularization every 2
+    G steps: stopped after step 4 and resumed, p, ADA's window and the running path length (extra_*.safetensors)
+    and every weight equal the uninterrupted run's at step 8, bit for bit; p and pl_mean really moved."""
+    overrides = ("model.name=stylegan2", "model.g_width=16", "model.d_width=16", "model.latent_dim=16",
+                 "model.options.w_dim=16", "model.options.mapping_layers=2", "model.options.pl_every=2",
+                 "model.options.pl_batch_shrink=2", "model.d_norm=none", "loss.r1_gamma=1.0", "loss.r1_every=2",
+                 "augment.name=ada", "augment.p=0.3", "augment.interval=2", "augment.speed_kimg=1",
+                 "train.num_steps=8", "checkpoint.every=4", "checkpoint.keep_last=3", "run.deterministic=true")
+    assert train(config_for(mnist_shards, tmp_path, "run.name=straight", *overrides)) == 0
+    assert train(config_for(mnist_shards, tmp_path, "run.name=split", *overrides, "train.num_steps=4")) == 0
+    assert train(config_for(mnist_shards, tmp_path, "run.name=split", *overrides, "checkpoint.resume=auto")) == 0
+    straight, split = (complete_checkpoints(tmp_path / name)[-1][1] for name in ("straight", "split"))
+    for name in ("extra_augment", "extra_g_regularizer", "G", "D", "optimizer_G", "optimizer_D"):
+        a, b = load_file(str(straight / f"{name}.safetensors")), load_file(str(split / f"{name}.safetensors"))
+        assert a.keys() == b.keys(), name
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}.{key}"
+    augment = load_file(str(straight / "extra_augment.safetensors"))
+    assert float(augment["p"]) != 0.3  # adjusted (by 16 / 1000 per adjustment, never exactly onto 0.3)
+    regularizer = load_file(str(straight / "extra_g_regularizer.safetensors"))
+    assert all(float(v.float().abs().sum()) > 0 for v in regularizer.values()), regularizer
