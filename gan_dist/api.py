@@ -350,7 +350,8 @@ def load_generator(path: str | os.PathLike, checkpoint: str | None = None, *, us
 CARD = "README.md"
 SAMPLE_GRID = "sample_grid.png"
 GRID_COLUMNS = 8  # sample grid: seeds 0..63 as 8 x 8, or one row per class with seeds 0..7
-METRIC_NAMES = {"fid": "FID", "is": "Inception Score", "kid": "KID", "intra_fid": "intra-FID",
+METRIC_NAMES = {"fid": "FID", "is": "Inception Score", "inception_score": "Inception Score", "kid": "KID",
+                "intra_fid": "intra-FID", "classes_covered": "classes covered",
                 "class_accuracy": "class accuracy", "classes": "classes covered"}
 
 
