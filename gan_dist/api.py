@@ -34,6 +34,7 @@ from gan_dist.files import fsync_dir, write_bytes_durably
 from gan_dist.registry.architectures import architecture
 from gan_dist.registry.datasets import DATASETS
 from gan_dist.sampling import (
+    MAX_SEEDS,
     SEED_BATCH,
     check_seeds,
     noise_with_truncation,
@@ -185,7 +186,8 @@ class Generator:
         """G on latents you give, `batch_size` rows per call (what `gan-dist sample --seed` runs): z (N,
         latent_dim), labels (N,) int64 for a conditional G. truncation acts in w for a "w" G; a "z" G's
         truncation is in its z (draw it with `noise` or `latents`), so here it must stay 1. At truncation 1
-        this is exactly sampling.sample_images (the images of every earlier version)."""
+        these are sampling.sample_images's images (clamped to [-1, 1], as the PNG and uint8 writers clamp): the
+        files of every earlier version."""
         psi = self.check_truncation(truncation)
         if self.latent_space == "z" and psi != 1.0:
             raise ConfigError("truncation: a z generator's truncation is in z; draw z with Generator.noise(..., "
@@ -217,8 +219,8 @@ class Generator:
             raise ConfigError(f"output {output!r}: not one of {', '.join(OUTPUTS)}")
         if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
             count = 1 if n is None else n
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ConfigError(f"n: {n!r} images; give a positive count")
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SEEDS:
+                raise ConfigError(f"n: {n!r} images; give a count in [1, {MAX_SEEDS:,}]")
             seeds = check_seeds(range(int(seed), int(seed) + count))
         else:
             seeds = check_seeds(list(seed))

@@ -109,6 +109,9 @@ def _load_for_command(args: argparse.Namespace) -> Any:
 
     if args.run is None and args.checkpoint is None:
         raise ConfigError("give --run RUN_DIR (a run or exported folder) or --checkpoint PATH")
+    if args.run is None and not Path(args.checkpoint).exists() and (
+            args.checkpoint in ("best", "last") or args.checkpoint.startswith("step_")):
+        raise ConfigError(f"--checkpoint {args.checkpoint} picks one of a run's generators: give --run RUN_DIR too")
     if args.run is not None:
         return load_generator(args.run, args.checkpoint, use_ema=not args.no_ema)
     return load_generator(args.checkpoint, use_ema=not args.no_ema)
