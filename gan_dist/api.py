@@ -15,6 +15,7 @@ seed is, what truncation means for each latent space, what a walk interpolates) 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -36,7 +37,9 @@ from gan_dist.registry.datasets import DATASETS
 from gan_dist.sampling import (
     MAX_SEEDS,
     SEED_BATCH,
+    check_image_count,
     check_seeds,
+    check_walk,
     noise_with_truncation,
     num_classes_of,
     sample_images,
@@ -48,7 +51,6 @@ from gan_dist.sampling import (
 )
 
 OUTPUTS = ("uint8", "float")
-MAX_WALK_FRAMES = 100_000
 
 
 class ExportError(RuntimeError):
@@ -144,7 +146,7 @@ class Generator:
             return [seed % self.num_classes for seed in seeds]
         if isinstance(class_, (int, np.integer)):
             return [self.check_class(class_)] * len(seeds)
-        classes = [self.check_class(c) for c in class_]
+        classes = [self.check_class(c) for c in itertools.islice(class_, len(seeds) + 1)]
         if len(classes) != len(seeds):
             raise ConfigError(f"class_: {len(classes)} classes for {len(seeds)} seeds; give one class, or one per seed")
         return classes
@@ -160,6 +162,7 @@ class Generator:
         """z (num_images, latent_dim) drawn together from one generator seeded with `seed` (the rule of
         `gan-dist sample --seed`, evaluation and training grids), truncated for a "z" G when truncation < 1."""
         psi = self.check_truncation(truncation)
+        check_image_count(num_images, self.image_shape, "num_images")
         return noise_with_truncation(num_images, self.latent_dim, seed, psi if self.latent_space == "z" else 1.0)
 
     # -- running G ------------------------------------------------------------------------------------------
@@ -192,6 +195,7 @@ class Generator:
         if self.latent_space == "z" and psi != 1.0:
             raise ConfigError("truncation: a z generator's truncation is in z; draw z with Generator.noise(..., "
                               "truncation=psi) or Generator.latents(...) and call generate with truncation 1")
+        check_image_count(len(z), self.image_shape, "z")
         if device is not None:
             self.to(device)
         target = self.device
@@ -221,11 +225,13 @@ class Generator:
             count = 1 if n is None else n
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SEEDS:
                 raise ConfigError(f"n: {n!r} images; give a count in [1, {MAX_SEEDS:,}]")
+            check_image_count(count, self.image_shape, "n")
             seeds = check_seeds(range(int(seed), int(seed) + count))
         else:
-            seeds = check_seeds(list(seed))
+            seeds = check_seeds(seed)
             if n is not None and n != len(seeds):
                 raise ConfigError(f"n={n} but {len(seeds)} seeds: give one or the other")
+            check_image_count(len(seeds), self.image_shape, "seed")
         classes = self._seed_classes(seeds, class_)
         psi = self.check_truncation(truncation)
         z = self.latents(seeds, psi)  # (N, latent_dim) on the CPU
@@ -252,8 +258,12 @@ class Generator:
                   ) -> tuple[list[int], list[int] | None]:
         """(seed per keyframe, class per keyframe or None): seeds and classes pair up, a single one of either
         serves every keyframe; a conditional G given no classes takes seed % num_classes. At least two."""
-        seeds = check_seeds(list(seeds), "seeds")
-        classes = None if classes is None or len(classes) == 0 else [self.check_class(c) for c in classes]
+        seeds = check_seeds(seeds, "seeds")
+        classes = None if classes is None else [self.check_class(c, "classes")
+                                                for c in itertools.islice(classes, MAX_SEEDS + 1)]
+        if classes is not None and len(classes) > MAX_SEEDS:
+            raise ConfigError(f"classes: more than {MAX_SEEDS:,} in one walk")
+        classes = classes or None
         count = max(len(seeds), len(classes or []))
         for name, values in (("seeds", seeds), ("classes", classes or [])):
             if len(values) not in (0, 1, count):
@@ -275,13 +285,10 @@ class Generator:
         (each mapped with its class and truncation). Images as `sample`'s `output`."""
         if output not in OUTPUTS:
             raise ConfigError(f"output {output!r}: not one of {', '.join(OUTPUTS)}")
-        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
-            raise ConfigError(f"frames {frames!r}: give a positive number of frames per transition")
         key_seeds, key_classes = self.keyframes(seeds, classes)
         count = len(key_seeds)
-        times = walk_times(count, frames, loop)
-        if len(times) > MAX_WALK_FRAMES:
-            raise ConfigError(f"frames: the walk would have {len(times):,} frames, over {MAX_WALK_FRAMES:,}")
+        check_walk(count, frames, loop, self.image_shape, "frames")  # from the numbers, before listing the walk
+        times = walk_times(count, int(frames), loop)
         psi = self.check_truncation(truncation)
         if device is not None:
             self.to(device)

@@ -128,7 +128,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from gan_dist.sampling import class_labels, grid_inputs, images_to_uint8, parse_seeds, save_grid_png
+    from gan_dist.sampling import (
+        check_image_count,
+        class_labels,
+        grid_inputs,
+        grid_pixel_scale,
+        images_to_uint8,
+        parse_seeds,
+        save_grid_png,
+    )
 
     if args.num is not None and args.num <= 0:
         raise ConfigError(f"--num must be > 0, got {args.num}")
@@ -142,6 +150,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if class_index is not None:
         G.check_class(class_index, "--class")
     psi = G.check_truncation(args.truncation, "--truncation")
+    # How many images, in what grid: checked before any noise is drawn (sampling.MAX_IMAGE_VALUES, MAX_GRID_PIXELS).
+    per_class_rows = bool(num_classes) and class_index is None
+    if seeds is not None:
+        flag, count = "--seeds", len(seeds) * (num_classes if per_class_rows else 1)
+        grid_columns = len(seeds) if per_class_rows else None
+    else:
+        flag = "--num"
+        grid_columns = max(1, round(num_images ** 0.5)) if per_class_rows else None
+        count = num_classes * grid_columns if per_class_rows else num_images
+    check_image_count(count, G.image_shape, flag)
+    grid_pixel_scale(count, G.image_shape, grid_columns, 0, flag)
     columns = None
     if seeds is not None:
         if num_classes and class_index is None:  # one row per class, one column per seed
@@ -187,12 +206,21 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     folder of PNG frames."""
     import numpy as np
 
-    from gan_dist.sampling import auto_pixel_scale, parse_seeds, save_frames, upscale_frames
+    from gan_dist.sampling import (
+        MAX_WALK_FRAMES,
+        check_fps,
+        check_frames_output,
+        check_image_count,
+        check_pixel_scale,
+        check_walk,
+        parse_seeds,
+        save_frames,
+    )
 
     seeds = parse_seeds(args.seeds)
     classes = parse_seeds(args.classes, "--classes") if args.classes is not None else None
-    if args.fps <= 0:
-        raise ConfigError(f"--fps must be > 0, got {args.fps}")
+    check_fps(args.fps)
+    check_pixel_scale(args.pixel_scale)
     G = _load_for_command(args)
     if classes is not None:
         for class_index in classes:
@@ -200,17 +228,26 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     psi = G.check_truncation(args.truncation, "--truncation")
     key_seeds, key_classes = G.keyframes(seeds, classes)
     out = Path(args.out)
+    # The size of what will be held and written, from the numbers, before any frame is made.
     if out.suffix.lower() == ".png":  # one row per transition, both keyframes included
         pairs = [(k, k + 1) for k in range(len(key_seeds) - 1)] + ([(len(key_seeds) - 1, 0)] if args.loop else [])
+        check_walk(2, args.frames, False, G.image_shape, "--frames")
+        total = len(pairs) * (args.frames + 1)
+        if total > MAX_WALK_FRAMES:
+            raise ConfigError(f"--frames {args.frames:,}: {len(pairs):,} rows of {args.frames + 1:,} frames would be "
+                              f"{total:,} frames, over {MAX_WALK_FRAMES:,}; give fewer frames or fewer keyframes")
+        check_image_count(total, G.image_shape, "--frames")
+        check_frames_output(total, G.image_shape, out, args.pixel_scale, columns=args.frames + 1)
         frames = np.concatenate([G.interpolate(
             [key_seeds[a], key_seeds[b]], args.frames, truncation=psi,
             classes=None if key_classes is None else [key_classes[a], key_classes[b]]).cpu().numpy()
             for a, b in pairs])
         written = save_frames(frames, out, columns=args.frames + 1, pixel_scale=args.pixel_scale)
     else:
+        total = check_walk(len(key_seeds), args.frames, args.loop, G.image_shape, "--frames")
+        check_frames_output(total, G.image_shape, out, args.pixel_scale)
         frames = G.interpolate(key_seeds, args.frames, classes=key_classes, truncation=psi, loop=args.loop)
-        scale = args.pixel_scale or auto_pixel_scale(G.image_shape[-1])
-        written = save_frames(upscale_frames(frames.cpu().numpy(), scale), out, fps=args.fps)
+        written = save_frames(frames.cpu().numpy(), out, fps=args.fps, pixel_scale=args.pixel_scale)
     print(f"wrote {out}: {written}, {len(key_seeds)} keyframes ({'slerp in z' if G.latent_space == 'z' else 'lerp in w'}"
           f"{f', truncation {psi:g}' if psi != 1.0 else ''}) of {G.info.model.name} ({G.info.dataset}) at step "
           f"{G.info.step}")
@@ -426,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", required=True, help="keyframes, e.g. 3,17,42 (one seed: walk between --classes)")
     p.add_argument("--classes", default=None,
                    help="a conditional generator: the class of each keyframe (one: for all; default seed %% classes)")
-    p.add_argument("--frames", type=int, default=30, help="frames per transition between keyframes (default 30)")
+    p.add_argument("--frames", type=int, default=30, help="frames per transition between keyframes (default 30; at most 10,000 in a walk)")
     p.add_argument("--loop", action="store_true", help="walk back to the first keyframe (a seamless loop)")
     p.add_argument("--truncation", type=float, default=1.0, help="psi, as `sample --truncation`")
     p.add_argument("--out", default="walk.gif",
@@ -434,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "walk.png (one grid: a row per transition) or a folder (PNG frames)")
     p.add_argument("--fps", type=float, default=30.0, help="frames per second of a GIF or MP4 (default 30)")
     p.add_argument("--pixel-scale", type=int, default=0,
-                   help="upscale frames by nearest neighbour (default: to at least 96 px; 28 px -> x4)")
+                   help="upscale frames by nearest neighbour, 1..32 (default: to at least 96 px; 28 px -> x4)")
     p.set_defaults(handler=_cmd_interpolate)
 
     p = sub.add_parser("export", help="a shareable folder (Hugging Face Hub layout, model card) of a run's generator")

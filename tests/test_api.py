@@ -4,6 +4,7 @@ truncation for z and w generators, latent walks, and the CLI's `sample --seeds` 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import sys
 from pathlib import Path
@@ -19,8 +20,11 @@ from gan_dist.cli import main as cli_main
 from gan_dist.config import ConfigError, ModelConfig
 from gan_dist.models.build import build_generator
 from gan_dist.sampling import (
+    MAX_WALK_FRAMES,
     SEED_BATCH,
     Z_TRUNCATION_BOUND,
+    check_walk,
+    grid_size,
     images_to_uint8,
     latent_noise,
     parse_seeds,
@@ -28,6 +32,8 @@ from gan_dist.sampling import (
     seed_latents,
     seed_slots,
     slerp,
+    walk_length,
+    walk_times,
 )
 from tests.distributed import run_processes
 
@@ -296,3 +302,88 @@ def test_generator_repr_and_facts():
     G = tiny("stylegan2", 10)
     assert (G.latent_space, G.latent_dim, G.num_classes, G.image_shape) == ("w", LATENT_DIM, 10, (1, 16, 16))
     assert "stylegan2" in repr(G) and dataclasses.is_dataclass(G.info)
+
+
+# -- bounds: a request is measured from its numbers, and refused before anything is drawn or listed ----------
+
+def test_a_walk_is_measured_before_it_is_listed():
+    for keyframes, frames, loop in [(1, 5, False), (2, 1, False), (3, 4, False), (3, 4, True), (5, 7, True)]:
+        assert walk_length(keyframes, frames, loop) == len(walk_times(keyframes, frames, loop))
+    assert check_walk(3, 4, False, (1, 28, 28)) == 9
+    with pytest.raises(ConfigError, match="--frames 10,001: at most 10,000"):
+        check_walk(2, MAX_WALK_FRAMES + 1, False, (1, 28, 28), "--frames")
+    with pytest.raises(ConfigError, match="--frames 5,000: 4 keyframes would make a walk of 15,001 frames"):
+        check_walk(4, 5_000, False, (1, 28, 28), "--frames")
+    with pytest.raises(ConfigError, match=r"--frames: 9,001 images of 3x256x256 would hold 6\.6 GiB"):
+        check_walk(2, 9_000, False, (3, 256, 256), "--frames")
+    with pytest.raises(ConfigError, match="a walk of 2,000,000,000,001 frames"):
+        walk_times(3, 10**12, False)  # refused from the numbers, never listed
+
+
+def test_the_api_refuses_requests_that_would_not_fit_in_memory(memory_cap):
+    G = tiny()
+    memory_cap(2**30)  # a request that got past its check would fail here, not eat the machine
+    for call, message in [
+        (lambda: G.interpolate([1, 2], 10**12), "frames 1,000,000,000,000: at most 10,000"),
+        (lambda: G.interpolate(list(range(20_000)), 1), "frames 1: 20,000 keyframes would make a walk of 20,000 frames"),
+        (lambda: G.sample(1_000_000, seed=0), r"n: 1,000,000 images of 1x28x28 would hold 2\.9 GiB at once; "
+         r"at most 171,196"),
+        (lambda: G.sample(seed=range(10**12)), "more than 1,000,000 seeds"),
+        (lambda: G.sample(seed=itertools.count()), "more than 1,000,000 seeds"),
+        (lambda: G.sample(seed=range(500_000)), "seed: 500,000 images"),
+        (lambda: G.noise(10**9, 0), "num_images: 1,000,000,000 images"),
+        (lambda: G.generate(torch.zeros(200_000, LATENT_DIM)), "z: 200,000 images"),
+        (lambda: tiny("keras_dcgan", 10).sample(seed=[1, 2], class_=itertools.repeat(3)), "3 classes for 2 seeds"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("suffix, argv, message", [
+    (".gif", ["--frames", "1000000000"], "--frames 1,000,000,000: at most 10,000 frames"),
+    (".png", ["--frames", "1000000000"], "--frames 1,000,000,000: at most 10,000 frames"),
+    (".png", ["--seeds", "0-99999", "--frames", "1"], "--frames 1: 99,999 rows of 2 frames"),
+    (".mp4", ["--seeds", "0-20000", "--frames", "1"], "--frames 1: 20,001 keyframes would make a walk"),
+    (".gif", ["--frames", "0"], "--frames 0: give a positive number"),
+    (".gif", ["--pixel-scale", "3000"], r"--pixel-scale 3000: give an integer in \[1, 32\]"),
+    (".gif", ["--pixel-scale", "-1"], "--pixel-scale -1"),
+    (".gif", ["--pixel-scale", "32", "--frames", "1000"], "--frames: a GIF of 1,001 frames of 896x896 pixels"),
+    (".png", ["--pixel-scale", "32", "--frames", "200"], "--pixel-scale: a grid of 201 images at pixel scale 32"),
+    (".gif", ["--fps", "nan"], r"--fps nan: give frames per second in \[0.01, 1000\]"),
+    (".gif", ["--fps", "inf"], "--fps inf"),
+    (".mp4", ["--fps", "0"], "--fps 0.0"),
+])
+def test_cli_interpolate_refuses_a_walk_too_big_naming_the_flag(suffix, argv, message, tmp_path, capsys,
+                                                                 memory_cap):
+    folder = _export(tiny(), tmp_path / "g")
+    out = tmp_path / f"walk{suffix}"
+    args = {"--seeds": "1,2", **dict(zip(argv[::2], argv[1::2], strict=True))}
+    memory_cap(2**30)
+    assert cli_main(["interpolate", "--checkpoint", str(folder), *[x for kv in args.items() for x in kv],
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("conditional, argv, message", [
+    (False, ["--num", "20000000"], "--num: 20,000,000 images of 1x28x28 would hold 58.4 GiB"),
+    (True, ["--seeds", "0-999999"], "--seeds: 10,000,000 images of 1x28x28"),  # one row per class
+    (False, ["--num", "100000"], "--num: a grid of 100,000 images at pixel scale 1 would be 9,482x9,512 pixels"),
+    (True, ["--num", "4000000"], "--num: a grid of 20,000 images"),  # 10 rows of round(sqrt(4e6)) columns
+])
+def test_cli_sample_refuses_what_would_not_fit_naming_the_flag(conditional, argv, message, tmp_path, capsys,
+                                                               memory_cap):
+    folder = _export(tiny("keras_dcgan", 10 if conditional else 0), tmp_path / "g")
+    memory_cap(2**30)
+    assert cli_main(["sample", "--checkpoint", str(folder), *argv, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_large_grid_is_drawn_at_a_smaller_pixel_scale_rather_than_refused(tmp_path):
+    folder = _export(tiny(), tmp_path / "g")
+    assert cli_main(["sample", "--checkpoint", str(folder), "--seeds", "0-1499", "--out", str(tmp_path / "s.png")]) == 0
+    # 1,500 images, 39 columns: at the automatic x4 the grid would be 4,688 px square (over 4096^2), at x3 3,516.
+    assert Image.open(tmp_path / "s.png").size == grid_size(1500, (28, 28), None, 3)[::-1] == (3516, 3516)
