@@ -192,3 +192,26 @@ def test_a_failed_upload_is_one_line_and_leaves_the_complete_folder(run_dir, tmp
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "ConnectionError" in err and "upload failed" in err
     assert {p.name for p in out.iterdir()} == FILES
+
+
+def _python_block(text: str, after: str = "") -> str:
+    """The first ```python block of `text` after the line `after`."""
+    return text.split(after, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_runs_on_a_run_folder(run_dir, monkeypatch):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = _python_block(readme, "## Using a trained generator").replace('"runs/exp1"', repr(str(run_dir)))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the project's own README
+    assert namespace["G"].info.step == 4  # checkpoint="best"
+    assert tuple(namespace["images"].shape) == (3, 1, 28, 28) and namespace["walk"].shape == (61, 28, 28, 1)
+
+
+def test_the_model_cards_example_runs_on_its_folder(run_dir, tmp_path):
+    out = tmp_path / "exported"
+    assert cli_main(["export", "--run", str(run_dir), "--out", str(out)]) == 0
+    code = _python_block((out / "README.md").read_text(), "## Use it").replace('"path/to/this/folder"', repr(str(out)))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the card gan_dist just wrote
+    assert tuple(namespace["images"].shape) == (3, 1, 28, 28)
