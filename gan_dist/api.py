@@ -588,9 +588,13 @@ def _replace_folder(tmp: Path, out: Path) -> None:
 
 def hub_token() -> str:
     """The Hugging Face token huggingface_hub would use (HF_TOKEN, or the one `hf auth login` saved);
-    ExportError saying how to set one when there is none."""
-    from huggingface_hub import get_token
+    ExportError saying how to set one when there is none, or that huggingface_hub is in offline mode
+    (HF_HUB_OFFLINE), where it would refuse the upload after the folder was written."""
+    from huggingface_hub import constants, get_token
 
+    if constants.HF_HUB_OFFLINE:
+        raise ExportError("--push-to-hub: huggingface_hub is in offline mode (HF_HUB_OFFLINE is set); unset it to "
+                          "upload (nothing was written or uploaded)")
     token = get_token()
     if not token:
         raise ExportError("--push-to-hub: no Hugging Face token is configured; run `hf auth login` or set HF_TOKEN "

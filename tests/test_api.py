@@ -387,3 +387,14 @@ def test_a_large_grid_is_drawn_at_a_smaller_pixel_scale_rather_than_refused(tmp_
     assert cli_main(["sample", "--checkpoint", str(folder), "--seeds", "0-1499", "--out", str(tmp_path / "s.png")]) == 0
     # 1,500 images, 39 columns: at the automatic x4 the grid would be 4,688 px square (over 4096^2), at x3 3,516.
     assert Image.open(tmp_path / "s.png").size == grid_size(1500, (28, 28), None, 3)[::-1] == (3516, 3516)
+
+
+def test_an_mp4_without_pyav_is_one_line_naming_the_other_formats(tmp_path, capsys, monkeypatch):
+    folder = _export(tiny(), tmp_path / "g")
+    monkeypatch.setitem(sys.modules, "av", None)  # import av raises ImportError
+    out = tmp_path / "walk.mp4"
+    assert cli_main(["interpolate", "--checkpoint", str(folder), "--seeds", "1,2", "--frames", "2",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "PyAV" in err and ".gif" in err
+    assert not out.exists()

@@ -215,3 +215,14 @@ def test_the_model_cards_example_runs_on_its_folder(run_dir, tmp_path):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # the card gan_dist just wrote
     assert tuple(namespace["images"].shape) == (3, 1, 28, 28)
+
+
+def test_push_in_offline_mode_writes_nothing(run_dir, tmp_path, fake_hub, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "exported"
+    assert cli_main(["export", "--run", str(run_dir), "--out", str(out), "--push-to-hub", "me/x"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "offline mode" in err
+    assert not out.exists() and fake_hub.calls == []
