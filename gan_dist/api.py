@@ -218,6 +218,8 @@ class Generator:
         truncation: psi; 1 = none. "w" G: w <- w_avg + psi (w - w_avg); "z" G: z ~ psi * TN(-2, 2).
         device: where G runs and the images are (None: where G is; G moves there and stays).
         output: "uint8" (N, H, W, C) in [0, 255], or "float" (N, C, H, W) in [-1, 1].
+        At most sampling.max_images(image_shape) images per call (512 MiB as float32; ConfigError before any is
+        made): ask for more in several calls, e.g. seed=range(s, s + k).
         """
         if output not in OUTPUTS:
             raise ConfigError(f"output {output!r}: not one of {', '.join(OUTPUTS)}")
@@ -282,7 +284,8 @@ class Generator:
         ending on the last keyframe (loop: returning toward the first). seeds and classes pair up; a single
         one of either is used for every keyframe. "z" G: slerp of the keyframes' z, and for a conditional G
         a linear blend of their one-hot labels (G's first layer reads [z, one-hot]); "w" G: lerp of their w
-        (each mapped with its class and truncation). Images as `sample`'s `output`."""
+        (each mapped with its class and truncation). Images as `sample`'s `output`. At most
+        sampling.MAX_WALK_FRAMES frames, and MAX_IMAGE_VALUES values: refused from the numbers first."""
         if output not in OUTPUTS:
             raise ConfigError(f"output {output!r}: not one of {', '.join(OUTPUTS)}")
         key_seeds, key_classes = self.keyframes(seeds, classes)
