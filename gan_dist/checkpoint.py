@@ -38,6 +38,10 @@ from gan_dist.progress import ProgressError, TrainState
 CHECKPOINTS = "checkpoints"
 GENERATOR_WEIGHTS = "generator.safetensors"
 GENERATOR_RECORD = "generator.yaml"
+# An exported folder (`gan-dist export`, the Hugging Face Hub's model layout): the weights, the same record
+# in JSON (plus what the model card says), the card and a sample grid.
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
 META = "meta.json"
 BEST = "best.json"
 DONE = "done.json"
@@ -268,19 +272,33 @@ def _interpolation_key(value: Any, key: str = "") -> str | None:
 
 
 def read_generator_record(path: Path) -> GeneratorInfo:
-    """Parse and validate a generator.yaml: only the model section and the dataset identity are read,
-    checked like any config (known names, bounded sizes, exact types). Unknown sections (e.g. a `data:` with
-    URLs in a shared file) are ignored, never used. Interpolations (`${...}`) are refused anywhere in the
-    file, never resolved: `${oc.env:...}` in a shared file would read this machine's environment, and an
-    error message could show it. Raises ConfigError naming the file and key."""
+    """Parse and validate a generator.yaml (or an exported folder's config.json, the same record in JSON):
+    only the model section and the dataset identity are read, checked like any config (known names, bounded
+    sizes, exact types). Unknown sections (e.g. a `data:` with URLs in a shared file) are ignored, never used.
+    Interpolations (`${...}`) are refused anywhere in the file, never resolved: `${oc.env:...}` in a shared
+    file would read this machine's environment, and an error message could show it. Raises ConfigError
+    naming the file and key."""
+    from omegaconf import OmegaConf
+
+    origin = str(path)
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{origin}: not valid JSON: {error}") from error
+    else:
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        except Exception as error:
+            raise ConfigError(f"{origin}: not valid YAML: {error}") from error
+    return parse_generator_record(raw, origin)
+
+
+def parse_generator_record(raw: Any, origin: str) -> GeneratorInfo:
+    """The checks of `read_generator_record` on an already parsed record (`origin` names it in errors)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    origin = str(path)
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as error:
-        raise ConfigError(f"{origin}: not valid YAML: {error}") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise ConfigError(f"{origin}: no 'model' section")
     interpolated = _interpolation_key(raw)
@@ -290,6 +308,9 @@ def read_generator_record(path: Path) -> GeneratorInfo:
     try:
         schema = OmegaConf.structured(ModelConfig)
         OmegaConf.set_struct(schema, True)
+        # model.options is checked against the architecture's options dataclass by validate_model below (as
+        # configure.load_config does): a stylegan2 record with w_dim etc. must merge here.
+        OmegaConf.set_struct(schema.options, False)
         model: ModelConfig = OmegaConf.to_object(OmegaConf.merge(schema, raw["model"]))  # type: ignore[assignment]
     except OmegaConfBaseException as error:
         raise ConfigError(f"{origin}: key 'model.{getattr(error, 'key', '?')}': {str(error).splitlines()[0]}") from error
@@ -329,22 +350,105 @@ def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> dict[s
     return digests
 
 
-def _generator_source(run_dir: str | os.PathLike | None, checkpoint: str | os.PathLike | None) -> Path:
-    """The generator.safetensors that `sample`/`eval` should load."""
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if path.is_dir():
-            path = path / GENERATOR_WEIGHTS
-        if not path.is_file():
-            raise FileNotFoundError(f"--checkpoint {checkpoint}: no {GENERATOR_WEIGHTS} there")
-        return path
-    run_path = Path(str(run_dir)).expanduser()
-    if (run_path / GENERATOR_WEIGHTS).is_file():
-        return run_path / GENERATOR_WEIGHTS
+@dataclass(frozen=True)
+class GeneratorSource:
+    """Where a generator's files are: the weights, the record that says which model they belong to, the
+    checkpoint folder they came from (None for a run's final export, an exported folder or a file), and
+    which of a run's generators this is, in words ("step_00001200", "best (step_00001200)", ...)."""
+
+    weights: Path
+    record: Path
+    checkpoint_dir: Path | None
+    label: str
+
+
+CHECKPOINT_CHOICES = "best | last | step_N"
+
+
+def _is_export_folder(path: Path) -> bool:
+    return (path / EXPORT_CONFIG).is_file() and (path / EXPORT_WEIGHTS).is_file()
+
+
+def _record_step(record: Path) -> int:
+    try:
+        return read_generator_record(record).step
+    except ConfigError:
+        return -1
+
+
+def _run_generator(run_path: Path, select: str | None) -> GeneratorSource:
+    """One of a run folder's generators: select None / "last" (the newest: the run's final export or its
+    newest complete checkpoint, whichever has the higher step), "best" (checkpoints/best.json's step) or
+    "step_N"."""
     checkpoints = complete_checkpoints(run_path)
-    if not checkpoints:
-        raise FileNotFoundError(f"--run {run_dir}: no {GENERATOR_WEIGHTS} and no complete checkpoint in it")
-    return checkpoints[-1][1] / GENERATOR_WEIGHTS
+    by_step = dict(checkpoints)
+    select = "last" if select is None else select
+    if select == "best":
+        best = read_best(run_path)
+        step = best.get("step")
+        if not _is_int(step):
+            raise FileNotFoundError(f"{run_path}: no best-FID checkpoint recorded ({CHECKPOINTS}/{BEST} is missing: "
+                                    "no evaluation ran; train with eval.eval_every > 0, or use --checkpoint last)")
+        if step not in by_step:
+            raise FileNotFoundError(f"{run_path}: {CHECKPOINTS}/{BEST} names step {step}, whose checkpoint "
+                                    f"{step_dir_name(step)} is not there (deleted by hand?)")
+        folder = by_step[step]
+        return GeneratorSource(folder / GENERATOR_WEIGHTS, folder / GENERATOR_RECORD, folder,
+                               f"best ({step_dir_name(step)})")
+    if select == "last":
+        final = run_path / GENERATOR_WEIGHTS
+        if final.is_file() and (not checkpoints or _record_step(run_path / GENERATOR_RECORD) >= checkpoints[-1][0]):
+            return GeneratorSource(final, run_path / GENERATOR_RECORD, None, "last (the run's final export)")
+        if not checkpoints:
+            raise FileNotFoundError(f"--run {run_path}: no {GENERATOR_WEIGHTS} and no complete checkpoint in it")
+        step, folder = checkpoints[-1]
+        return GeneratorSource(folder / GENERATOR_WEIGHTS, folder / GENERATOR_RECORD, folder,
+                               f"last ({step_dir_name(step)})")
+    match = re.fullmatch(r"step_(\d+)", select)
+    if match is None:
+        raise ConfigError(f"--checkpoint {select!r}: not one of {CHECKPOINT_CHOICES} (e.g. step_1200)")
+    step = int(match.group(1))
+    if step not in by_step:
+        have = ", ".join(f"step_{s}" for s in by_step) or "none"
+        raise FileNotFoundError(f"{run_path}: no complete checkpoint at step {step} (complete ones: {have})")
+    folder = by_step[step]
+    return GeneratorSource(folder / GENERATOR_WEIGHTS, folder / GENERATOR_RECORD, folder, step_dir_name(step))
+
+
+def generator_source(path: str | os.PathLike, select: str | None = None) -> GeneratorSource:
+    """The generator at `path`: an exported folder (config.json + model.safetensors), a checkpoint folder, a
+    generator.safetensors / model.safetensors file, or a run folder, where `select` (best | last | step_N;
+    None = last) picks which one. FileNotFoundError when it is not there, ConfigError for a bad `select`."""
+    where = Path(path).expanduser()
+    if where.is_file():
+        record = where.with_name(EXPORT_CONFIG if where.name == EXPORT_WEIGHTS else GENERATOR_RECORD)
+        source = GeneratorSource(where, record, None, where.name)
+    elif _is_export_folder(where):
+        source = GeneratorSource(where / EXPORT_WEIGHTS, where / EXPORT_CONFIG, None, "exported folder")
+    elif (where / META).is_file() or (where / GENERATOR_WEIGHTS).is_file() and not (where / CHECKPOINTS).is_dir():
+        source = GeneratorSource(where / GENERATOR_WEIGHTS, where / GENERATOR_RECORD, where, where.name)
+    elif where.is_dir():
+        return _run_generator(where, select)
+    else:
+        raise FileNotFoundError(f"{path}: no such run folder, exported folder, checkpoint folder or weights file")
+    if select is not None:
+        raise ConfigError(f"--checkpoint {select}: picks a generator of a run folder; {path} is already one "
+                          f"generator ({source.label})")
+    if not source.weights.is_file():
+        raise FileNotFoundError(f"{path}: no {GENERATOR_WEIGHTS} there")
+    return source
+
+
+def _generator_source(run_dir: str | os.PathLike | None, checkpoint: str | os.PathLike | None,
+                      select: str | None = None) -> GeneratorSource:
+    """What `sample`/`eval` load: --checkpoint PATH (any generator), else --run PATH (any generator, a run
+    folder's picked by `select`)."""
+    if checkpoint is not None:
+        try:
+            return generator_source(checkpoint)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--checkpoint {checkpoint}: no {GENERATOR_WEIGHTS} there") from None
+    return generator_source(str(run_dir), select)
 
 
 def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -363,8 +467,10 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def load_generator(run_dir: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-                   use_ema: bool = True, map_location: str | torch.device = "cpu") -> tuple[nn.Module, GeneratorInfo]:
-    """(G in eval mode, what it declares) from a run folder, a checkpoint folder or a generator.safetensors.
+                   use_ema: bool = True, map_location: str | torch.device = "cpu",
+                   select: str | None = None) -> tuple[nn.Module, GeneratorInfo]:
+    """(G in eval mode, what it declares) from a run folder (`select`: best | last | step_N, None = last), an
+    exported folder (`gan-dist export`), a checkpoint folder or a weights file (`generator_source`).
 
     Nothing in the folder runs or allocates before it is checked: generator.yaml's model section and dataset
     identity are validated (known names, bounded sizes), G is first built on the meta device (no memory) and
@@ -373,8 +479,8 @@ def load_generator(run_dir: str | os.PathLike | None = None, checkpoint: str | o
     exported weights are G_ema when the run trained one; use_ema=False loads the raw G from a checkpoint.
     Errors: ConfigError (the record or the weights do not fit: exit 2), CheckpointError (damaged: exit 1).
     """
-    weights_path = _generator_source(run_dir, checkpoint)
-    record_path = weights_path.with_name(GENERATOR_RECORD)
+    source = _generator_source(run_dir, checkpoint, select)
+    weights_path, record_path = source.weights, source.record
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path}: missing (it says which model the weights belong to)")
     info = read_generator_record(record_path)

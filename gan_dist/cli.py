@@ -1,5 +1,5 @@
 """The only argument parser and every command handler: `gan-dist prepare-data | bench-data | train | sample |
-eval | train-classifier | bench`.
+interpolate | export | eval | train-classifier | bench`.
 
 Each handler parses, loads the typed config where it takes one, calls the library and reports. The
 handlers import torch and the package's heavy modules inside themselves, so that `gan-dist --help` and a
@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from gan_dist.config import Config, DataConfig, ModelConfig
 from gan_dist.configure import ConfigError, load_config, validate
@@ -102,55 +103,174 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_for_command(args: argparse.Namespace) -> Any:
+    """The api.Generator that --run [--checkpoint best|last|step_N] or --checkpoint PATH names."""
+    from gan_dist.api import load_generator
+
+    if args.run is None and args.checkpoint is None:
+        raise ConfigError("give --run RUN_DIR (a run or exported folder) or --checkpoint PATH")
+    if args.run is None and not Path(args.checkpoint).exists() and (
+            args.checkpoint in ("best", "last") or args.checkpoint.startswith("step_")):
+        raise ConfigError(f"--checkpoint {args.checkpoint} picks one of a run's generators: give --run RUN_DIR too")
+    if args.run is not None:
+        return load_generator(args.run, args.checkpoint, use_ema=not args.no_ema)
+    return load_generator(args.checkpoint, use_ema=not args.no_ema)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     """A grid PNG and optionally the raw uint8 images (and their labels) in an .npz.
 
-    A conditional G without --class gets the training grid's layout (one row per class, round(sqrt(num))
-    columns, each column one z across all classes: N = classes x columns); otherwise num samples in a
-    square grid, all of class --class when it is given."""
+    --seeds: one image per seed (api.Generator.sample); a conditional G without --class gets one row per
+    class and one column per seed. --seed (the default): the noise of all samples drawn from one generator,
+    as before; a conditional G without --class gets the training grid's layout (one row per class,
+    round(sqrt(num)) columns, each column one z across all classes: N = classes x columns); otherwise num
+    samples in a square grid, all of class --class when it is given."""
     import numpy as np
+    import torch
 
-    from gan_dist.checkpoint import load_generator
     from gan_dist.sampling import (
+        check_image_count,
         class_labels,
         grid_inputs,
+        grid_pixel_scale,
         images_to_uint8,
-        latent_noise,
-        num_classes_of,
-        sample_images,
+        parse_seeds,
         save_grid_png,
     )
 
-    if args.num <= 0:
+    if args.num is not None and args.num <= 0:
         raise ConfigError(f"--num must be > 0, got {args.num}")
-    G, info = load_generator(args.run, args.checkpoint, use_ema=not args.no_ema)
-    num_images, class_index = args.num, args.class_index
-    num_classes = num_classes_of(G)
-    if class_index is not None and num_classes == 0:
-        raise ConfigError(f"--class {class_index}: this generator is unconditional (model.conditioning="
-                          f"{info.model.conditioning}); train with model.conditioning=concat|acgan|projection")
-    if class_index is not None and not 0 <= class_index < num_classes:
-        raise ConfigError(f"--class {class_index}: the generator knows classes 0..{num_classes - 1} "
-                          f"({info.dataset})")
-    columns = None
-    if num_classes and class_index is None:
-        z, labels, columns = grid_inputs(G, num_images, args.seed)
-        num_images = len(z)
+    if args.seeds is not None and (args.num is not None or args.seed is not None):
+        raise ConfigError("--seeds names the samples itself: drop --num / --seed (or drop --seeds)")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    G = _load_for_command(args)
+    info = G.info
+    num_images, class_index = args.num or 25, args.class_index
+    num_classes = G.num_classes
+    if class_index is not None:
+        G.check_class(class_index, "--class")
+    psi = G.check_truncation(args.truncation, "--truncation")
+    # How many images, in what grid: checked before any noise is drawn (sampling.MAX_IMAGE_VALUES, MAX_GRID_PIXELS).
+    per_class_rows = bool(num_classes) and class_index is None
+    if seeds is not None:
+        flag, count = "--seeds", len(seeds) * (num_classes if per_class_rows else 1)
+        grid_columns = len(seeds) if per_class_rows else None
     else:
-        z, labels = latent_noise(num_images, G.latent_dim, args.seed), class_labels(num_images, num_classes,
-                                                                                    class_index)
-    images = sample_images(G, z, labels, device="cpu", batch_size=500)  # (N, C, H, W) on the CPU
+        flag = "--num"
+        grid_columns = max(1, round(num_images ** 0.5)) if per_class_rows else None
+        count = num_classes * grid_columns if per_class_rows else num_images
+    check_image_count(count, G.image_shape, flag)
+    grid_pixel_scale(count, G.image_shape, grid_columns, 0, flag)
+    columns = None
+    if seeds is not None:
+        if num_classes and class_index is None:  # one row per class, one column per seed
+            images = torch.cat([G.sample(seed=seeds, class_=k, truncation=psi, output="float")
+                                for k in range(num_classes)])
+            labels = class_labels(len(seeds) * num_classes, num_classes).view(len(seeds), num_classes).T.reshape(-1)
+            columns = len(seeds)
+        else:
+            images = G.sample(seed=seeds, class_=class_index, truncation=psi, output="float")
+            labels = None if not num_classes else class_labels(len(seeds), num_classes, class_index)
+        images = images.cpu()
+        num_images = len(images)
+    else:
+        seed = 0 if args.seed is None else args.seed
+        if num_classes and class_index is None:
+            z, labels, columns = grid_inputs(G.module, num_images, seed)
+            z = G.noise(len(z) // num_classes, seed, psi).repeat(num_classes, 1) if psi != 1.0 else z
+            num_images = len(z)
+        else:
+            z, labels = G.noise(num_images, seed, psi), class_labels(num_images, num_classes, class_index)
+        w_psi = psi if G.latent_space == "w" else 1.0
+        images = G.generate(z, labels, truncation=w_psi, device="cpu", batch_size=500)  # (N, C, H, W) CPU
     save_grid_png(images, Path(args.out), columns=columns)
     what = f"class {class_index}" if class_index is not None else ("one row per class" if columns else "")
+    if psi != 1.0:
+        what = f"{what}, truncation {psi:g}" if what else f"truncation {psi:g}"
     print(f"wrote {args.out}: {num_images} samples of {info.model.name} ({info.dataset}) at step {info.step}"
           f"{f', {what}' if what else ''}")
     if args.npz:
         payload = {"images": images_to_uint8(images)}
         if labels is not None:
             payload["labels"] = labels.numpy()
+        if seeds is not None:
+            payload["seeds"] = np.asarray(seeds * (num_classes if columns else 1), dtype=np.int64)
         np.savez_compressed(args.npz, **payload)
         print(f"wrote {args.npz}: images uint8 {tuple(payload['images'].shape)}"
-              f"{', labels int64' if labels is not None else ''}")
+              f"{', labels int64' if labels is not None else ''}{', seeds int64' if seeds is not None else ''}")
+    return 0
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    """A latent walk through --seeds (and --classes) as a GIF, an MP4, a PNG grid (a row per transition) or a
+    folder of PNG frames."""
+    import numpy as np
+
+    from gan_dist.sampling import (
+        MAX_WALK_FRAMES,
+        check_fps,
+        check_frames_output,
+        check_image_count,
+        check_pixel_scale,
+        check_walk,
+        parse_seeds,
+        save_frames,
+    )
+
+    seeds = parse_seeds(args.seeds)
+    classes = parse_seeds(args.classes, "--classes") if args.classes is not None else None
+    check_fps(args.fps)
+    check_pixel_scale(args.pixel_scale)
+    G = _load_for_command(args)
+    if classes is not None:
+        for class_index in classes:
+            G.check_class(class_index, "--classes")
+    psi = G.check_truncation(args.truncation, "--truncation")
+    key_seeds, key_classes = G.keyframes(seeds, classes)
+    out = Path(args.out)
+    # The size of what will be held and written, from the numbers, before any frame is made.
+    if out.suffix.lower() == ".png":  # one row per transition, both keyframes included
+        pairs = [(k, k + 1) for k in range(len(key_seeds) - 1)] + ([(len(key_seeds) - 1, 0)] if args.loop else [])
+        check_walk(2, args.frames, False, G.image_shape, "--frames")
+        total = len(pairs) * (args.frames + 1)
+        if total > MAX_WALK_FRAMES:
+            raise ConfigError(f"--frames {args.frames:,}: {len(pairs):,} rows of {args.frames + 1:,} frames would be "
+                              f"{total:,} frames, over {MAX_WALK_FRAMES:,}; give fewer frames or fewer keyframes")
+        check_image_count(total, G.image_shape, "--frames")
+        check_frames_output(total, G.image_shape, out, args.pixel_scale, columns=args.frames + 1)
+        frames = np.concatenate([G.interpolate(
+            [key_seeds[a], key_seeds[b]], args.frames, truncation=psi,
+            classes=None if key_classes is None else [key_classes[a], key_classes[b]]).cpu().numpy()
+            for a, b in pairs])
+        written = save_frames(frames, out, columns=args.frames + 1, pixel_scale=args.pixel_scale)
+    else:
+        total = check_walk(len(key_seeds), args.frames, args.loop, G.image_shape, "--frames")
+        check_frames_output(total, G.image_shape, out, args.pixel_scale)
+        frames = G.interpolate(key_seeds, args.frames, classes=key_classes, truncation=psi, loop=args.loop)
+        written = save_frames(frames.cpu().numpy(), out, fps=args.fps, pixel_scale=args.pixel_scale)
+    print(f"wrote {out}: {written}, {len(key_seeds)} keyframes ({'slerp in z' if G.latent_space == 'z' else 'lerp in w'}"
+          f"{f', truncation {psi:g}' if psi != 1.0 else ''}) of {G.info.model.name} ({G.info.dataset}) at step "
+          f"{G.info.step}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A shareable folder (Hugging Face Hub layout + model card) from a run, optionally pushed to the Hub."""
+    from gan_dist.api import ExportError, export_model, hub_token, push_to_hub
+
+    try:
+        token = hub_token() if args.push_to_hub else None  # before anything is written
+        exported = export_model(args.run, args.out, checkpoint=args.checkpoint, force=args.force,
+                                repo_id=args.push_to_hub)
+        metrics = ", ".join(f"{key} {value:.4g}" for key, value in sorted(exported.metrics.items())) or "no metrics"
+        print(f"wrote {exported.folder}: the generator of {exported.label} (step {exported.step}; {metrics}), "
+              "config.json, README.md (model card), sample_grid.png")
+        if args.push_to_hub:
+            url = push_to_hub(exported.folder, args.push_to_hub, token=token, private=args.private)
+            print(f"pushed to https://huggingface.co/{args.push_to_hub} ({url})")
+    except ExportError as error:
+        print(f"gan-dist export: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -272,6 +392,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generator_args(parser: argparse.ArgumentParser) -> None:
+    """--run / --checkpoint / --no-ema of the commands that use a trained generator."""
+    parser.add_argument("--run", default=None,
+                        help="run folder (default: its last generator) or a folder written by `gan-dist export`")
+    parser.add_argument("--checkpoint", default=None,
+                        help="with --run: best | last | step_N; alone: a checkpoint folder or generator.safetensors")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw G even when an EMA was trained")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gan-dist", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,17 +441,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_bench_data)
 
     p = sub.add_parser("sample", help="write a grid (and optionally raw uint8 images) from a trained generator")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", default=None, help="run folder (uses its newest checkpoint)")
-    source.add_argument("--checkpoint", default=None, help="checkpoint folder or generator.safetensors")
-    p.add_argument("--num", type=int, default=25)
+    _add_generator_args(p)
+    p.add_argument("--num", type=int, default=None, help="samples (default 25); not with --seeds")
     p.add_argument("--out", default="samples.png")
     p.add_argument("--npz", default=None, help="also write the images as uint8 (N, H, W[, C]) (and labels) here")
     p.add_argument("--class", dest="class_index", type=int, default=None,
                    help="a conditional generator: only this class (default: one row per class)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-ema", action="store_true", help="use the raw G even when an EMA was trained")
+    p.add_argument("--seeds", default=None,
+                   help="one image per seed, e.g. 0-63, 3,17,42 or 0-9,20: the same image for a seed whatever else is "
+                        "asked (as the Python API's seed=)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="without --seeds: the noise of all --num samples from one generator seeded with this "
+                        "(default 0; the images of earlier versions)")
+    p.add_argument("--truncation", type=float, default=1.0,
+                   help="psi (default 1: none): a w generator moves w toward its tracked mean w; a z generator "
+                        "draws z from psi x a normal truncated at 2 (BigGAN's trick), psi in [0, 1]")
     p.set_defaults(handler=_cmd_sample)
+
+    p = sub.add_parser("interpolate", help="a latent walk through seeds (and classes) as a GIF, MP4 or PNG frames")
+    _add_generator_args(p)
+    p.add_argument("--seeds", required=True, help="keyframes, e.g. 3,17,42 (one seed: walk between --classes)")
+    p.add_argument("--classes", default=None,
+                   help="a conditional generator: the class of each keyframe (one: for all; default seed %% classes)")
+    p.add_argument("--frames", type=int, default=30, help="frames per transition between keyframes (default 30; at most 10,000 in a walk)")
+    p.add_argument("--loop", action="store_true", help="walk back to the first keyframe (a seamless loop)")
+    p.add_argument("--truncation", type=float, default=1.0, help="psi, as `sample --truncation`")
+    p.add_argument("--out", default="walk.gif",
+                   help="walk.gif (animated GIF), walk.mp4 (needs PyAV: pip install 'gan_dist[video]'), "
+                        "walk.png (one grid: a row per transition) or a folder (PNG frames)")
+    p.add_argument("--fps", type=float, default=30.0, help="frames per second of a GIF or MP4 (default 30)")
+    p.add_argument("--pixel-scale", type=int, default=0,
+                   help="upscale frames by nearest neighbour, 1..32 (default: to at least 96 px; 28 px -> x4)")
+    p.set_defaults(handler=_cmd_interpolate)
+
+    p = sub.add_parser("export", help="a shareable folder (Hugging Face Hub layout, model card) of a run's generator")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--out", required=True, help="folder to write (refused when it exists and is not empty)")
+    p.add_argument("--checkpoint", default=None,
+                   help="best | last | step_N (default: best when the run tracked a best FID, else last)")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                   help="also upload the folder to this Hugging Face Hub model repo (needs a token: hf auth login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser("eval", help="FID / IS / precision-recall / coverage (+ class accuracy, intra-FID) of a "
                                      "trained generator")

@@ -107,3 +107,31 @@ def http_server() -> Iterator[Callable[[Path], str]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def memory_cap() -> Iterator[Callable[[int], None]]:
+    """memory_cap(extra_bytes): until the test ends, this process may map at most extra_bytes more address
+    space than it has now (RLIMIT_AS, soft limit only), so a request that should be refused from its numbers
+    but is not fails with MemoryError instead of taking the machine's memory. A no-op where RLIMIT_AS is not
+    available."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        yield lambda extra_bytes: None
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+
+    def cap(extra_bytes: int) -> None:
+        try:
+            with open("/proc/self/statm") as statm:  # Linux: the first field is the mapped size in pages
+                mapped = int(statm.read().split()[0]) * resource.getpagesize()
+        except OSError:
+            return
+        limit = mapped + extra_bytes
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+    yield cap
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

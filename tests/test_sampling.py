@@ -13,14 +13,20 @@ from PIL import Image
 from torch import nn
 
 from gan_dist.cli import main as cli_main
-from gan_dist.config import ModelConfig
+from gan_dist.config import ConfigError, ModelConfig
 from gan_dist.models.build import build_generator
 from gan_dist.sampling import (
+    MAX_GRID_PIXELS,
     auto_pixel_scale,
+    check_frames_output,
     grid_inputs,
+    grid_pixel_scale,
+    grid_size,
+    images_to_grid,
     images_to_uint8,
     latent_noise,
     sample_images,
+    save_frames,
 )
 
 LATENT_DIM = 8
@@ -93,3 +99,48 @@ def test_gan_dist_sample_of_a_conditional_g_uses_the_training_grid(num_images, t
     scale = auto_pixel_scale(28)
     assert Image.open(png).size == (scale * (2 + columns * 30), scale * (2 + 10 * 30))  # (width, height)
     assert f"{10 * columns} samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("count, columns", [(1, None), (7, None), (25, None), (10, 4), (3, 8), (30, 3)])
+def test_grid_size_is_the_size_images_to_grid_makes(count, columns):
+    images = torch.zeros(count, 1, 5, 7)
+    assert images_to_grid(images, columns, pixel_scale=2).shape == grid_size(count, (5, 7), columns, 2)
+
+
+def test_the_automatic_grid_scale_shrinks_to_fit_and_an_explicit_one_is_refused():
+    assert grid_pixel_scale(25, (1, 28, 28)) == auto_pixel_scale(28) == 4
+    assert grid_pixel_scale(5_000, (1, 28, 28)) == 1  # 71 x 71 cells: x4 and x2 are over MAX_GRID_PIXELS
+    height, width = grid_size(5_000, (28, 28), None, 1)
+    assert height * width <= MAX_GRID_PIXELS < grid_size(5_000, (28, 28), None, 2)[0] * width * 2
+    with pytest.raises(ConfigError, match="--pixel-scale: a grid of 5,000 images at pixel scale 2"):
+        grid_pixel_scale(5_000, (1, 28, 28), pixel_scale=2)
+    with pytest.raises(ConfigError, match="--seeds: a grid of 50,000 images at pixel scale 1"):
+        grid_pixel_scale(50_000, (1, 28, 28), what="--seeds")
+    assert grid_pixel_scale(50_000, (1, 28, 28), strict=False) == 1  # the trainer's grids are never refused
+
+
+def test_frames_are_checked_by_what_each_format_holds(tmp_path):
+    shape = (3, 64, 64)
+    assert check_frames_output(100, shape, tmp_path / "w.mp4") == 2  # auto: 64 px -> x2 (at least 96)
+    # An MP4 or a folder is written a frame at a time: only the frame's size is bounded...
+    assert check_frames_output(10_000, shape, tmp_path / "w.mp4", pixel_scale=8) == 8
+    with pytest.raises(ConfigError, match="--pixel-scale 32: frames of 8,192x8,192 pixels"):
+        check_frames_output(10, (3, 256, 256), tmp_path / "frames", pixel_scale=32)
+    # ...a GIF's frames are all held by Pillow.
+    with pytest.raises(ConfigError, match="--frames: a GIF of 10,000 frames of 512x512 pixels would hold 7,500 MiB"):
+        check_frames_output(10_000, shape, tmp_path / "w.gif", pixel_scale=8)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ""])
+def test_mp4_and_png_frames_are_upscaled_a_frame_at_a_time(suffix, tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, size=(5, 7, 9, 1), dtype=np.uint8)
+    out = tmp_path / f"walk{suffix}"
+    save_frames(frames, out, fps=10, pixel_scale=3)
+    if suffix == ".mp4":
+        av = pytest.importorskip("av")
+        with av.open(str(out)) as container:
+            decoded = [frame.to_ndarray(format="gray") for frame in container.decode(video=0)]
+        assert len(decoded) == 5 and decoded[0].shape == (22, 28)  # 21 x 27 padded to even sizes
+    else:
+        written = np.asarray(Image.open(out / "frame_00003.png"))
+        np.testing.assert_array_equal(written, frames[3, ..., 0].repeat(3, axis=0).repeat(3, axis=1))
