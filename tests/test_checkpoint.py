@@ -434,10 +434,12 @@ def test_a_resume_with_changed_optimizer_settings_says_so_and_uses_the_config(tm
     for optimizer in (saved.opt_g, saved.opt_d):
         optimizer.param_groups[0]["lr"] *= 0.5  # a decay schedule's lr at this step: not a changed setting
     path = _save(tmp_path, saved, 2, folder)
+    folder.release()  # one training per run folder at a time (RUN_DIR/.lock)
     same = RunFolder(tmp_path, FakeAccelerator())
     same.prepare(config)
     same.load(path, _parts(seed=1, lr=config.optim.lr_g))
     assert "optimizer setting changed" not in capsys.readouterr().out and same.resume_notes == []
+    same.release()
 
     changed = load_config("configs/debug.yaml", [f"run.out_dir={tmp_path}", "optim.lr_g=1e-4", "optim.beta1=0.9"])
     run = _parts(seed=1, lr=changed.optim.lr_g, betas=(changed.optim.beta1, changed.optim.beta2))
