@@ -128,9 +128,10 @@ def write_bytes_durably(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], size: int | None = None) -> None:
     """write(stream) into a hidden temp file beside `path`, fsync, then rename it to `path`. The temp name is
-    unique per host, process and call, so processes racing on a shared filesystem never share one."""
+    unique per host, process and call, so processes racing on a shared filesystem never share one. `size`
+    (bytes, when known) is said in the DiskFullError of a full disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}")
     try:
@@ -141,7 +142,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         os.replace(temp, path)
     except OSError as error:
         if is_disk_full(error):
-            raise disk_full_error(error, path) from None
+            raise disk_full_error(error, path, size) from None
         raise
     finally:
         temp.unlink(missing_ok=True)
@@ -150,7 +151,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` by `text` whole (a kill leaves the old file or the new one, never a torn one)."""
-    atomic_write(path, lambda stream: stream.write(text.encode()))
+    data = text.encode()
+    atomic_write(path, lambda stream: stream.write(data), len(data))
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
