@@ -367,6 +367,10 @@ class RunFolder:
     def mark_best(self, step: int, metrics: dict[str, float]) -> None:
         self.on_main(lambda: checkpoint.mark_best(self.path, step, metrics))
 
+    def read_best(self) -> dict[str, Any]:
+        """checkpoints/best.json ({} when there is none), read by the main process, the same on every rank."""
+        return self.on_main(lambda: checkpoint.read_best(self.path))
+
     def newest_checkpoint(self) -> Path | None:
         checkpoints = checkpoint.complete_checkpoints(self.path)
         return checkpoints[-1][1] if checkpoints else None

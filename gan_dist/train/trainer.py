@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -381,7 +382,21 @@ class Trainer:
         if resume != "auto" and self.run.owns(path):
             for moved in self.run.set_aside_newer(self.counters.step):
                 self.print_main(f"newer checkpoint of the abandoned trajectory set aside: {moved}")
+        if self.run.owns(path):
+            self._take_best_from_record()
         return path
+
+    def _take_best_from_record(self) -> None:
+        """The run's best FID from checkpoints/best.json when it is better than the checkpoint's own: the final
+        evaluation runs after the final checkpoint (a failing evaluation never costs it), so that checkpoint
+        does not hold the FID of its own step. Only a best at or before the resumed step counts."""
+        best = self.run.read_best()
+        fid = best.get("metrics", {}).get("fid") if isinstance(best.get("metrics"), dict) else None
+        step = best.get("step")
+        if (isinstance(fid, (int, float)) and not isinstance(fid, bool) and math.isfinite(fid)
+                and isinstance(step, int) and step <= self.counters.step
+                and (self.state.best_fid is None or fid < self.state.best_fid)):
+            self.state.best_fid = float(fid)
 
     def load_checkpoint(self, path: Path) -> None:
         """Every rank, mid-run: restore the run's state from `path` (verified first) and drop what a captured

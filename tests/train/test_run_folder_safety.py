@@ -199,3 +199,25 @@ def test_a_failing_final_evaluation_is_one_warning_after_the_checkpoint_and_the_
     assert [step for step, _ in complete_checkpoints(run_dir)] == [4]
     assert (run_dir / "generator.safetensors").is_file()
     assert json.loads((run_dir / "done.json").read_text())["step"] == 4
+
+
+def test_the_best_fid_of_a_final_evaluation_after_the_checkpoint_survives_a_resume(mnist_shards, tmp_path,
+                                                                                    monkeypatch):
+    """The final evaluation runs after the final checkpoint (so it can never cost it), so that checkpoint does
+    not hold its FID; a later start takes the run's best from checkpoints/best.json: a worse FID after the
+    resume does not become the best (retention would then keep the wrong checkpoint)."""
+    from gan_dist.metrics import evaluate
+
+    fids = iter([10.0, 20.0])  # the end of the first start, the end of the second: worse
+    monkeypatch.setattr(evaluate.Evaluator, "evaluate", lambda self, G, seed=0: {"fid": next(fids)})
+    monkeypatch.setattr(evaluate.Evaluator, "_compute_floor", lambda self: {})
+    monkeypatch.setattr(evaluate.Evaluator, "floor", lambda self: {})
+    args = _train_args(mnist_shards, tmp_path, "run.name=r", "eval.eval_every=0", "checkpoint.every=0",
+                       "checkpoint.keep_last=1")
+    assert cli_main([*args, "train.num_steps=2"]) == 0
+    best = json.loads((tmp_path / "r" / "checkpoints" / "best.json").read_text())
+    assert (best["step"], best["metrics"]["fid"]) == (2, 10.0)
+    assert cli_main([*args, "train.num_steps=4", "--resume", "auto"]) == 0
+    best = json.loads((tmp_path / "r" / "checkpoints" / "best.json").read_text())
+    assert (best["step"], best["metrics"]["fid"]) == (2, 10.0)
+    assert [step for step, _ in complete_checkpoints(tmp_path / "r")] == [2, 4]  # the best one kept
