@@ -14,8 +14,9 @@ Exit codes (README "Failure behaviour"):
   75  `train` stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL: requeue it)
   130 stopped by Ctrl-C (SIGINT): `train` after writing its checkpoint; a second Ctrl-C (or one outside the
       training loop) stops at once, without a new checkpoint
-Under `accelerate launch` / torchrun the launcher's own status is 1 whenever a rank exits non-zero
-(README "Failure behaviour").
+Under `accelerate launch` / torchrun the launcher's own status is what a scheduler sees: 1 whenever a rank exits
+non-zero (75 included), 128 + N when the launcher itself got signal N (143 for SIGTERM: it forwards the signal
+and the ranks checkpoint first); README "Failure behaviour".
 """
 
 from __future__ import annotations
