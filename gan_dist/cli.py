@@ -7,10 +7,16 @@ config error answer at once (torch alone costs seconds to import).
 Exit codes (README "Failure behaviour"):
   0   done (or nothing to do: the run had already reached train.num_steps)
   1   an expected failure, in one line naming the file or key: missing or corrupt data, a stalled shard
-      source, a damaged or mismatched checkpoint given explicitly, a missing run folder or weights file
+      source, a damaged or mismatched checkpoint given explicitly, a missing run folder or weights file,
+      a run folder another training holds, a full disk or quota (the path, the free space, the size needed)
   2   bad usage or config (a wrong key, type or value; a combination that cannot work): nothing written
   3   `train` diverged (a non-finite loss or parameter): nothing after it was saved
   75  `train` stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL: requeue it)
+  130 stopped by Ctrl-C (SIGINT): `train` after writing its checkpoint; a second Ctrl-C (or one outside the
+      training loop) stops at once, without a new checkpoint
+Under `accelerate launch` / torchrun the launcher's own status is what a scheduler sees: 1 whenever a rank exits
+non-zero (75 included), 128 + N when the launcher itself got signal N (143 for SIGTERM: it forwards the signal
+and the ranks checkpoint first); README "Failure behaviour".
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,10 @@ from gan_dist.registry.datasets import DATASETS, dataset_spec
 from gan_dist.registry.objectives import OBJECTIVES
 
 EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+MAX_SAMPLE_NUM = 10_000_000  # `sample --num`: the .npz is streamed, but 10 M images is already ~8 GB at 28x28
+GRID_MAX_IMAGES = 1024  # `sample`'s PNG shows at most this many images (the first ones): a readable grid
+SAMPLE_CHUNK_ROWS = 512  # images generated and written per chunk; a multiple of 16 (see _noise_chunks)
 # prepare-data's flags, by the data.* key they set (its errors name the flag)
 PREPARE_DATA_FLAGS = {"data.dataset": "--dataset", "data.source": "--source", "data.channels": "--channels",
                       "data.image_size": "--image-size", "data.test_fraction": "--test-fraction",
@@ -79,12 +91,19 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
         for key, flag in PREPARE_DATA_FLAGS.items():
             message = message.replace(f"key '{key}'", flag).replace(f"{key}=", f"{flag} ").replace(key, flag)
         raise ConfigError(message) from None
+    from gan_dist.files import DiskFullError, disk_full_error, is_disk_full
+
+    out_dir = None
     try:
         out_dir = dataset_dir(data)
         manifest = prepare_from_config(data, out_dir)
     except DataError as error:
         print(f"gan-dist prepare-data: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        if is_disk_full(error) and not isinstance(error, DiskFullError):  # main() says it in one line
+            raise disk_full_error(error, error.filename or out_dir) from None  # the shard folder at least
+        raise
     print(manifest_report(manifest, spec.title, out_dir))
     return 0
 
@@ -117,6 +136,42 @@ def _load_for_command(args: argparse.Namespace) -> Any:
     return load_generator(args.checkpoint, use_ema=not args.no_ema)
 
 
+@contextmanager
+def _sigterm_stops(what: str) -> Iterator[None]:
+    """SIGTERM inside: exit 143 (128 + SIGTERM) through the exception path, so that temp files are removed (its
+    default action would kill the process where it stands, leaving them), saying `what` in one line."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        print(f"gan-dist: terminated (SIGTERM) {what}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _noise_chunks(num_images: int, latent_dim: int, seed: int, chunk_rows: int):
+    """(start, z) chunks whose concatenation is `sampling.latent_noise(num_images, latent_dim, seed)` bit for
+    bit, drawn one chunk at a time from the same generator (memory stays flat for any num_images).
+
+    torch's CPU normal sampler fills 16 values at a time and, when a tensor's size is not a multiple of 16,
+    redraws its last 16; so successive draws continue one stream when every chunk but the last holds a
+    multiple of 16 values (chunk_rows is a multiple of 16) and the last one at least 16, or is the whole
+    tensor (tests/test_sample_cli.py checks the equality)."""
+    import torch
+
+    assert chunk_rows % 16 == 0, chunk_rows
+    generator = torch.Generator().manual_seed(seed)
+    bounds = [*range(0, num_images, chunk_rows), num_images]
+    if len(bounds) > 2 and (bounds[-1] - bounds[-2]) * latent_dim < 16:
+        del bounds[-2]  # the short tail joins the chunk before it
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        yield start, torch.randn(end - start, latent_dim, generator=generator)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     """A grid PNG and optionally the raw uint8 images (and their labels) in an .npz.
 
@@ -124,10 +179,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     class and one column per seed. --seed (the default): the noise of all samples drawn from one generator,
     as before; a conditional G without --class gets the training grid's layout (one row per class,
     round(sqrt(num)) columns, each column one z across all classes: N = classes x columns); otherwise num
-    samples in a square grid, all of class --class when it is given."""
+    samples in a square grid, all of class --class when it is given. --num with --npz (no --truncation) is
+    generated and written chunk by chunk (SAMPLE_CHUNK_ROWS images at a time, up to MAX_SAMPLE_NUM: 50,000
+    samples for an outside FID tool), atomically; its PNG shows the first GRID_MAX_IMAGES."""
     import numpy as np
     import torch
 
+    from gan_dist.files import atomic_write, write_npz
     from gan_dist.sampling import (
         check_image_count,
         class_labels,
@@ -138,8 +196,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         save_grid_png,
     )
 
-    if args.num is not None and args.num <= 0:
-        raise ConfigError(f"--num must be > 0, got {args.num}")
+    if args.num is not None and not 0 < args.num <= MAX_SAMPLE_NUM:
+        raise ConfigError(f"--num must be in [1, {MAX_SAMPLE_NUM:,}], got {args.num}")
     if args.seeds is not None and (args.num is not None or args.seed is not None):
         raise ConfigError("--seeds names the samples itself: drop --num / --seed (or drop --seeds)")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -150,6 +208,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if class_index is not None:
         G.check_class(class_index, "--class")
     psi = G.check_truncation(args.truncation, "--truncation")
+    if seeds is None and args.npz and psi == 1.0:
+        return _sample_streamed(args, G.module, info, num_images, class_index)
     # How many images, in what grid: checked before any noise is drawn (sampling.MAX_IMAGE_VALUES, MAX_GRID_PIXELS).
     per_class_rows = bool(num_classes) and class_index is None
     if seeds is not None:
@@ -195,9 +255,76 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             payload["labels"] = labels.numpy()
         if seeds is not None:
             payload["seeds"] = np.asarray(seeds * (num_classes if columns else 1), dtype=np.int64)
-        np.savez_compressed(args.npz, **payload)
+        members = [(name, array.dtype, array.shape, iter([array])) for name, array in payload.items()]
+        with _sigterm_stops(f"while writing {args.npz}: nothing was written there"):
+            atomic_write(Path(args.npz), lambda stream: write_npz(stream, members))
         print(f"wrote {args.npz}: images uint8 {tuple(payload['images'].shape)}"
               f"{', labels int64' if labels is not None else ''}{', seeds int64' if seeds is not None else ''}")
+    return 0
+
+
+def _sample_streamed(args: argparse.Namespace, G: Any, info: Any, num_images: int, class_index: int | None) -> int:
+    """`sample --num N --npz FILE` without truncation: the images of `--seed` (the same as the in-memory path's,
+    bit for bit: tests/test_sample_cli.py) generated and written chunk by chunk, atomically (a kill leaves no
+    file); the PNG shows at most the first GRID_MAX_IMAGES (the first columns of every class row for a
+    conditional layout)."""
+    import numpy as np
+    import torch
+
+    from gan_dist.files import atomic_write, write_npz
+    from gan_dist.sampling import images_to_uint8, latent_noise, num_classes_of, sample_images, save_grid_png
+
+    num_classes = num_classes_of(G)
+    seed = 0 if args.seed is None else args.seed
+    latent_dim = G.latent_dim
+    layout = bool(num_classes) and class_index is None  # the training grid's layout: rows = classes
+    if layout:
+        columns = max(1, round(num_images ** 0.5))
+        num_images = num_classes * columns
+        z_row = latent_noise(columns, latent_dim, seed)  # (columns, latent_dim): column j's z in every row
+
+        def chunks(limit: int):
+            for start in range(0, limit, SAMPLE_CHUNK_ROWS):
+                index = torch.arange(start, min(start + SAMPLE_CHUNK_ROWS, limit))
+                yield z_row[index % columns], index // columns  # sample i: class i // columns, z of column i % columns
+    else:
+        columns = None
+
+        def chunks(limit: int):
+            for _, z in _noise_chunks(limit, latent_dim, seed, SAMPLE_CHUNK_ROWS):
+                labels = None if class_index is None else torch.full((len(z),), class_index, dtype=torch.int64)
+                yield z, labels
+
+    def images(limit: int):
+        for z, labels in chunks(limit):
+            yield sample_images(G, z, labels, device="cpu", batch_size=500)  # (n, C, H, W) float32
+
+    # The grid: the first GRID_MAX_IMAGES images (conditional layout: the first columns of every class row).
+    if layout:
+        grid_columns = max(1, min(columns, GRID_MAX_IMAGES // num_classes))
+        z = z_row[:grid_columns].repeat(num_classes, 1)
+        labels = torch.arange(num_classes, dtype=torch.int64).repeat_interleave(grid_columns)
+        grid = sample_images(G, z, labels, device="cpu", batch_size=500)
+    else:
+        grid_columns = None
+        grid = torch.cat(list(images(min(num_images, GRID_MAX_IMAGES))))
+    save_grid_png(grid, Path(args.out), columns=grid_columns)
+    what = f"class {class_index}" if class_index is not None else ("one row per class" if layout else "")
+    shown = f" (the grid shows the first {len(grid)} of {num_images})" if len(grid) < num_images else ""
+    print(f"wrote {args.out}: {len(grid) if shown else num_images} samples of {info.model.name} ({info.dataset}) "
+          f"at step {info.step}{f', {what}' if what else ''}{shown}")
+    if args.npz:
+        channels, height, width = grid.shape[1:]
+        shape = (num_images, height, width) if channels == 1 else (num_images, height, width, channels)
+        members = [("images", np.uint8, shape, (images_to_uint8(batch) for batch in images(num_images)))]
+        if num_classes:
+            label_chunks = (np.arange(start, min(start + SAMPLE_CHUNK_ROWS, num_images)) // columns if layout
+                            else np.full(min(SAMPLE_CHUNK_ROWS, num_images - start), class_index)
+                            for start in range(0, num_images, SAMPLE_CHUNK_ROWS))
+            members.append(("labels", np.int64, (num_images,), (chunk.astype(np.int64) for chunk in label_chunks)))
+        with _sigterm_stops(f"while writing {args.npz}: nothing was written there"):
+            atomic_write(Path(args.npz), lambda stream: write_npz(stream, members))
+        print(f"wrote {args.npz}: images uint8 {shape}{', labels int64' if num_classes else ''}")
     return 0
 
 
@@ -307,6 +434,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"{num_images} images, seed {args.seed}, {result['num_processes']} process(es); floor = {num_images} "
           "real train images vs the test split")
     print(format_table(result["metrics"], result["floor"]))
+    for key in ("intra_fid_note", "floor_intra_fid_note"):
+        if result.get(key):
+            print(f"note ({key.removesuffix('_note').replace('_', ' ')}): {result[key]}")
     print(f"wrote {out}")
     return 0
 
@@ -326,6 +456,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
     import torch
 
     from gan_dist.data.datasets import resolve_dataset
+    from gan_dist.metrics.classes import classes_without_samples
     from gan_dist.metrics.classifier import (
         accuracy,
         default_weights_path,
@@ -356,8 +487,15 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
                              num_classes=dataset.num_classes)
     train_seconds = time.perf_counter() - start
     test_accuracy = accuracy(model, test_x, test_y)
-    print(f"train-classifier: test accuracy {test_accuracy:.4%} after {args.epochs} epochs "
+    missing = classes_without_samples(test_y, dataset.num_classes)
+    names = [str(dataset.class_names[c]) if c < len(dataset.class_names) else str(c) for c in missing]
+    covers = f" (over {dataset.num_classes - len(missing)} of {dataset.num_classes} classes)" if missing else ""
+    print(f"train-classifier: test accuracy {test_accuracy:.4%}{covers} after {args.epochs} epochs "
           f"({train_seconds / 60:.1f} min)", flush=True)
+    if missing:
+        print(f"train-classifier: note: {len(missing)} class(es) have no test image, so the accuracy says nothing "
+              f"about them: {', '.join(names)} (too few images to hold one out: add images, or raise "
+              "data.test_fraction)", flush=True)
     minimum = dataset.spec.min_classifier_accuracy
     if minimum is not None and test_accuracy < minimum:
         print(f"train-classifier: WARNING: below the {minimum:.0%} the metrics assume for {dataset.name}; "
@@ -367,7 +505,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
             "num_train": len(train_x), "num_test": len(test_x), "epochs": args.epochs, "seed": args.seed,
             "command": reproduce_command(config.data, args.epochs, args.seed), "torch": torch.__version__,
             "num_threads": torch.get_num_threads(), "train_seconds": round(train_seconds, 1),
-            "dataset_fingerprint": dataset.fingerprint}
+            "dataset_fingerprint": dataset.fingerprint, "classes_without_test_images": names}
     save_weights(model, out_path, info)
     print(f"train-classifier: wrote {out_path} and {out_path.with_suffix('.json')}", flush=True)
     if default_path is not None and out_path.resolve() == default_path.resolve():
@@ -559,6 +697,13 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
+def _is_main_rank() -> bool:
+    """Rank 0 of an `accelerate launch` (or a single process): errors every rank agreed on are said once."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
     try:
@@ -566,8 +711,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"gan-dist {args.command}: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one outside its loop
+        after = ("; checkpoints are written atomically: continue from the newest complete one with --resume auto"
+                 if args.command == "train" else "")
+        print(f"gan-dist {args.command}: interrupted (Ctrl-C), stopped at once{after}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except FileNotFoundError as error:  # a run folder, checkpoint or weights file that is not there
         print(f"gan-dist {args.command}: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        from gan_dist.files import DiskFullError, disk_full_message, is_disk_full
+
+        if not is_disk_full(error):
+            raise
+        # A DiskFullError was agreed by every rank (the same line on each): said once.
+        if not isinstance(error, DiskFullError) or _is_main_rank():
+            message = str(error) if isinstance(error, DiskFullError) else disk_full_message(error)
+            print(f"gan-dist {args.command}: {message}", file=sys.stderr, flush=True)
         return 1
     except RuntimeError as error:
         # Errors the user can act on, in one line (names the file or key): damaged checkpoints, data problems.

@@ -367,7 +367,8 @@ def test_cli_interpolate_refuses_a_walk_too_big_naming_the_flag(suffix, argv, me
 
 
 @pytest.mark.parametrize("conditional, argv, message", [
-    (False, ["--num", "20000000"], "--num: 20,000,000 images of 1x28x28 would hold 58.4 GiB"),
+    (False, ["--num", "5000000"], "--num: 5,000,000 images of 1x28x28 would hold 14.6 GiB"),
+    (False, ["--num", "20000000"], "--num must be in [1, 10,000,000], got 20000000"),
     (True, ["--seeds", "0-999999"], "--seeds: 10,000,000 images of 1x28x28"),  # one row per class
     (False, ["--num", "100000"], "--num: a grid of 100,000 images at pixel scale 1 would be 9,482x9,512 pixels"),
     (True, ["--num", "4000000"], "--num: a grid of 20,000 images"),  # 10 rows of round(sqrt(4e6)) columns

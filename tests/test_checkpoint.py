@@ -228,6 +228,62 @@ def test_a_hostile_generator_record_is_refused_naming_the_key(tmp_path, text, ke
         read_generator_record(_record(tmp_path, text))
 
 
+
+def _builds_spied(monkeypatch) -> list[str]:
+    """The device type of every build_generator call of load_generator ('meta': shapes only, no memory)."""
+    import gan_dist.checkpoint as checkpoint_module
+
+    devices, real = [], checkpoint_module.build_generator
+
+    def spy(*args, **kwargs):
+        devices.append(torch.empty(0).device.type)  # the default device load_generator builds under
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "build_generator", spy)
+    return devices
+
+
+@pytest.mark.parametrize(("model", "shape"), [
+    ("name: mlp\n  g_width: 4096", "[3, 1024, 1024]"),  # in bounds key by key: ~55 G parameters
+    ("name: dcgan\n  g_width: 4096\n  latent_dim: 4096", "[3, 1024, 1024]"),
+])
+def test_a_generator_record_declaring_an_absurd_model_is_refused_before_anything_is_built(tmp_path, monkeypatch,
+                                                                                           model, shape):
+    """Each key within its bounds, the whole far too big (issue 16: 24 GiB for an mlp, TiB for a dcgan): the
+    parameter count is bounded, from a build on the meta device, before memory is allocated or a weight read."""
+    import gan_dist.checkpoint as checkpoint_module
+
+    _record(tmp_path, f"model:\n  {model}\ndataset: mnist\nimage_shape: {shape}\n")
+    (tmp_path / "generator.safetensors").write_bytes(tensors_to_bytes({"w": torch.zeros(1)}))
+    devices = _builds_spied(monkeypatch)
+    monkeypatch.setattr(checkpoint_module, "read_tensors", lambda path: pytest.fail("weights read"))
+    with pytest.raises(ConfigError, match=r"generator\.yaml: key 'model': the model it declares has [\d,]+ "
+                                          r"parameters and buffers, over the 1,073,741,824"):
+        load_generator(checkpoint=tmp_path)
+    assert devices == ["meta"]
+
+
+def test_weights_whose_header_does_not_fit_the_record_are_refused_before_g_is_built_or_a_tensor_read(
+        tmp_path, monkeypatch):
+    """The shapes the safetensors header declares are checked against the model the record declares first."""
+    import gan_dist.checkpoint as checkpoint_module
+    from gan_dist.models.build import build_generator
+
+    small = ModelConfig(name="mlp", g_width=8)
+    info = GeneratorInfo(model=small, dataset="mnist", image_shape=(1, 28, 28), num_classes=0, step=4, is_ema=False)
+    export_generator(build_generator(small, (1, 28, 28), 0), info, tmp_path)
+    text = (tmp_path / "generator.yaml").read_text()
+    assert "g_width: 8" in text
+    (tmp_path / "generator.yaml").write_text(text.replace("g_width: 8", "g_width: 1024"))
+    devices = _builds_spied(monkeypatch)
+    monkeypatch.setattr(checkpoint_module, "read_tensors", lambda path: pytest.fail("weights read"))
+    monkeypatch.setattr(checkpoint_module, "check_finite_file", lambda path: pytest.fail("weights read"))
+    with pytest.raises(ConfigError, match=r"generator\.safetensors: its tensors do not fit the model generator\.yaml "
+                                          r"declares \(model\.name=mlp\): first difference"):
+        load_generator(checkpoint=tmp_path)
+    assert devices == ["meta"]
+
+
 # -- meta.json that lies about its files (audit findings a, b) and non-finite tensors -------------------
 
 @pytest.mark.parametrize(("meta", "problem"), [
@@ -276,6 +332,22 @@ def test_non_finite_tensors_fail_verification_even_with_a_consistent_meta_json(t
     assert select_resume(tmp_path, "auto", report=reports.append).name == "step_00000100"
     [aside] = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("damaged-")]
     assert "non-finite" in (aside / "SET_ASIDE.txt").read_text()
+
+
+def test_verification_reads_files_in_chunks_never_whole(tmp_path):
+    """A 32 MiB weights file is hashed 1 MiB at a time and its tensors are memory-mapped: what Python itself
+    allocates stays far below the file's size (reading it whole, as `read_bytes` did, allocates all of it)."""
+    import tracemalloc
+
+    path = _checkpoint(tmp_path, 2)
+    _rewrite(path, "G.safetensors", tensors_to_bytes({"w": torch.zeros(8 << 20)}))  # 32 MiB
+    tracemalloc.start()
+    try:
+        verify_checkpoint(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
 
 
 def test_set_aside_twice_in_one_second_keeps_both(tmp_path, monkeypatch):
@@ -434,10 +506,12 @@ def test_a_resume_with_changed_optimizer_settings_says_so_and_uses_the_config(tm
     for optimizer in (saved.opt_g, saved.opt_d):
         optimizer.param_groups[0]["lr"] *= 0.5  # a decay schedule's lr at this step: not a changed setting
     path = _save(tmp_path, saved, 2, folder)
+    folder.release()  # one training per run folder at a time (RUN_DIR/.lock)
     same = RunFolder(tmp_path, FakeAccelerator())
     same.prepare(config)
     same.load(path, _parts(seed=1, lr=config.optim.lr_g))
     assert "optimizer setting changed" not in capsys.readouterr().out and same.resume_notes == []
+    same.release()
 
     changed = load_config("configs/debug.yaml", [f"run.out_dir={tmp_path}", "optim.lr_g=1e-4", "optim.beta1=0.9"])
     run = _parts(seed=1, lr=changed.optim.lr_g, betas=(changed.optim.beta1, changed.optim.beta2))

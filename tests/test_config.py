@@ -116,3 +116,41 @@ def test_cli_refuses_bad_config_with_exit_2_and_writes_nothing(tmp_path, overrid
     assert key in result.stderr
     assert not out_dir.exists() and not data_dir.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text", ["- data\n- model\n", "- train:\n    num_steps: 3\n"])
+def test_a_config_file_that_is_a_list_is_a_config_error_exit_2(tmp_path, capsys, text):
+    from gan_dist.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["train", str(path), f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{path}: a config file is a mapping of sections" in err and "not a list" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+@pytest.mark.parametrize("model, size", [("keras_dcgan", 17), ("dcgan", 12), ("dcgan", 30)])
+def test_an_image_size_the_model_cannot_build_is_refused_before_the_folder_is_converted(tmp_path, monkeypatch,
+                                                                                        capsys, model, size):
+    """The conv models need a side that is a multiple of 4 and >= 16: refused with exit 2 at validation, before
+    the folder is scanned or a shard written (issue 16: a whole folder was converted first)."""
+    import numpy as np
+    from PIL import Image
+
+    from gan_dist.cli import main
+
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    for index in range(12):
+        Image.fromarray(np.full((20, 20), index * 20, np.uint8)).save(images / f"{index}.png")
+    monkeypatch.setenv("GAN_DIST_DATA_DIR", str(tmp_path / "cache"))
+    args = ["configs/debug.yaml", "data.dataset=folder", f"data.source=folder:{images.parent}",
+            f"data.image_size={size}", f"model.name={model}", f"run.out_dir={tmp_path / 'runs'}"]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "key 'data.image_size'" in err and "multiple of 4 and at least 16" in err, err
+    assert f"got {size}" in err and "model.name=mlp" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no cache, no shards, no run folder
+    load_config("configs/debug.yaml", args[1:-2] + ["model.name=mlp"])  # the mlp takes any size

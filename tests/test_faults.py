@@ -5,11 +5,16 @@
   each until the run is done: the result must equal an uninterrupted run's bit for bit;
 - NaN weights planted in the newest checkpoint with a meta.json rewritten to match (its sizes and hashes
   verify): `--resume auto` must set it aside and fall back, an explicit `--resume PATH` must exit 1 naming
-  the file.
+  the file;
+- two trainings of one run folder at a random offset (exactly one trains, the other exits 1 naming it), a
+  disk filling at a random byte (exit 1 in one line; resume after freeing space completes the run bit for
+  bit), a run resumed from a (copied) checkpoint of another run (the source is never written), Ctrl-C at a
+  random step (checkpoint, exit 130; a second one stops at once).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -197,3 +202,202 @@ def test_nan_weights_in_the_newest_checkpoint_are_set_aside_and_an_older_one_res
     for _, path in complete_checkpoints(run_dir):
         verify_checkpoint(path)
     assert all(t.isfinite().all() for t in load_file(str(run_dir / "generator.safetensors")).values())
+
+
+# -- new guarantees, each a seeded trial -----------------------------------------------------------------
+
+def _start_named(shards: Path, out_dir: Path, name: str, log: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "gan_dist", "train", "configs/debug.yaml", f"data.root={shards}",
+               f"run.out_dir={out_dir}", f"run.name={name}", *COMMON, *extra]
+    with open(log, "w") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=_environment())
+
+
+def test_two_writers_of_one_run_folder_at_random_offsets_exactly_one_trains(mnist_shards, tmp_path):
+    """Started together or seconds apart: one trains to the end, the other exits 1 naming the holder (its pid)
+    before writing anything; nothing of the first is lost."""
+    rng = random.Random(KILL_SEED)
+    offset = rng.uniform(0.0, 2.0)
+    # 60 steps (~4 s here): the first start holds the lock long enough to overlap a second one started up to
+    # 2 s later, whatever the start-up jitter.
+    extra = ["train.num_steps=60", "--resume", "auto"]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = _start_named(mnist_shards, tmp_path, "shared", logs[0], *extra)
+    time.sleep(offset)
+    second = _start_named(mnist_shards, tmp_path, "shared", logs[1], *extra)
+    codes = [first.wait(WAIT_S), second.wait(WAIT_S)]
+    outputs = [log.read_text() for log in logs]
+    assert sorted(codes) == [0, 1], (offset, codes, outputs)
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    pid = (first, second)[winner].pid
+    [line] = [line for line in outputs[loser].splitlines() if line.strip()]  # one line, no traceback
+    assert f"is in use by pid {pid} on " in line and "choose another run.name" in line, (offset, line)
+    run_dir = tmp_path / "shared"
+    assert json.loads((run_dir / "done.json").read_text())["step"] == 60
+    assert [step for step, _ in complete_checkpoints(run_dir)] == [58, 60]
+    for _, path in complete_checkpoints(run_dir):
+        verify_checkpoint(path)
+    assert len(read_lines(run_dir / "starts.jsonl")) == 1  # the refused start recorded nothing
+    assert "removed the unfinished checkpoint write" not in outputs[winner]
+
+
+class _FillingDisk:
+    """Stands in for the builtin open in gan_dist.files: files opened for writing take bytes from a budget;
+    the write that would exceed it writes what fits and raises ENOSPC, as a full disk does."""
+
+    def __init__(self, budget: int | None) -> None:
+        self.left = budget
+        self.written = 0
+
+    def open(self, file, mode="r", *args, **kwargs):
+        import builtins
+
+        handle = builtins.open(file, mode, *args, **kwargs)
+        return _Metered(handle, self) if any(flag in mode for flag in "wa+") else handle
+
+
+class _Metered:
+    def __init__(self, handle, disk: _FillingDisk) -> None:
+        self._handle, self._disk = handle, disk
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        disk = self._disk
+        if disk.left is not None and size > disk.left:
+            self._handle.write(memoryview(data).cast("B")[:disk.left])
+            disk.written += disk.left
+            disk.left = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if disk.left is not None:
+            disk.left -= size
+        disk.written += size
+        return self._handle.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+def test_a_disk_filling_at_a_random_byte_exits_1_in_one_line_and_resume_after_freeing_space_completes(
+        mnist_shards, tmp_path, capsys, monkeypatch, one_thread):
+    """ENOSPC from gan_dist.files' writers after a seeded number of bytes (during a start's records, a grid, a
+    checkpoint or the export): exit 1, one line naming the file and the free space; then, with space again,
+    --resume auto continues from the newest complete checkpoint to the uninterrupted run's result."""
+    import gan_dist.files
+
+    def args(name: str, *extra: str) -> list[str]:
+        return ["train", "configs/debug.yaml", f"data.root={mnist_shards}", f"run.out_dir={tmp_path}",
+                f"run.name={name}", *COMMON, "train.num_steps=8", "log.sample_every=4", *extra]
+
+    meter = _FillingDisk(None)
+    monkeypatch.setattr(gan_dist.files, "open", meter.open, raising=False)
+    assert cli_main(args("straight")) == 0
+    total = meter.written  # what an uninterrupted run writes through gan_dist.files
+    rng = random.Random(KILL_SEED)
+    for trial, budget in enumerate(sorted(rng.randrange(1, total) for _ in range(2))):
+        name = f"full{trial}"
+        monkeypatch.setattr(gan_dist.files, "open", _FillingDisk(budget).open, raising=False)
+        capsys.readouterr()
+        status = cli_main(args(name))
+        err = capsys.readouterr().err
+        assert status == 1, (budget, total, err)
+        [line] = err.splitlines()  # one line, no traceback
+        assert "no space left on device writing " + str(tmp_path / name) in line and " free there" in line, line
+        monkeypatch.setattr(gan_dist.files, "open", open, raising=False)  # space freed
+        newest = complete_checkpoints(tmp_path / name)
+        capsys.readouterr()
+        assert cli_main(args(name, "--resume", "auto")) == 0
+        out = capsys.readouterr().out
+        if newest:
+            assert f"resumed from {newest[-1][1]} at step {newest[-1][0]}" in out
+        straight, resumed = _tensors_at(tmp_path / "straight", 8), _tensors_at(tmp_path / name, 8)
+        assert straight.keys() == resumed.keys()
+        for key, value in straight.items():
+            assert torch.equal(value, resumed[key]), (budget, key)
+
+
+def _tensors_at(run_dir: Path, num_steps: int) -> dict[str, torch.Tensor]:
+    step, path = complete_checkpoints(run_dir)[-1]
+    assert step == num_steps
+    tensors = {}
+    for name in ("G", "D", "optimizer_G", "optimizer_D"):
+        tensors.update({f"{name}.{k}": v for k, v in load_file(str(path / f"{name}.safetensors")).items()})
+    tensors.update({f"export.{k}": v for k, v in load_file(str(run_dir / "generator.safetensors")).items()})
+    return tensors
+
+
+def test_a_run_resumed_from_a_copied_checkpoint_never_writes_into_the_source_folder(mnist_shards, tmp_path, capsys,
+                                                                                     one_thread):
+    """A seeded choice of checkpoint (older or newest of its run), of where it is read (in its run folder or a
+    copy in a downloads folder) and of the new run's name: the source folder and the copy's folder are left
+    byte for byte as they were; without run.name nothing is written at all (exit 2)."""
+    import shutil
+
+    def args(*extra: str) -> list[str]:
+        return ["train", "configs/debug.yaml", f"data.root={mnist_shards}", *COMMON, "checkpoint.every=2",
+                "checkpoint.keep_last=5", *extra]
+
+    assert cli_main(args(f"run.out_dir={tmp_path / 'runs'}", "run.name=src", "train.num_steps=6")) == 0
+    source = tmp_path / "runs" / "src"
+    rng = random.Random(KILL_SEED)
+    step = rng.choice([2, 4, 6])
+    checkpoint_path = source / "checkpoints" / f"step_{step:08d}"
+    if rng.random() < 0.5:
+        checkpoint_path = Path(shutil.copytree(checkpoint_path, tmp_path / "downloads" / checkpoint_path.name))
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for folder in (source, tmp_path / "downloads") if folder.exists()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    capsys.readouterr()
+    assert cli_main(args(f"run.out_dir={tmp_path / 'runs'}", "train.num_steps=8", "--resume",
+                         str(checkpoint_path))) == 2
+    assert "key 'run.name'" in capsys.readouterr().err
+    out_dir = rng.choice([tmp_path / "runs", tmp_path / "elsewhere"])
+    assert cli_main(args(f"run.out_dir={out_dir}", "run.name=new", "train.num_steps=8", "--resume",
+                         str(checkpoint_path))) == 0
+    assert snapshot() == before, (step, checkpoint_path, out_dir)
+    assert json.loads((out_dir / "new" / "done.json").read_text())["step"] == 8
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == (["new", "src"] if out_dir == tmp_path / "runs"
+                                                                    else ["src"])
+
+
+@pytest.mark.slow  # two starts in subprocesses: ~20 s on 2 shared cores
+def test_ctrl_c_at_a_random_step_checkpoints_and_exits_130_and_a_second_one_stops_at_once(mnist_shards, tmp_path):
+    """SIGINT after a seeded number of steps: the step finishes, a checkpoint of it is written, one line, exit
+    130. Then a start that resumes it gets two in quick succession: exit 130 at once, no traceback, and its
+    checkpoints all verify."""
+    rng = random.Random(KILL_SEED)
+    extra = ["train.num_steps=200", "checkpoint.every=100", "--resume", "auto"]
+    log = tmp_path / "first.log"
+    process = _start_named(mnist_shards, tmp_path, "r", log, *extra)
+    steps = rng.randint(2, 6)
+    assert _poll(process, lambda: len(STEP_LINE.findall(log.read_text())) >= steps), log.read_text()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(WAIT_S) == 130, log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    match = re.search(r"interrupted \(SIGINT\): checkpoint at step (\d+) in (\S+); continue with --resume auto",
+                      output)
+    assert match and int(match.group(1)) >= steps, output
+    assert [step for step, _ in complete_checkpoints(tmp_path / "r")] == [int(match.group(1))]
+
+    log = tmp_path / "second.log"
+    process = _start_named(mnist_shards, tmp_path, "r", log, *extra)
+    assert _poll(process, lambda: len(STEP_LINE.findall(log.read_text())) >= 1), log.read_text()
+    process.send_signal(signal.SIGINT)
+    time.sleep(rng.uniform(0.0, 0.05))
+    process.send_signal(signal.SIGINT)
+    assert process.wait(WAIT_S) == 130, log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    assert "gan-dist train: interrupted (Ctrl-C), stopped at once" in output or "interrupted (SIGINT)" in output
+    assert "resumed from" in output
+    for _, path in complete_checkpoints(tmp_path / "r"):  # what the abort left resumes (--resume auto)
+        verify_checkpoint(path)

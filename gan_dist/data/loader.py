@@ -511,16 +511,18 @@ def _skipped_positions(num_batches: int, batch_size: int, num_streams: int, load
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM and SIGUSR1.
+    """DataLoader workers ignore SIGTERM, SIGUSR1 and SIGINT.
 
     SLURM (scancel, preemption, the time-limit warning) and `timeout` signal every process of the job
-    step or process group, workers included. A worker killed by SIGTERM makes the training process
-    raise "DataLoader worker ... is killed by signal" in the middle of a step, before the trainer can
-    finish the step and write its checkpoint. Workers stop with the training process anyway (their
-    queues close; SLURM's SIGKILL follows its SIGTERM).
+    step or process group, workers included, and a terminal's Ctrl-C reaches the whole foreground process
+    group. A worker killed by the signal makes the training process raise "DataLoader worker ... is
+    killed by signal" (or a worker's KeyboardInterrupt traceback) in the middle of a step, before the
+    trainer can finish the step and write its checkpoint. Workers stop with the training process anyway
+    (their queues close; SLURM's SIGKILL follows its SIGTERM).
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def expand_urls(urls: str) -> list[str]:

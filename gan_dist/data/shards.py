@@ -50,7 +50,7 @@ from gan_dist.data.folder import (
     split_files,
 )
 from gan_dist.data.sources import DataError, ImageArrays, SourceError, load_arrays, report
-from gan_dist.files import atomic_write, sha256_file, user_cache_dir
+from gan_dist.files import atomic_write, sha256_file, user_cache_dir, write_text_atomic
 from gan_dist.registry.datasets import (
     FOLDER_DEFAULT_CHANNELS,
     FOLDER_DEFAULT_IMAGE_SIZE,
@@ -306,7 +306,7 @@ def _store(out: Path, split: str, name: str, data: bytes, num_samples: int) -> d
     digest = hashlib.sha256(data).hexdigest()
     path = out / name
     if not (path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == digest):
-        atomic_write(path, lambda stream: stream.write(data))
+        atomic_write(path, lambda stream: stream.write(data), len(data))
     return {"split": split, "name": name, "num_samples": num_samples, "sha256": digest, "size_bytes": len(data)}
 
 
@@ -318,7 +318,7 @@ def _finish(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         if match and match["dataset"] == manifest["dataset"] and path.name not in listed:
             path.unlink(missing_ok=True)  # from an older layout (other samples_per_shard)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    atomic_write(out / MANIFEST_NAME, lambda stream: stream.write(text.encode()))
+    write_text_atomic(out / MANIFEST_NAME, text)
     return manifest
 
 

@@ -56,3 +56,9 @@ def class_accuracy(logits: torch.Tensor, requested: torch.Tensor) -> float:
     G that ignores its labels (with balanced labels), 1 for one that always draws the requested class.
     """
     return float((logits.argmax(dim=1) == requested.to(logits.device)).double().mean())
+
+
+def classes_without_samples(labels: torch.Tensor, num_classes: int) -> list[int]:
+    """The classes in [0, num_classes) that no label names (e.g. a class too small to give a test image)."""
+    counts = torch.bincount(labels.cpu().long(), minlength=num_classes)[:num_classes]
+    return [c for c in range(num_classes) if int(counts[c]) == 0]

@@ -43,8 +43,15 @@ from gan_dist.data.loader import split_batches
 from gan_dist.distributed import build_accelerator, release_accelerator, run_on_main
 from gan_dist.files import atomic_write
 from gan_dist.metrics.classes import class_accuracy, class_fractions, class_histogram, inception_score
-from gan_dist.metrics.fid import class_statistics, feature_statistics, frechet_distance, intra_fid
-from gan_dist.metrics.prdc import DC_K, PR_K, prdc
+from gan_dist.metrics.fid import (
+    class_statistics,
+    feature_statistics,
+    frechet_distance,
+    intra_fid,
+    intra_fid_note,
+    left_out_classes,
+)
+from gan_dist.metrics.prdc import DC_K, PR_K, check_enough_samples, prdc
 from gan_dist.registry.feature_nets import feature_net
 from gan_dist.sampling import class_labels, latent_noise, num_classes_of, sample_images
 
@@ -57,7 +64,8 @@ if TYPE_CHECKING:
 
 # Bump when a metric's definition or a cached file's content changes: it is part of the cache key.
 # 2: the reference holds the test labels (intra-FID), the floor the class metrics.
-METRICS_VERSION = 2
+# 3: intra-FID leaves out classes without 2 images on a side (null per class, a note), never NaN.
+METRICS_VERSION = 3
 # Metrics in the order of the printed table (the class_frac_* keys follow in the JSON).
 TABLE_KEYS = ("fid", "intra_fid", "class_accuracy", "inception_score", "precision", "recall", "density",
               "coverage", "classes_covered", "class_kl_uniform")
@@ -96,14 +104,17 @@ def compute_metrics(features: torch.Tensor, logits: torch.Tensor, reference: Ref
 
 
 def conditional_metrics(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, reference: Reference,
-                        num_classes: int, with_accuracy: bool) -> tuple[dict[str, float], list[float]]:
+                        num_classes: int, with_accuracy: bool, class_names: tuple[str, ...] | list[str] = ()
+                        ) -> tuple[dict[str, float], list[float | None], str]:
     """intra_fid (and class_accuracy when `with_accuracy`: the network's classes are the dataset's) of
-    samples that belong to `labels` (N,); also returns the per-class FIDs."""
+    samples that belong to `labels` (N,); also returns the per-class FIDs (None: left out) and a note
+    saying which classes intra-FID left out and why ('' when none; no intra_fid at all when every class was)."""
     mean, per_class = intra_fid(features, labels, reference.class_stats, num_classes)
-    metrics = {"intra_fid": mean}
+    note = intra_fid_note(left_out_classes(labels, reference.labels, num_classes), num_classes, class_names)
+    metrics = {} if mean is None else {"intra_fid": mean}
     if with_accuracy:
         metrics["class_accuracy"] = class_accuracy(logits, labels)
-    return metrics, per_class
+    return metrics, per_class, note
 
 
 @torch.no_grad()
@@ -162,7 +173,8 @@ def check_generator_fits(info: GeneratorInfo, dataset: ResolvedDataset) -> None:
 class Evaluator:
     """Collective evaluator: construct it on every rank, call `evaluate` on every rank.
 
-    Construction loads the verified feature network for `dataset` on every rank (eval.feature_net through
+    Construction refuses a split too small for the metrics (TooFewSamples, a ConfigError naming its size),
+    then loads the verified feature network for `dataset` on every rank (eval.feature_net through
     its registry entry; FeatureNetworkMissing when there is none) and, on the main process, the
     reference and the floor (cached on disk; the first time it reads the test split and about
     `eval.num_samples` train images). `evaluate(G, seed)` returns the same dict on every rank.
@@ -176,6 +188,7 @@ class Evaluator:
         self.num_samples = config.eval.num_samples
         self.batch_size = config.eval.batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else metrics_cache_dir()
+        check_enough_samples(dataset.name, dataset.test_size, dataset.train_size, self.num_samples)
         spec = feature_net(config.eval.feature_net, dataset.spec.default_feature_net)
         loader = importlib.import_module(spec.module).load_feature_net
         self.net, self.weights_record = loader(dataset, config.eval, accelerator.device)
@@ -183,8 +196,10 @@ class Evaluator:
         self.classifies_dataset = dataset.num_classes > 0 and self.net.num_classes == dataset.num_classes
         self._reference: Reference | None = None  # main process only
         self.last_class_fractions: list[float] = []  # of the last evaluate(), main process only
-        self.last_intra_fid_per_class: list[float] = []  # of the last evaluate() of a conditional G
-        self.floor_intra_fid_per_class: list[float] = []
+        self.last_intra_fid_per_class: list[float | None] = []  # of the last evaluate() of a conditional G
+        self.floor_intra_fid_per_class: list[float | None] = []
+        self.last_intra_fid_note = ""  # which classes intra-FID left out, and why ('' when none)
+        self.floor_intra_fid_note = ""
         self._floor: dict[str, float] = self._on_main(self._compute_floor)
 
     # -- collective helpers -------------------------------------------------------------------
@@ -232,6 +247,7 @@ class Evaluator:
         if path.is_file():
             record = json.loads(path.read_text())
             self.floor_intra_fid_per_class = record.get("intra_fid_per_class", [])
+            self.floor_intra_fid_note = record.get("intra_fid_note", "")
             return record["metrics"]
         quota = self.class_quota()
         features, logits, labels = self._read("train", limit=self.num_samples, class_quota=quota)
@@ -241,12 +257,13 @@ class Evaluator:
                                   "num_test_images": len(reference.features)}
         if quota:  # the class metrics of real train images, as many per class as a conditional G gets
             chosen = balanced_indices(labels, quota)
-            class_metrics, per_class = conditional_metrics(features[chosen], logits[chosen], labels[chosen],
-                                                           reference, self.dataset.num_classes,
-                                                           self.classifies_dataset)
+            class_metrics, per_class, note = conditional_metrics(
+                features[chosen], logits[chosen], labels[chosen], reference, self.dataset.num_classes,
+                self.classifies_dataset, self.dataset.class_names)
             metrics.update(class_metrics)
-            self.floor_intra_fid_per_class = per_class
+            self.floor_intra_fid_per_class, self.floor_intra_fid_note = per_class, note
             record["intra_fid_per_class"] = per_class
+            record["intra_fid_note"] = note
             record["class_counts"] = torch.bincount(labels[chosen], minlength=len(quota)).tolist()
         record["metrics"] = metrics
         atomic_write(path, lambda stream: stream.write(json.dumps(record, indent=2).encode()))
@@ -313,10 +330,11 @@ class Evaluator:
             reference = self.reference()
             metrics = compute_metrics(features, logits, reference)
             if requested is not None:
-                class_metrics, per_class = conditional_metrics(features, logits, requested, reference, num_classes,
-                                                               self.classifies_dataset)
+                class_metrics, per_class, note = conditional_metrics(features, logits, requested, reference,
+                                                                     num_classes, self.classifies_dataset,
+                                                                     self.dataset.class_names)
                 metrics.update(class_metrics)
-                self.last_intra_fid_per_class = per_class
+                self.last_intra_fid_per_class, self.last_intra_fid_note = per_class, note
             self.last_class_fractions = class_fractions(logits).tolist()
             metrics["eval_seconds"] = time.perf_counter() - start
             return metrics
@@ -370,6 +388,8 @@ def evaluate_generator(config: Config, G: nn.Module, info: GeneratorInfo,
               "feature_network_sha256": evaluator.weights_record["sha256"], "metrics": metrics, "floor": floor,
               "class_fractions": evaluator.last_class_fractions}
     if info.num_classes:
-        result["intra_fid_per_class"] = evaluator.last_intra_fid_per_class
+        result["intra_fid_per_class"] = evaluator.last_intra_fid_per_class  # null: left out (see the notes)
         result["floor_intra_fid_per_class"] = evaluator.floor_intra_fid_per_class
+        result["intra_fid_note"] = evaluator.last_intra_fid_note
+        result["floor_intra_fid_note"] = evaluator.floor_intra_fid_note
     return result, is_main

@@ -55,27 +55,54 @@ def fid_from_features(features1: np.ndarray | torch.Tensor, features2: np.ndarra
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
 
 
+MIN_CLASS_SAMPLES = 2  # a covariance needs 2 samples: intra-FID leaves out a class with fewer on either side
+
+
 def intra_fid(features: torch.Tensor, labels: torch.Tensor, reference_stats: dict[int, tuple[np.ndarray, np.ndarray]],
-              num_classes: int) -> tuple[float, list[float]]:
+              num_classes: int) -> tuple[float | None, list[float | None]]:
     """Intra-FID (Miyato & Koyama 2018): the FID of each class's samples against that class's reference
     statistics, averaged over classes. Returns (mean, per-class list).
 
     features: (N, D); labels: (N,) int64, the class each sample belongs to (for generated images: the
-    class requested from G). reference_stats: {class: (mu (D,), sigma (D, D))}. A class with fewer than
-    2 samples or no reference statistics has no covariance: its entry is nan and the mean skips it (nan
-    when no class has both). Each class's FID is biased upwards by its small sample count (N / K): compare
-    with the floor of the same size.
+    class requested from G). reference_stats: {class: (mu (D,), sigma (D, D))}, for the classes with at least
+    MIN_CLASS_SAMPLES reference images (`class_statistics`). A class with fewer than MIN_CLASS_SAMPLES samples
+    or no reference statistics has no covariance: it is left out (None in the list, never NaN), and the mean
+    is over the classes that have both (None when none has; `left_out_classes` says which and why). Each
+    class's FID is biased upwards by its small sample count (N / K): compare with the floor of the same size.
     """
     labels = labels.cpu()
-    per_class = []
+    per_class: list[float | None] = []
     for c in range(num_classes):
         chosen = features[labels == c]  # (N_c, D)
-        if len(chosen) < 2 or c not in reference_stats:
-            per_class.append(float("nan"))
+        if len(chosen) < MIN_CLASS_SAMPLES or c not in reference_stats:
+            per_class.append(None)
             continue
         per_class.append(frechet_distance(*feature_statistics(chosen), *reference_stats[c]))
-    defined = [value for value in per_class if not np.isnan(value)]
-    return (float(np.mean(defined)) if defined else float("nan")), per_class
+    defined = [value for value in per_class if value is not None]
+    return (float(np.mean(defined)) if defined else None), per_class
+
+
+def left_out_classes(labels: torch.Tensor, reference_labels: torch.Tensor, num_classes: int) -> dict[int, str]:
+    """{class: why} for the classes `intra_fid` leaves out: fewer than MIN_CLASS_SAMPLES samples (`labels`) or
+    reference images (`reference_labels`), e.g. {3: '1 sample, 0 reference images'}."""
+    samples = torch.bincount(labels.cpu().long(), minlength=num_classes)[:num_classes].tolist()
+    reference = torch.bincount(reference_labels.cpu().long().clamp(min=0), minlength=num_classes)[:num_classes].tolist()
+    if (reference_labels < 0).any():  # an unlabeled reference (-1): no class has reference images
+        reference = [0] * num_classes
+    return {c: f"{samples[c]} sample{'s' if samples[c] != 1 else ''}, {reference[c]} reference "
+               f"image{'s' if reference[c] != 1 else ''}"
+            for c in range(num_classes) if min(samples[c], reference[c]) < MIN_CLASS_SAMPLES}
+
+
+def intra_fid_note(left_out: dict[int, str], num_classes: int, class_names: list[str] | tuple[str, ...] = ()) -> str:
+    """One line saying over which classes intra-FID was computed and which were left out, and why ('' when
+    none was)."""
+    if not left_out:
+        return ""
+    names = [f"{class_names[c] if c < len(class_names) else c} ({why})" for c, why in sorted(left_out.items())]
+    kept = num_classes - len(left_out)
+    over = f"over {kept} of {num_classes} classes" if kept else f"not computed (no class of {num_classes} qualifies)"
+    return (f"intra-FID {over}: left out, fewer than {MIN_CLASS_SAMPLES} images on a side: {', '.join(names)}")
 
 
 def class_statistics(features: torch.Tensor, labels: torch.Tensor,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from gan_dist.config import ConfigError
+
 PR_K = 3
 DC_K = 5
 
@@ -62,3 +64,27 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, pr_k: int = PR_K, dc_k: int = D
         "density": (density_hits / (dc_k * len(fake))).item(),
         "coverage": (nearest_fake <= real_radii[dc_k]).double().mean().item(),
     }
+
+
+# The fewest samples each side may have: the k-NN radii of the real set at k = DC_K need more real samples
+# than DC_K, those of the fake set at k = PR_K more than PR_K (FID needs 2 of each, which these include).
+MIN_REAL = max(PR_K, DC_K) + 1
+MIN_FAKE = PR_K + 1
+
+
+class TooFewSamples(ConfigError):
+    """A split too small for the k-NN metrics: evaluation cannot run (the message names the split's size)."""
+
+
+def check_enough_samples(dataset: str, test_size: int, train_size: int, num_samples: int) -> None:
+    """Raise TooFewSamples unless the test split (the reference) and the floor's real train images (as many as
+    eval.num_samples, at most the split) are large enough for every metric."""
+    if test_size < MIN_REAL:
+        raise TooFewSamples(
+            f"key 'eval.eval_every': the test split of {dataset} has {test_size} image(s); precision/recall/"
+            f"density/coverage measure each sample against its {DC_K} nearest neighbours, so evaluation needs at "
+            f"least {MIN_REAL} test images: add images (or raise data.test_fraction), or set eval.eval_every=-1")
+    if min(train_size, num_samples) < MIN_FAKE:
+        raise TooFewSamples(
+            f"key 'eval.eval_every': the train split of {dataset} has {train_size} image(s); the real-data floor "
+            f"needs at least {MIN_FAKE}: add images, or set eval.eval_every=-1")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -45,6 +46,7 @@ from gan_dist.distributed import (
 )
 from gan_dist.metrics.evaluate import Evaluator, format_table
 from gan_dist.metrics.features import FeatureNetworkMissing
+from gan_dist.metrics.prdc import TooFewSamples, check_enough_samples
 from gan_dist.models.build import build_g_regularizer, build_models
 from gan_dist.objectives.objective import build_objective
 from gan_dist.progress import TrainState, elastic_batch
@@ -55,7 +57,7 @@ from gan_dist.tracking import make_tracker, new_run_id
 from gan_dist.train.cadence import Cadence
 from gan_dist.train.logger import Diverged, MetricLogger
 from gan_dist.train.lr_schedule import LinearDecay
-from gan_dist.train.run_folder import RunFolder, RunRecord, resolve_run_path
+from gan_dist.train.run_folder import RunFolder, RunFolderInUse, RunRecord, resolve_run_path
 from gan_dist.train.step import EMA, CUDAGraphStep, GANStep, Networks, NoiseSource, StepSettings, derive_seed
 
 # Exit status of a run stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL):
@@ -63,21 +65,28 @@ from gan_dist.train.step import EMA, CUDAGraphStep, GANStep, Networks, NoiseSour
 EXIT_STOPPED_EARLY = 75
 # Exit status of a run whose losses became inf/nan: nothing non-finite was saved; not requeued.
 EXIT_DIVERGED = 3
+# Exit status of a run stopped by Ctrl-C (SIGINT) after writing its checkpoint: 128 + SIGINT, as a shell
+# reports a process killed by it; a user's stop, so not 75 (which asks a scheduler to requeue).
+EXIT_INTERRUPTED = 130
 GRID_SEED_OFFSET = 12345  # the sample grids' fixed noise: seed run.seed + this
 
 
 class StopRequest:
-    """Set by SIGUSR1 / SIGTERM (SLURM's warning before a time limit or preemption).
+    """Set by SIGUSR1 / SIGTERM (SLURM's warning before a time limit or preemption) and by SIGINT (Ctrl-C).
 
-    The handler only sets a flag; the loop finishes the current step, then all ranks agree.
+    The handler only sets a flag; the loop finishes the current step, then all ranks agree. After the first
+    Ctrl-C a second one raises KeyboardInterrupt at once (Python's own handler is put back): `gan-dist`
+    then exits 130 without a new checkpoint (the last complete one stays).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signal_name: str | None = None
+        self.announce = announce  # say on stderr, once, that a Ctrl-C was heard (the main process)
 
     @contextmanager
     def installed(self) -> Any:
-        previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGUSR1, signal.SIGTERM)}
+        signums = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+        previous = {signum: signal.signal(signum, self._handle) for signum in signums}
         try:
             yield self
         finally:
@@ -85,7 +94,14 @@ class StopRequest:
                 signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.signal_name = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts at once
+            if self.announce:
+                print("Ctrl-C: finishing the step and writing a checkpoint (Ctrl-C again to stop at once)",
+                      file=sys.stderr, flush=True)
+        if self.signal_name is None or signum == signal.SIGINT:
+            self.signal_name = name
 
     @property
     def requested(self) -> bool:
@@ -143,6 +159,8 @@ class Trainer:
         try:
             self._build(config)
         except BaseException:
+            if getattr(self, "run", None) is not None:
+                self.run.release()
             release_accelerator(accelerator)  # a failed start leaves no process group behind
             raise
 
@@ -150,8 +168,10 @@ class Trainer:
         from accelerate.utils import set_seed  # accelerate is imported lazily everywhere (~1 s)
 
         accelerator, train_cfg = self.accelerator, config.train
+        self.run: RunFolder | None = None
         configure_backends(accelerator.device, config.run.deterministic)
         self._check_device_features()
+        run_path = resolve_run_path(config, accelerator)  # a --resume PATH without run.name stops here (exit 2)
 
         # The data first: its shape and classes decide the models; node-local main processes prepare
         # missing shards first (atomic writes make a shared filesystem safe too).
@@ -178,8 +198,19 @@ class Trainer:
         self.num_classes = G.num_classes
         self.objective = build_objective(config.loss)
 
-        # Only now, with the config known to build, is anything written into the run folder.
-        self.run = RunFolder(resolve_run_path(config, accelerator), accelerator)
+        # Evaluation that cannot run is off for the run, said once (not a crash after the last step).
+        self._evaluation_off_reason: str | None = None
+        if config.eval.eval_every >= 0:
+            try:
+                check_enough_samples(self.dataset.name, self.dataset.test_size, self.dataset.train_size,
+                                     config.eval.num_samples)
+            except TooFewSamples as error:
+                self._evaluation_off_reason = str(error)
+                self.print_main(f"evaluation is off for this run: {error}")
+
+        # Only now, with the config known to build, is anything written into the run folder: its lock
+        # first (a second training of the same folder stops here, on every rank, exit 1).
+        self.run = RunFolder(run_path, accelerator)
         for note in self.run.prepare(config):
             self.print_main(note)
 
@@ -204,6 +235,10 @@ class Trainer:
             base_lrs={"optimizer_G": config.optim.lr_g, "optimizer_D": config.optim.lr_d}, extra=extra)
 
         self.resumed_from = self._resume()
+        if self.resumed_from is not None and not self.run.owns(self.resumed_from):
+            # A new run from another run's checkpoint (only read): its own tracker run and best FID.
+            self.state.run_id, self.state.best_fid = "", None
+            self.print_main(f"new run {self.run.path} from {self.resumed_from}, which was only read")
         self._elapsed_before = self.state.elapsed_s  # earlier starts' wall-clock, up to the checkpoint
         self.batch_size_per_process, self.accumulation_steps = self._batch_layout()
         self.global_batch = self.batch_size_per_process * accelerator.num_processes * self.accumulation_steps
@@ -233,7 +268,6 @@ class Trainer:
         self._progress: Any = None
         self.logger: MetricLogger | None = None
         self.evaluator: Evaluator | None = None
-        self._evaluation_off_reason: str | None = None
         self._last_saved: tuple[int, Path] | None = None
         self._last_grid_step: int | None = None
         self._eval_s_total = 0.0
@@ -360,10 +394,24 @@ class Trainer:
         self.print_main(f"resumed from {path} at step {self.counters.step}")
         if self.networks.ema is not None:
             self.networks.ema.num_updates = self.state.ema_updates
-        if resume != "auto":
+        if resume != "auto" and self.run.owns(path):
             for moved in self.run.set_aside_newer(self.counters.step):
                 self.print_main(f"newer checkpoint of the abandoned trajectory set aside: {moved}")
+        if self.run.owns(path):
+            self._take_best_from_record()
         return path
+
+    def _take_best_from_record(self) -> None:
+        """The run's best FID from checkpoints/best.json when it is better than the checkpoint's own: the final
+        evaluation runs after the final checkpoint (a failing evaluation never costs it), so that checkpoint
+        does not hold the FID of its own step. Only a best at or before the resumed step counts."""
+        best = self.run.read_best()
+        fid = best.get("metrics", {}).get("fid") if isinstance(best.get("metrics"), dict) else None
+        step = best.get("step")
+        if (isinstance(fid, (int, float)) and not isinstance(fid, bool) and math.isfinite(fid)
+                and isinstance(step, int) and step <= self.counters.step
+                and (self.state.best_fid is None or fid < self.state.best_fid)):
+            self.state.best_fid = float(fid)
 
     def load_checkpoint(self, path: Path) -> None:
         """Every rank, mid-run: restore the run's state from `path` (verified first) and drop what a captured
@@ -395,6 +443,7 @@ class Trainer:
             self.print_main(f"run {self.run.path} already finished at step {self.counters.step}; nothing to do")
             return 0
         self.run.remove_done()
+        self.stop_request.announce = self.is_main
         self._start_logging()
         batches = self.batch_source()
         start_step = self.counters.step
@@ -476,6 +525,10 @@ class Trainer:
 
     def _stopped_early(self, step: int) -> int:
         path = self.save_checkpoint(step)
+        if self.stop_request.signal_name == "SIGINT":
+            self.print_main(f"interrupted (SIGINT): checkpoint at step {step} in {path}; continue with "
+                            "--resume auto")
+            return EXIT_INTERRUPTED
         self.print_main(f"preempted ({self.stop_request.signal_name or 'signal on another rank'}): "
                         f"checkpoint at step {step} in {path}")
         return EXIT_STOPPED_EARLY
@@ -489,13 +542,23 @@ class Trainer:
         return EXIT_DIVERGED
 
     def _finish(self, start_step: int, loop_s: float) -> int:
+        """The end of the run: grid, checkpoint and export first, then the final evaluation, whose failure
+        is one warning line: a failing evaluation never costs the checkpoint or the export."""
         step = self.counters.step
         self.logger.check_finite()
         self.write_samples(step)
-        if self.cadence.evaluate_at_end():
-            self.evaluate(step)
         self.save_checkpoint(step)
         self.run.export(self.networks.G_for_samples, self._generator_info(step))
+        if self.cadence.evaluate_at_end():
+            try:
+                self.evaluate(step)
+            except Diverged:
+                raise
+            except Exception as error:  # e.g. a feature network or metric that fails on this data
+                self.print_main(f"warning: the final evaluation failed ({type(error).__name__}: "
+                                f"{str(error).splitlines()[0] if str(error) else ''}); the checkpoint and the "
+                                f"exported generator were written before it; retry with `gan-dist eval --run "
+                                f"{self.run.path}`")
         steps_this_start = step - start_step
         images_this_start = steps_this_start * self.global_batch * self.config.train.d_steps_per_g
         self.run.write_done({
@@ -510,17 +573,22 @@ class Trainer:
 
     # -- samples, evaluation, checkpoints -----------------------------------------------------------------
     def write_samples(self, step: int) -> None:
-        """Main process: the fixed-noise grid (one row per class for a conditional G), PNG and tracker."""
-        if not self.is_main or self._last_grid_step == step:
+        """The fixed-noise grid (one row per class for a conditional G), PNG and tracker, drawn by the main
+        process; every rank calls it (a failure there, a full disk, is raised on every rank)."""
+        if self._last_grid_step == step:
             return
         self._last_grid_step = step
-        G = self.networks.G_for_samples
-        z, labels, columns = grid_inputs(G, self.config.log.num_samples, self.config.run.seed + GRID_SEED_OFFSET)
-        with self._training_rng_untouched():
-            images = sample_images(G, z, labels, device=self.accelerator.device)  # (N, C, H, W), one batch
-        grid = save_grid_png(images, self.run.path / "samples" / f"step_{step:08d}.png", columns=columns,
-                             pixel_scale=self.config.log.grid_pixel_scale)
-        self.tracker.log_image("samples", grid, step)
+
+        def draw() -> None:
+            G = self.networks.G_for_samples
+            z, labels, columns = grid_inputs(G, self.config.log.num_samples, self.config.run.seed + GRID_SEED_OFFSET)
+            with self._training_rng_untouched():
+                images = sample_images(G, z, labels, device=self.accelerator.device)  # (N, C, H, W), one batch
+            grid = save_grid_png(images, self.run.path / "samples" / f"step_{step:08d}.png", columns=columns,
+                                 pixel_scale=self.config.log.grid_pixel_scale)
+            self.tracker.log_image("samples", grid, step)
+
+        self.run.on_main(draw)
 
     def _training_rng_untouched(self) -> Any:
         """A context in which G may draw from torch's global RNG (StyleGAN2's random noise inputs) without
@@ -535,7 +603,7 @@ class Trainer:
         """The Evaluator, or None with the reason said once (e.g. an unlabeled folder without eval.feature_net)."""
         try:
             evaluator = Evaluator(self.config, self.accelerator, self.dataset)
-        except FeatureNetworkMissing as error:
+        except (FeatureNetworkMissing, TooFewSamples) as error:
             self._evaluation_off_reason = str(error)
             self.print_main(f"evaluation is off for this run: {error}")
             return None
@@ -557,14 +625,17 @@ class Trainer:
         with self._training_rng_untouched():
             metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
         self.tracker.log_scalars({f"eval/{key}": value for key, value in metrics.items()}, step)
+        notes = {key: note for key, note in (("intra_fid", self.evaluator.last_intra_fid_note),
+                                             ("floor_intra_fid", self.evaluator.floor_intra_fid_note)) if note}
         self.print_main(f"eval at step {step} ({self.config.eval.num_samples} samples, "
                         f"{'G_ema' if self.networks.ema is not None else 'G'}):\n"
-                        + format_table(metrics, self.evaluator.floor()))
+                        + format_table(metrics, self.evaluator.floor())
+                        + "".join(f"\nnote ({key.replace('_', ' ')}): {note}" for key, note in notes.items()))
         self._eval_s_total += metrics.get("eval_seconds", 0.0)
         self.run.append_eval({"step": step, "images_seen": self.counters.images_seen,
                               "elapsed_s": self.elapsed_s(), "eval_s_total_this_start": self._eval_s_total,
                               "num_samples": self.config.eval.num_samples, "metrics": metrics,
-                              "floor": self.evaluator.floor()})
+                              "floor": self.evaluator.floor(), **({"notes": notes} if notes else {})})
         fid = metrics.get("fid")
         if fid is not None and (self.state.best_fid is None or fid < self.state.best_fid):
             self.state.best_fid = fid
@@ -611,6 +682,8 @@ class Trainer:
             self.tracker.finish()
         if succeeded and accelerator.num_processes > 1:
             accelerator.wait_for_everyone()
+        if self.run is not None:
+            self.run.release()  # after every rank is done with the folder
         release_accelerator(accelerator)
 
 
@@ -620,6 +693,10 @@ def train(config: Config) -> int:
         trainer = Trainer(config)
     except CheckpointError as error:
         print(f"gan-dist train: cannot resume: {error}", file=sys.stderr, flush=True)
+        return 1
+    except RunFolderInUse as error:
+        if int(os.environ.get("RANK", "0")) == 0:  # the same line on every rank: said once
+            print(f"gan-dist train: {error}", file=sys.stderr, flush=True)
         return 1
     succeeded = False
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import tarfile
@@ -302,3 +304,71 @@ def test_cli_prepare_data_writes_shards_and_reports_counts_per_class(tmp_path, s
     assert lines[1].split() == ["class", "train", "test"]
     assert [line.split() for line in lines[2:]] == [[str(d), str(d), "30", "10"] for d in range(10)]
     assert verify_shards(tmp_path / "out") == []
+
+
+class _FullAfter:
+    """gan_dist.files' `open` on a disk that fills after `budget` bytes: the write that does not fit raises
+    ENOSPC (what fits of it is written first, as on a real disk)."""
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def open(self, file, mode="r", *args, **kwargs):
+        handle = open(file, mode, *args, **kwargs)
+        return self._Handle(handle, self) if any(flag in mode for flag in "wa+") else handle
+
+    class _Handle:
+        def __init__(self, handle, disk) -> None:
+            self._handle, self._disk = handle, disk
+
+        def write(self, data) -> int:
+            data = memoryview(data).cast("B")
+            if len(data) > self._disk.left:
+                self._handle.write(data[:self._disk.left])
+                self._disk.left = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self._disk.left -= len(data)
+            return self._handle.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self._handle.close()
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+
+def test_cli_prepare_data_on_a_full_disk_exits_1_in_one_line_and_completes_once_space_is_freed(
+        tmp_path, synthetic_mnist, monkeypatch, capsys):
+    """The disk fills in the middle of the shards: one line naming the file and the free space (no traceback),
+    no temp file and no manifest left (nothing reads the partial set); once space is freed the same command
+    completes and equals a run that never met a full disk."""
+    from gan_dist import files
+
+    monkeypatch.setattr(shards_module, "load_arrays",
+                        lambda spec, source, **kwargs: load_arrays(spec, source,
+                                                                   **{**kwargs, "verify_official_counts": False}))
+    idx = write_idx(tmp_path / "idx", synthetic_mnist, gzipped=False)
+
+    def prepare(out: Path) -> int:
+        return cli_main(["prepare-data", "--source", f"idx:{idx}", "--out", str(out), "--samples-per-shard", "100"])
+
+    assert prepare(tmp_path / "straight") == 0
+    total = sum(path.stat().st_size for path in (tmp_path / "straight").iterdir())
+    out = tmp_path / "out"
+    monkeypatch.setattr(files, "open", _FullAfter(total // 2).open, raising=False)
+    capsys.readouterr()
+    assert prepare(out) == 1
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if line.startswith("gan-dist prepare-data:")]
+    assert "Traceback" not in err and err.endswith(line + "\n"), err  # the last line, the only error line
+    assert line.startswith(f"gan-dist prepare-data: no space left on device writing {out}/mnist-"), line
+    assert re.search(r"; [\d.]+ [KMGT]?i?B free there; about [\d.]+ KiB needed$", line), line
+    left = sorted(path.name for path in out.iterdir())
+    assert left and all(name.endswith(".tar") for name in left), left  # whole shards only: no temp, no manifest
+    monkeypatch.setattr(files, "open", open, raising=False)  # space freed
+    assert prepare(out) == 0
+    assert (out / "manifest.json").read_text() == (tmp_path / "straight" / "manifest.json").read_text()
+    assert verify_shards(out) == []

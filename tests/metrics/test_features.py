@@ -215,6 +215,27 @@ def test_train_classifier_for_a_labeled_folder_writes_beside_its_shards(tmp_path
     assert verify_weights(other)["num_classes"] == 2
 
 
+def test_train_classifier_names_the_classes_without_a_test_image(tmp_path, capsys):
+    """A class of one image gets no test image: the accuracy is over the other classes, and says so."""
+    import json
+
+    from gan_dist.cli import main
+
+    images = write_image_folder(tmp_path / "images", classes=("cats", "dogs", "owls"), per_class=24, size=(16, 16))
+    for extra in sorted((images / "owls").iterdir())[1:]:
+        extra.unlink()
+    out = tmp_path / "net.safetensors"
+    assert main(["train-classifier", "data.dataset=folder", f"data.source=folder:{images}", "data.image_size=16",
+                 f"data.root={tmp_path / 'shards'}", "--epochs", "1", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [accuracy] = [line for line in lines if "test accuracy" in line]
+    assert "(over 2 of 3 classes)" in accuracy, accuracy
+    [note] = [line for line in lines if "note:" in line]
+    assert note == ("train-classifier: note: 1 class(es) have no test image, so the accuracy says nothing about "
+                    "them: owls (too few images to hold one out: add images, or raise data.test_fraction)")
+    assert json.loads(out.with_suffix(".json").read_text())["classes_without_test_images"] == ["owls"]
+
+
 def test_train_classifier_refuses_an_unlabeled_folder(tmp_path, capsys):
     from gan_dist.cli import main
 

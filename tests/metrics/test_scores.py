@@ -15,6 +15,8 @@ from gan_dist.metrics.fid import (
     fid_from_features,
     frechet_distance,
     intra_fid,
+    intra_fid_note,
+    left_out_classes,
     trace_sqrt_product,
 )
 from gan_dist.metrics.prdc import knn_radii, prdc
@@ -165,12 +167,21 @@ def test_intra_fid_is_near_zero_for_the_same_classes_and_sees_swapped_labels():
     assert shifted == pytest.approx(12.0, rel=0.05)  # |(2, 2, 2)|^2
 
 
-def test_intra_fid_skips_classes_without_a_covariance():
+def test_intra_fid_leaves_out_classes_without_a_covariance_and_says_which_and_why():
     real, real_labels = _class_clusters(400, 2)
+    real_labels[real_labels == 1] = 0
+    real_labels[4] = 1  # class 1 has a single reference image: no covariance
     stats = class_statistics(real, real_labels, 4)
     fake, fake_labels = _class_clusters(400, 3)
     fake_labels[fake_labels == 3] = 2  # class 3 never drawn
     mean, per_class = intra_fid(fake, fake_labels, stats, 4)
-    assert math.isnan(per_class[3]) and not any(math.isnan(v) for v in per_class[:3])
-    assert mean == pytest.approx(float(np.mean(per_class[:3])))
-    assert math.isnan(intra_fid(fake[:1], fake_labels[:1], stats, 4)[0])
+    assert per_class[1] is None and per_class[3] is None  # never NaN (the JSON records hold null)
+    assert not any(math.isnan(v) for v in (per_class[0], per_class[2]))
+    assert mean == pytest.approx(float(np.mean([per_class[0], per_class[2]])))
+    left_out = left_out_classes(fake_labels, real_labels, 4)
+    assert left_out == {1: "100 samples, 1 reference image", 3: "0 samples, 100 reference images"}
+    note = intra_fid_note(left_out, 4, ("a", "b", "c", "d"))
+    assert note == ("intra-FID over 2 of 4 classes: left out, fewer than 2 images on a side: "
+                    "b (100 samples, 1 reference image), d (0 samples, 100 reference images)")
+    assert intra_fid(fake[:1], fake_labels[:1], stats, 4)[0] is None  # no class has both: no number at all
+    assert "not computed" in intra_fid_note(left_out_classes(fake_labels[:1], real_labels, 4), 4)

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from gan_dist.checkpoint import complete_checkpoints
 from gan_dist.train.trainer import EXIT_STOPPED_EARLY
 from tests.distributed import REPO_ROOT
@@ -92,3 +94,37 @@ def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(mnist_shards, t
     # (-15): the exit status cannot say "stopped early", the new checkpoint does (launch/slurm/common.sh).
     assert process.returncode == 1 and "exitcode  : 75" in text, text
     assert 'gan_dist/' not in "".join(line for line in output if line.lstrip().startswith("File ")), text  # no crash
+
+
+@pytest.mark.slow  # accelerate launch of 2 CPU ranks: ~30 s on 2 shared cores
+def test_sigterm_to_accelerate_launch_checkpoints_every_rank_and_the_launcher_exits_143(mnist_shards, tmp_path):
+    """What a scheduler sees when it signals the launcher only (`timeout`, `kill PID`): accelerate's torchrun
+    agent forwards SIGTERM to the ranks and waits for them (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default,
+    then SIGKILL); they finish the step, write one checkpoint and exit 75; the launcher itself exits 143
+    (128 + SIGTERM), not 75 (README "Failure behaviour": the new checkpoint says "stopped early")."""
+    from tests.distributed import free_port
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO_ROOT / "launch/accelerate/cpu_multi_process.yaml"), "--main_process_port", str(free_port()),
+         "-m", "gan_dist", "train", "configs/debug.yaml", f"data.root={mnist_shards}", f"run.out_dir={tmp_path}",
+         "run.name=two", "dist.cpu=true", "data.loader=memory", "log.log_every=2", "log.sample_every=0",
+         "checkpoint.every=0", "eval.eval_every=-1", "log.tracker=none", "train.num_steps=100000"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("4 [D loss"):
+            process.send_signal(signal.SIGTERM)  # the launcher alone
+            break
+    output.extend(process.stdout)
+    process.wait(timeout=300)
+    text = "".join(output)
+    assert process.returncode == 128 + signal.SIGTERM, text
+    assert "preempted (SIGTERM)" in text, text
+    [(step, path)] = complete_checkpoints(tmp_path / "two")
+    assert step % 2 == 0 and step >= 4
+    assert (path / "rng_rank0.safetensors").is_file() and (path / "rng_rank1.safetensors").is_file()
+    assert not (tmp_path / "two" / "done.json").exists()
+    assert 'gan_dist/' not in "".join(line for line in output if line.lstrip().startswith("File ")), text

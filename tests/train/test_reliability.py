@@ -67,7 +67,7 @@ def test_an_explicit_resume_of_a_damaged_checkpoint_exits_1_naming_the_file(mnis
     path = tmp_path / "r" / "checkpoints" / "step_00000002"
     (path / "rng_rank0.json").write_text("{")
     status = cli_main(["train", "configs/debug.yaml", f"data.root={mnist_shards}", f"run.out_dir={tmp_path}",
-                       "train.num_steps=4", "--resume", str(path)])
+                       "run.name=r", "train.num_steps=4", "--resume", str(path)])
     err = capsys.readouterr().err
     assert status == 1
     assert err.strip().count("\n") == 0 and "rng_rank0.json" in err and "Traceback" not in err
