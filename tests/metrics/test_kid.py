@@ -18,7 +18,7 @@ def _features(n: int, d: int, shift: float, seed: int) -> torch.Tensor:
 
 
 def test_kid_equals_torch_fidelity_for_the_same_features_and_seed() -> None:
-    metric_kid = pytest.importorskip("torch_fidelity.metric_kid")
+    from torch_fidelity import metric_kid
     f1, f2 = _features(70, 24, 0.0, 1), _features(50, 24, 0.3, 2)
     ours = kid(f1, f2, subsets=12, subset_size=40, seed=7)
     theirs = metric_kid.kid_features_to_metric(f1, f2, kid_subsets=12, kid_subset_size=40, rng_seed=7,
