@@ -234,7 +234,7 @@ class ArchiveSplit:
     num_samples: int
     image_hw: tuple[int, int]  # (H, W) of the images as stored
     labeled: bool  # False: labels are -1
-    files: tuple[str, ...]  # where the samples come from, for messages
+    files: tuple[str, ...]  # where the samples come from (archive:member, or paths), for messages
     _read: Callable[[int], Iterator[Chunk]] = field(repr=False, compare=False)
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[Chunk]:
@@ -376,7 +376,8 @@ def _open_cifar(files: ArchiveFiles, path: Path, fmt: str) -> OpenedArchive:
                         yield np.ascontiguousarray(images), labels
                         left -= n
 
-        opened.splits[split] = ArchiveSplit(split, count, (CIFAR_SIDE, CIFAR_SIDE), True, tuple(members), read)
+        opened.splits[split] = ArchiveSplit(split, count, (CIFAR_SIDE, CIFAR_SIDE), True,
+                                            tuple(files.where(m) for m in members), read)
     names_file = files.find(f"{folder}/{CIFAR10_NAMES_FILE if fmt == 'cifar10' else CIFAR100_NAMES_FILE}",
                             CIFAR10_NAMES_FILE if fmt == "cifar10" else CIFAR100_NAMES_FILE)
     opened.class_names = _names_file(files, names_file)
@@ -436,7 +437,8 @@ def _open_stl10(files: ArchiveFiles, path: Path) -> OpenedArchive:
                     yield stl10_images(raw, n), all_labels[start:start + n]
 
         members = (x_member,) if y_member is None else (x_member, y_member)
-        opened.splits[split] = ArchiveSplit(split, count, (STL10_SIDE, STL10_SIDE), y_member is not None, members, read)
+        opened.splits[split] = ArchiveSplit(split, count, (STL10_SIDE, STL10_SIDE), y_member is not None,
+                                            tuple(files.where(m) for m in members), read)
     opened.class_names = _names_file(files, files.find(f"{STL10_FOLDER}/{STL10_NAMES_FILE}", STL10_NAMES_FILE))
     return opened
 

@@ -53,6 +53,7 @@ from gan_dist.data.download import download_file, file_digest
 from gan_dist.data.folder import default_workers, ordered_map, resize_and_crop
 from gan_dist.data.shards import (
     FORMAT_VERSION,
+    MANIFEST_NAME,
     _finish,
     _sample_format,
     _store,
@@ -300,9 +301,7 @@ def _archive_checksums(protocol: BenchmarkProtocol, opened: OpenedArchive,
     (an extracted folder) each of its files that the protocol reads; plus the companion files used."""
     declared = protocol.archive
     entries = []
-    if not include_archive:
-        pass
-    elif opened.kind == "folder":
+    if include_archive and opened.kind == "folder":
         wanted = set()
         for official in {s for splits in protocol.splits.values() for s in splits}:
             wanted.update(Path(f).name for f in opened.splits[official].files)
@@ -312,7 +311,7 @@ def _archive_checksums(protocol: BenchmarkProtocol, opened: OpenedArchive,
                 raise SourceError(f"{opened.files.where(member)}: no official digest is declared for this file")
             actual = file_digest(opened.files.path / member, algorithm)
             entries.append(_checksum_entry(opened.files.where(member), algorithm, expected, actual))
-    else:
+    elif include_archive:
         entries.append(_checksum_entry(str(opened.path), "sha256", declared.sha256, file_digest(opened.path)))
     partition_source = opened.details.get("partition", {}).get("source", "")
     for name, (algorithm, expected) in declared.companion_digests.items():
@@ -360,6 +359,28 @@ def resolve_archive(protocol: BenchmarkProtocol, source: str, *, cache_dir: Path
 
 
 # --- conversion --------------------------------------------------------------------------------------
+
+
+def settings_key(protocol: BenchmarkProtocol, image_size: int | None = None, crop: int | None = None) -> str:
+    """A folder name for the shards of `protocol` at these settings (defaults filled in), safe in a
+    WebDataset URL: cifar10-32, stl10-48, celeba-64-crop108. Shards of one dataset at two sizes must not
+    share a folder (their manifest.json would replace each other's)."""
+    size, side = protocol.settings(image_size, crop)
+    return f"{protocol.name}-{size}" + (f"-crop{side}" if side is not None else "")
+
+
+def manifest_problem(manifest: dict[str, Any], protocol: BenchmarkProtocol, image_size: int | None = None,
+                     crop: int | None = None, samples_per_shard: int | None = None) -> str | None:
+    """Why an existing manifest.json does not describe `protocol`'s shards at these settings, or None."""
+    size, side = protocol.settings(image_size, crop)
+    benchmark = manifest.get("benchmark") or {}
+    wanted = {"dataset": protocol.name, "protocol": protocol.name, "image_size": size, "crop": side}
+    found = {"dataset": manifest.get("dataset"), "protocol": benchmark.get("protocol"),
+             "image_size": benchmark.get("image_size"), "crop": benchmark.get("crop")}
+    if samples_per_shard is not None:
+        wanted["samples_per_shard"], found["samples_per_shard"] = samples_per_shard, manifest.get("samples_per_shard")
+    changed = [f"{key} {found[key]!r} -> {wanted[key]!r}" for key in wanted if found[key] != wanted[key]]
+    return f"the shards were made with other settings ({', '.join(changed)})" if changed else None
 
 
 def image_transform(native_hw: tuple[int, int], image_size: int,
@@ -460,6 +481,8 @@ def write_archive_shards(out_dir: str | os.PathLike, protocol: BenchmarkProtocol
             _check_split_sizes(protocol, opened)
             _check_class_names(protocol, opened)
         out.mkdir(parents=True, exist_ok=True)
+        # From here shards change: a manifest of earlier shards must not outlive a refusal half-way.
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
         splits, entries, official_counts = _write_splits(out, protocol, opened, size, crop_side, samples_per_shard,
                                                          workers, chunk_size, progress, verify_official_counts)
         image_shape = (3, size, size)

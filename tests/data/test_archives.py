@@ -22,6 +22,8 @@ from gan_dist.data.benchmarks import (
     CIFAR10_ARCHIVE,
     PROTOCOLS,
     benchmark_protocol,
+    manifest_problem,
+    settings_key,
     write_archive_shards,
 )
 from gan_dist.data.datasets import ResolvedDataset
@@ -224,7 +226,10 @@ def test_checksums_and_counts_refuse_a_repacked_archive_naming_the_file(cifar10,
     with pytest.warns(UserWarning), pytest.raises(SourceError, match=r"7 images in the train split, the official "
                                                                       r"CIFAR-10 has 50000"):
         write_archive_shards(tmp_path / "out", "cifar10", f"archive:{archive}", verify_checksums=False, progress=False)
-    # per-class counts, checked after reading: a protocol whose "official" sizes are the tiny archive's
+    # per-class counts, checked after reading: a protocol whose "official" sizes are the tiny archive's;
+    # the refusal comes after shards were rewritten, so the manifest of the earlier shards is gone too
+    write_archive_shards(tmp_path / "out", "cifar10", f"archive:{archive}", **TINY)
+    assert (tmp_path / "out" / "manifest.json").exists()
     protocol = dataclasses.replace(PROTOCOLS["cifar10"], official_split_sizes={"train": 7, "test": 5},
                                    official_label_counts={"train": (1,) * 7 + (0,) * 3, "test": (1,) * 5 + (0,) * 5})
     with pytest.warns(UserWarning), pytest.raises(SourceError, match=r"data_batch_1\.bin.*per-class counts of the "
@@ -273,5 +278,10 @@ def test_celeba_shards_crop_108_then_resize_and_train_on_partitions_0_and_1(tmp_
     want = np.stack([expected(i) for i in (0, 3, 5, 2)])  # partition 0 in file order, then partition 1
     assert torch.equal(got, torch.from_numpy(want).permute(0, 3, 1, 2))
     assert benchmark_protocol("celeba").settings(128, 178) == (128, 178)
+    celeba = benchmark_protocol("celeba")
+    assert [settings_key(PROTOCOLS[n]) for n in ("cifar10", "stl10", "celeba")] == ["cifar10-32", "stl10-48",
+                                                                                  "celeba-64-crop108"]
+    assert manifest_problem(manifest, celeba) is None and manifest_problem(manifest, celeba, samples_per_shard=2) is None
+    assert "image_size 64 -> 128, crop 108 -> 178" in manifest_problem(manifest, celeba, 128, 178)
     with pytest.raises(DataError, match=r"crop=100 is not offered"):
         benchmark_protocol("celeba").settings(64, 100)
