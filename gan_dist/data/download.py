@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from gan_dist.data.sources import SourceError, _probe
+from gan_dist.data.sources import SourceError, probe_host
 
 PROBE_TIMEOUT_S = 4.0  # DNS + TCP connect
 READ_TIMEOUT_S = 30.0  # per socket operation while downloading
@@ -155,7 +155,7 @@ def _fetch(url: str, dest: Path, partial: Path, digest: str | None, algorithm: s
         raise SourceError(f"cannot download {url}: only http(s) URLs; {_by_hand(url, dest, digest, algorithm)}")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        _probe(parsed.hostname, port, probe_timeout_s)
+        probe_host(parsed.hostname, port, probe_timeout_s)
         response, start, total = _request(url, start, read_timeout_s)
     except (SourceError, urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = " ".join(str(getattr(error, "reason", error)).split())

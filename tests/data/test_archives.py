@@ -6,7 +6,6 @@ shards."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import warnings
 
@@ -15,21 +14,21 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_dist.config import DataConfig
-from gan_dist.data.archives import CELEBA_PARTITION_LAST_IDS, celeba_official_partition, open_archive
-from gan_dist.data.batches import make_batch_source
-from gan_dist.data.benchmarks import (
-    CIFAR10_ARCHIVE,
-    PROTOCOLS,
-    benchmark_protocol,
-    manifest_problem,
-    settings_key,
-    write_archive_shards,
+from gan_dist.config import ConfigError, DataConfig
+from gan_dist.data.archives import (
+    CELEBA_PARTITION_FILE,
+    CELEBA_PARTITION_LAST_IDS,
+    CELEBA_ZIP,
+    celeba_official_partition,
+    open_archive,
 )
-from gan_dist.data.datasets import ResolvedDataset
+from gan_dist.data.batches import make_batch_source
+from gan_dist.data.benchmarks import manifest_problem, settings_key, write_archive_shards
+from gan_dist.data.datasets import ResolvedDataset, resolve_dataset
 from gan_dist.data.loader import eval_batches, train_batches
-from gan_dist.data.shards import encode_shard, load_manifest, local_shard_urls, verify_shards
-from gan_dist.data.sources import DataError, SourceError
+from gan_dist.data.shards import encode_shard, verify_shards
+from gan_dist.data.sources import SourceError
+from gan_dist.registry.datasets import CELEBA, CELEBA_ARCHIVE, CIFAR10, CIFAR10_ARCHIVE, DATASETS
 from tests.data.official_formats import (
     celeba_jpeg,
     cifar10_files,
@@ -76,14 +75,8 @@ def stl10_set(tmp_path, extracted=False):
 
 
 def resolved(spec, directory) -> ResolvedDataset:
-    """What resolve_dataset would hand the loaders for a shard folder (the lead wires the registry)."""
-    manifest, raw = load_manifest(directory)
-    return ResolvedDataset(
-        spec=spec, image_shape=tuple(manifest["image_shape"]), num_classes=manifest["num_classes"],
-        class_names=tuple(manifest["class_names"]), directory=directory, manifest=manifest,
-        train_urls=local_shard_urls(directory, manifest, "train"), test_urls=local_shard_urls(directory, manifest, "test"),
-        train_size=manifest["splits"]["train"]["num_samples"], test_size=manifest["splits"]["test"]["num_samples"],
-        fingerprint=hashlib.sha256(raw).hexdigest(), on_corrupt="raise")
+    """What resolve_dataset hands the loaders for a shard folder already written (nothing prepared)."""
+    return resolve_dataset(DataConfig(dataset=spec.name, root=str(directory)), prepare=False)
 
 
 # --- readers -----------------------------------------------------------------------------------------
@@ -197,7 +190,7 @@ def test_cifar10_shards_are_the_existing_format_deterministic_and_load(cifar10, 
                                  chunk_size=2, **TINY)
     assert [e["sha256"] for e in again["shards"]] == [e["sha256"] for e in manifest["shards"]]
 
-    dataset = resolved(PROTOCOLS["cifar10"].spec, tmp_path / "a")
+    dataset = resolved(CIFAR10, tmp_path / "a")
     seen = {}
     for images, labels, keys in eval_batches(dataset.test_urls, 2, 0, 1, with_keys=True, image_shape=(3, 32, 32),
                                              num_classes=10, as_uint8=True):
@@ -208,7 +201,7 @@ def test_cifar10_shards_are_the_existing_format_deterministic_and_load(cifar10, 
     data = DataConfig(dataset="cifar10", num_workers=0, shuffle_buffer=8, loader="memory")
     images, labels = next(train_batches(dataset, data, 3, seed=0, rank=0, world_size=1))
     assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8 and set(labels.tolist()) <= set(train_labels)
-    memory = make_batch_source(dataset, data, 7, seed=0, rank=0, world_size=1, start_batch=0, device="cpu")
+    memory = make_batch_source(dataset, data, 7, seed=0, rank=0, world_size=1, start_sample=0, device="cpu")
     real, labels = next(memory)
     assert real.shape == (7, 3, 32, 32) and real.min() >= -1 and sorted(labels.tolist()) == sorted(train_labels)
 
@@ -230,11 +223,12 @@ def test_checksums_and_counts_refuse_a_repacked_archive_naming_the_file(cifar10,
     # the refusal comes after shards were rewritten, so the manifest of the earlier shards is gone too
     write_archive_shards(tmp_path / "out", "cifar10", f"archive:{archive}", **TINY)
     assert (tmp_path / "out" / "manifest.json").exists()
-    protocol = dataclasses.replace(PROTOCOLS["cifar10"], official_split_sizes={"train": 7, "test": 5},
-                                   official_label_counts={"train": (1,) * 7 + (0,) * 3, "test": (1,) * 5 + (0,) * 5})
+    spec = dataclasses.replace(CIFAR10, benchmark=dataclasses.replace(
+        CIFAR10.benchmark, official_split_sizes={"train": 7, "test": 5},
+        official_label_counts={"train": (1,) * 7 + (0,) * 3, "test": (1,) * 5 + (0,) * 5}))
     with pytest.warns(UserWarning), pytest.raises(SourceError, match=r"data_batch_1\.bin.*per-class counts of the "
                                                                       r"train split \[1, 2, 1, 1"):
-        write_archive_shards(tmp_path / "out", protocol, f"archive:{archive}", verify_checksums=False, progress=False)
+        write_archive_shards(tmp_path / "out", spec, f"archive:{archive}", verify_checksums=False, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -245,7 +239,7 @@ def test_stl10_shards_train_on_the_unlabeled_split_resized_with_lanczos(tmp_path
     assert manifest["splits"]["train"]["num_samples"] == 5 and manifest["splits"]["test"]["num_samples"] == 3
     assert manifest["benchmark"]["splits"] == {"train": ["unlabeled"], "test": ["test"]}
     assert manifest["benchmark"]["official_label_counts"]["test"][2] == 2 and "cls" not in manifest["sample_format"]
-    dataset = resolved(PROTOCOLS["stl10"].spec, tmp_path / "s48")
+    dataset = resolved(DATASETS["stl10"], tmp_path / "s48")
     got = torch.cat([x for x, _ in eval_batches(dataset.train_urls, 4, 0, 1, image_shape=(3, 48, 48), num_classes=0,
                                                 as_uint8=True)])
     expected = np.stack([np.asarray(Image.fromarray(u).resize((48, 48), Image.Resampling.LANCZOS)) for u in unlabeled])
@@ -254,11 +248,11 @@ def test_stl10_shards_train_on_the_unlabeled_split_resized_with_lanczos(tmp_path
     assert labels.tolist() == [-1] * 3
     labeled = write_archive_shards(tmp_path / "s96", "stl10_labeled", f"archive:{path}", image_size=96, **TINY)
     assert labeled["splits"]["train"]["label_counts"] == [1, 1, 0, 0, 1, 0, 0, 0, 0, 1]
-    dataset = resolved(PROTOCOLS["stl10_labeled"].spec, tmp_path / "s96")
+    dataset = resolved(DATASETS["stl10_labeled"], tmp_path / "s96")
     images, labels = next(iter(eval_batches(dataset.train_urls, 4, 0, 1, image_shape=(3, 96, 96), num_classes=10,
                                             as_uint8=True)))
     assert torch.equal(images, torch.from_numpy(train).permute(0, 3, 1, 2)) and labels.tolist() == [0, 9, 4, 1]
-    with pytest.raises(DataError, match=r"data\.image_size=64 is not offered for data\.dataset=stl10 \(48 \| 96\)"):
+    with pytest.raises(ConfigError, match=r"data\.image_size': 64 is not offered for data\.dataset=stl10 \(48 \| 96\)"):
         write_archive_shards(tmp_path / "x", "stl10", f"archive:{path}", image_size=64, **TINY)
 
 
@@ -267,7 +261,7 @@ def test_celeba_shards_crop_108_then_resize_and_train_on_partitions_0_and_1(tmp_
     manifest = write_archive_shards(tmp_path / "c64", "celeba", f"archive:{zip_path}", samples_per_shard=2, **TINY)
     assert (manifest["splits"]["train"]["num_samples"], manifest["splits"]["test"]["num_samples"]) == (4, 2)
     assert manifest["benchmark"]["crop"] == 108 and manifest["image_shape"] == [3, 64, 64]
-    dataset = resolved(PROTOCOLS["celeba"].spec, tmp_path / "c64")
+    dataset = resolved(CELEBA, tmp_path / "c64")
     got = torch.cat([x for x, _ in eval_batches(dataset.train_urls, 3, 0, 1, image_shape=(3, 64, 64), num_classes=0,
                                                 as_uint8=True)])
 
@@ -277,11 +271,19 @@ def test_celeba_shards_crop_108_then_resize_and_train_on_partitions_0_and_1(tmp_
 
     want = np.stack([expected(i) for i in (0, 3, 5, 2)])  # partition 0 in file order, then partition 1
     assert torch.equal(got, torch.from_numpy(want).permute(0, 3, 1, 2))
-    assert benchmark_protocol("celeba").settings(128, 178) == (128, 178)
-    celeba = benchmark_protocol("celeba")
-    assert [settings_key(PROTOCOLS[n]) for n in ("cifar10", "stl10", "celeba")] == ["cifar10-32", "stl10-48",
-                                                                                  "celeba-64-crop108"]
-    assert manifest_problem(manifest, celeba) is None and manifest_problem(manifest, celeba, samples_per_shard=2) is None
-    assert "image_size 64 -> 128, crop 108 -> 178" in manifest_problem(manifest, celeba, 128, 178)
-    with pytest.raises(DataError, match=r"crop=100 is not offered"):
-        benchmark_protocol("celeba").settings(64, 100)
+    assert CELEBA.archive_settings(128, 178) == (128, 178)
+    assert [settings_key(n) for n in ("cifar10", "stl10", "celeba")] == ["cifar10-32", "stl10-48", "celeba-64-crop108"]
+    assert manifest_problem(manifest, CELEBA) is None and manifest_problem(manifest, CELEBA, samples_per_shard=2) is None
+    assert "image_size 64 -> 128, crop 108 -> 178" in manifest_problem(manifest, CELEBA, 128, 178)
+    # written from an archive that failed its checksums: not good enough when they are to be verified
+    assert "checksums did not match" in manifest_problem(manifest, CELEBA, verify_checksums=True)
+    with pytest.raises(ConfigError, match=r"data\.crop': 100 is not offered"):
+        CELEBA.archive_settings(64, 100)
+
+
+def test_the_registry_names_the_files_the_readers_open():
+    assert CELEBA_ARCHIVE.filename == CELEBA_ZIP and CELEBA_PARTITION_FILE in CELEBA_ARCHIVE.companion_digests
+    for spec in DATASETS.values():
+        if spec.benchmark is not None:
+            assert spec.official_sha256 == {spec.benchmark.archive.filename: spec.benchmark.archive.sha256}
+            assert spec.accepts_source("archive:/data/x") and spec.accepts_source("download")

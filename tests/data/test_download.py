@@ -14,9 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from gan_dist.data.benchmarks import PROTOCOLS, write_archive_shards
+from gan_dist.data.benchmarks import write_archive_shards
 from gan_dist.data.download import download_file, partial_path
 from gan_dist.data.sources import SourceError
+from gan_dist.registry.datasets import CIFAR10
 from tests.data.official_formats import cifar10_files, random_images, write_archive
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
@@ -157,17 +158,18 @@ def test_the_download_source_writes_shards_and_refuses_a_wrong_archive(server, t
                             False)
     data = archive.read_bytes()
     server["files"]["/cifar-10-binary.tar.gz"] = data
-    official = PROTOCOLS["cifar10"]
+    official = CIFAR10.benchmark
     url = f"{server['url']}/cifar-10-binary.tar.gz"
     # the real protocol, served a tiny archive under the official name: refused, nothing kept
-    real = dataclasses.replace(official, archive=dataclasses.replace(official.archive, url=url))
+    real = dataclasses.replace(CIFAR10, benchmark=dataclasses.replace(
+        official, archive=dataclasses.replace(official.archive, url=url)))
     with pytest.raises(SourceError, match=r"cifar-10-binary\.tar\.gz from .* differs from the official c4a38c50"):
         write_archive_shards(tmp_path / "out", real, "download", cache_dir=tmp_path / "cache", progress=False,
                              verify_official_counts=False)
     assert not (tmp_path / "cache" / "cifar-10-binary.tar.gz").exists()
     # a protocol declaring the tiny archive's digest: downloaded, verified, recorded
-    tiny = dataclasses.replace(official, archive=dataclasses.replace(
-        official.archive, url=url, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
+    tiny = dataclasses.replace(CIFAR10, benchmark=dataclasses.replace(official, archive=dataclasses.replace(
+        official.archive, url=url, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))))
     manifest = write_archive_shards(tmp_path / "out", tiny, "download", cache_dir=tmp_path / "cache", progress=False,
                                     verify_official_counts=False)
     assert manifest["source"] == f"download:{url}" and manifest["benchmark"]["checksums"]["verified"]
