@@ -17,13 +17,18 @@ Resize protocols (`resize`), both from uint8 values:
 The two give different numbers for the same images: compare only numbers of the same protocol.
 
 Weights (`ensure_inception_weights`, called at start-up so that evaluation never fails mid-run):
-  1. a file the user names (the `path` argument, else $GAN_DIST_INCEPTION_WEIGHTS);
+  1. a file the user names (the `path` argument: eval.inception_weights, else $GAN_DIST_INCEPTION_WEIGHTS);
   2. else the cache: $XDG_CACHE_HOME/gan_dist/weights (~/.cache/gan_dist/weights);
   3. else a download of WEIGHTS_URL into the cache (temp name, sha256-verified, renamed; fails in seconds
      when offline, with InceptionWeightsMissing: one line saying which file to put where).
 The .pth is sha256-verified, read once with `torch.load(weights_only=True)` (no code can run), checked key by
 key against the architecture and converted to safetensors in the cache, keyed by the .pth's sha256; from
 then on only the safetensors is read (its own sha256 is recorded beside it and checked on every load).
+
+The registry entry `inception` (gan_dist/registry/feature_nets.py) reaches this module through
+`load_feature_net(dataset, eval_config, device)` and, at training start-up, `ensure_weights(eval_config)`.
+A missing file is InceptionWeightsMissing, a FileNotFoundError: `gan-dist train` / `eval` exit 1 with its one
+line (the CLI's "missing weights file"), before training starts.
 """
 
 from __future__ import annotations
@@ -40,15 +45,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_dist.data.sources import sha256_file
-from gan_dist.metrics.features import FeatureNetworkMissing, WeightsIntegrityError
+from gan_dist.config import EvalConfig
+from gan_dist.files import sha256_file, user_cache_dir
+from gan_dist.metrics.features import WeightsIntegrityError
+
+if TYPE_CHECKING:
+    from gan_dist.data.datasets import ResolvedDataset
 
 FEATURE_NET_NAME = "inception-v3-2015-12-05"
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -58,6 +67,11 @@ WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.
 # The full sha256 of that file (95,628,359 bytes, 566 tensors): recorded in several public projects that pin
 # it; it starts with the 8 hex digits of the file name (`tests/metrics/test_inception.py` checks that).
 WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+# The digest eval.inception_weights (or the cached / downloaded file) must have when the evaluator loads the
+# network: the official one. Tests of the evaluator with a random network of the real architecture replace
+# this module attribute; it is deliberately not a config key (a number computed with other weights is not an
+# Inception FID).
+EXPECTED_SHA256 = WEIGHTS_SHA256
 WEIGHTS_ENV = "GAN_DIST_INCEPTION_WEIGHTS"
 DOWNLOAD_TIMEOUT_S = 10.0  # connect + first byte; an offline machine fails within this
 RESIZES = ("tf", "clean")
@@ -69,9 +83,13 @@ INPUT_NOTE = ("uint8 RGB (float in [-1, 1] quantized as round((x + 1) * 127.5); 
 CONVERSION_VERSION = 1  # part of the safetensors record: bump when the conversion changes
 
 
-class InceptionWeightsMissing(FeatureNetworkMissing):
+class InceptionWeightsMissing(FileNotFoundError):
     """The Inception weights are not on this machine and could not be downloaded. One line: which file to
-    put where (the env var, the cache path, the URL to fetch it from on another machine)."""
+    put where (the env var, the cache path, the URL to fetch it from on another machine).
+
+    A FileNotFoundError (the CLI's exit 1, "a missing weights file"), not a FeatureNetworkMissing: that one
+    turns evaluation off quietly in the trainer, whereas a run asked to evaluate with Inception must stop
+    before it starts (the trainer checks at start-up, `ensure_weights`)."""
 
 
 class InceptionWeightsRefused(WeightsIntegrityError):
@@ -84,8 +102,7 @@ class InceptionWeightsRefused(WeightsIntegrityError):
 
 def weights_cache_dir() -> Path:
     """$XDG_CACHE_HOME/gan_dist/weights, else ~/.cache/gan_dist/weights."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache_home / "gan_dist" / "weights"
+    return user_cache_dir() / "weights"
 
 
 def converted_path(source_sha256: str, cache_dir: Path | None = None) -> Path:
@@ -475,3 +492,22 @@ def inception_score_splits(logits: torch.Tensor, splits: int = 10, shuffle: bool
         kl = (chunk.exp() * (chunk - log_marginal)).sum(dim=1)  # (n_i,)
         scores.append(float(kl.mean().exp()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+# -- the registry's entry points (eval.feature_net=inception) -----------------------------------------------
+
+
+def ensure_weights(eval_config: EvalConfig) -> Path:
+    """The verified weights for eval.inception_weights ("" = $GAN_DIST_INCEPTION_WEIGHTS, the cache, a
+    download): called by training at start-up, so that a missing file stops the run before it starts."""
+    return ensure_inception_weights(eval_config.inception_weights or None, expected_sha256=EXPECTED_SHA256)
+
+
+def load_feature_net(dataset: ResolvedDataset, eval_config: EvalConfig,
+                     device: torch.device | str = "cpu") -> tuple[InceptionFeatureNet, dict[str, Any]]:
+    """The network for eval.resize and eval.inception_weights, and its record: sha256 (of the weights file
+    the numbers depend on: the official .pth's) and the protocol. Any dataset: images of any size and 1 or 3
+    channels are resized by the protocol."""
+    net = load_inception(eval_config.inception_weights or None, resize=eval_config.resize, device=device,
+                         expected_sha256=EXPECTED_SHA256)
+    return net, {"sha256": net.weights_sha256, **net.protocol()}
