@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import socket
 import threading
@@ -468,30 +467,6 @@ class InceptionFeatureNet(nn.Module):
         return {"feature_net": FEATURE_NET_NAME, "weights_sha256": self.weights_sha256,
                 "weights_official": self.official, "resize": self.resize, "input": INPUT_NOTE,
                 "features": f"pool3 ({FEATURE_DIM})", "logits": f"logits_unbiased ({NUM_LOGITS})"}
-
-
-# -- Inception Score as torch-fidelity computes it ---------------------------------------------------------
-
-
-def inception_score_splits(logits: torch.Tensor, splits: int = 10, shuffle: bool = True,
-                           seed: int = 2020) -> tuple[float, float]:
-    """(mean, std) of exp(E_x KL(p(y|x) || p(y))) over `splits` consecutive chunks of the samples, after a
-    seeded permutation (np.random.RandomState(seed)), in float64: torch-fidelity's IS (its defaults: 10
-    splits, shuffled with seed 2020, on logits_unbiased). std is the population std (ddof 0)."""
-    n = len(logits)
-    if n < splits:
-        raise ValueError(f"inception score with {splits} splits needs at least {splits} samples, got {n}")
-    logits = logits.detach().cpu().double()  # (N, K)
-    if shuffle:
-        logits = logits[torch.from_numpy(np.random.RandomState(seed).permutation(n))]
-    log_p = torch.log_softmax(logits, dim=1)  # (N, K)
-    scores = []
-    for i in range(splits):
-        chunk = log_p[i * n // splits:(i + 1) * n // splits]  # (n_i, K)
-        log_marginal = torch.logsumexp(chunk, dim=0) - math.log(len(chunk))  # (K,) log p(y) of the split
-        kl = (chunk.exp() * (chunk - log_marginal)).sum(dim=1)  # (n_i,)
-        scores.append(float(kl.mean().exp()))
-    return float(np.mean(scores)), float(np.std(scores))
 
 
 # -- the registry's entry points (eval.feature_net=inception) -----------------------------------------------

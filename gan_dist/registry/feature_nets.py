@@ -32,6 +32,9 @@ class FeatureNetSpec:
     inception_score_splits: int = 1
     # eval.resize applies (the network has a fixed input size and images are resized to it).
     resizes: bool = False
+    # Its classes are (or may be) the dataset's: the predicted-class histogram (classes_covered,
+    # class_kl_uniform) is reported. Inception's 1008 ImageNet classes are not: no histogram.
+    class_histogram: bool = True
     # Its weights may have to be fetched: the module has `ensure_weights(eval_config) -> path`, which training
     # calls at start-up (before anything is written) so that evaluation never fails mid-run.
     fetches_weights: bool = False
@@ -43,7 +46,7 @@ FEATURE_NETS: dict[str, FeatureNetSpec] = {
                        module="gan_dist.metrics.features"),
         FeatureNetSpec(name="inception", title="Inception-v3 (TF 2015-12-05 graph, pool3: 2048 features)",
                        module="gan_dist.metrics.inception", inception_score_splits=10, resizes=True,
-                       fetches_weights=True),
+                       class_histogram=False, fetches_weights=True),
     )
 }
 PATH_ENTRY = "classifier"  # what a path in eval.feature_net is: a classifier's weights

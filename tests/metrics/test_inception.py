@@ -1,14 +1,16 @@
 """The Inception-v3 feature network, its resize protocols and its weights, with randomly initialised weights of
 the real architecture (the official file cannot be fetched here): FID, KID and IS equal torch-fidelity's own
-`calculate_metrics` on the same weights file; the `clean` resize equals clean-fid's; weights are verified by
-sha256, never unpickled, and a machine without them fails fast with one line. Inception costs ~0.3 s per
-image on one CPU core: the tests use about 20 images in all."""
+`calculate_metrics` on the same weights file, computed directly and through the Evaluator on 1 and 2
+processes (gloo); the `clean` resize equals clean-fid's; weights are verified by sha256, never unpickled, and
+a machine without them fails fast with one line. Inception costs ~0.3-1 s per image on one CPU core: the
+tests use a few dozen images in all."""
 
 from __future__ import annotations
 
 import json
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from torch.utils.data import Dataset
 
 from gan_dist.files import sha256_file
 from gan_dist.metrics import inception as inc
+from gan_dist.metrics.classes import inception_score_splits
 from gan_dist.metrics.fid import fid_from_features
 from gan_dist.metrics.inception import (
     WEIGHTS_ENV,
@@ -29,13 +32,14 @@ from gan_dist.metrics.inception import (
     InceptionWeightsMissing,
     InceptionWeightsRefused,
     ensure_inception_weights,
-    inception_score_splits,
     load_inception,
     resize_clean,
     resize_tf,
     to_uint8,
 )
 from gan_dist.metrics.kid import kid
+from tests.distributed import run_processes
+from tests.metrics.inception_eval_worker import LATENT_DIM, bank_images, bank_index
 
 NUM_IMAGES = 8  # per set (fake, real)
 RTOL = 1e-4
@@ -386,3 +390,73 @@ def test_tensors_of_another_architecture_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InceptionWeightsRefused) as refused:
         ensure_inception_weights(other, expected_sha256=None, cache_dir=tmp_path / "cache")
     assert "do not fit" in _one_line(refused)
+
+
+# -- the Evaluator with eval.feature_net=inception, on 1 and 2 processes ---------------------------------------
+
+EVAL_WORKER = Path(__file__).with_name("inception_eval_worker.py")
+EVAL_SAMPLES = 12  # generated images; the tiny CIFAR-10 archive has 12 train and 12 test images
+KID_SUBSET = 8  # < 12: the 100 subsets differ (with all 12 in each, the std would be rounding noise)
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar10(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """(shard folder, test images uint8 (12, 32, 32, 3)) of a CIFAR-10-format archive of 12 + 12 images, 6 per
+    shard (two shards per split: one per rank on 2 processes)."""
+    from gan_dist.data.benchmarks import write_archive_shards
+    from tests.data.official_formats import cifar10_files, write_archive
+
+    rng = np.random.default_rng(0)
+    train = [(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), [0, 1, 2, 3, 4, 5]) for _ in range(2)]
+    test = (np.stack([np.asarray(_smooth_images(1, 50 + i)[0].permute(1, 2, 0)) for i in range(12)]),
+            [i % 10 for i in range(12)])
+    root = tmp_path_factory.mktemp("tiny_cifar10")
+    archive = write_archive(root / "cifar-10-binary.tar.gz", cifar10_files(train, test), extracted=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny archive is not the official one (its sha256 warns)
+        write_archive_shards(root / "shards", "cifar10", f"archive:{archive}", samples_per_shard=6,
+                             verify_checksums=False, verify_official_counts=False, progress=False, workers=1)
+    return root / "shards", test[0]
+
+
+@pytest.mark.slow  # ~1-2 min on one CPU core: ~90 Inception forwards (ours on 1 and 2 processes, torch-fidelity)
+def test_evaluator_fid_kid_is_equal_torch_fidelity_on_one_and_two_processes(
+        random_weights: tuple[Path, str], tiny_cifar10: tuple[Path, np.ndarray], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gan_dist.sampling import latent_noise
+
+    path, sha = random_weights
+    shards, test_images = tiny_cifar10
+    # torch-fidelity, one process: the generated images (BankG draws exact uint8 pixels) vs the 12 test images.
+    generated = bank_images()[bank_index(latent_noise(EVAL_SAMPLES, LATENT_DIM, 3))]  # (12, 3, 32, 32) uint8
+    real = torch.from_numpy(test_images).permute(0, 3, 1, 2).contiguous()  # (12, 3, 32, 32) uint8
+    theirs = torch_fidelity.calculate_metrics(
+        input1=_Images(generated), input2=_Images(real), cuda=False, isc=True, fid=True, kid=True,
+        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(path),
+        kid_subset_size=KID_SUBSET, cache=False, verbose=False, save_cpu_ram=True)  # 100 subsets, 10 splits
+    results = {}
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}  # the converted weights go there
+    for world_size in (1, 2):
+        out = tmp_path / f"inception_{world_size}.json"
+        run_processes(EVAL_WORKER, world_size, [str(shards), str(tmp_path / f"metrics{world_size}"), str(out),
+                                                str(path), sha, str(EVAL_SAMPLES), "4", str(KID_SUBSET)], env=env)
+        results[world_size] = json.loads(out.read_text())
+    errors = {}
+    for world_size, result in results.items():
+        ours = result["metrics"]
+        for key, their_key in (("fid", "frechet_inception_distance"), ("kid", "kernel_inception_distance_mean"),
+                               ("kid_std", "kernel_inception_distance_std"), ("inception_score", "inception_score_mean"),
+                               ("inception_score_std", "inception_score_std")):
+            assert ours[key] == pytest.approx(theirs[their_key], rel=RTOL), (world_size, key)
+            errors[(world_size, key)] = abs(ours[key] / theirs[their_key] - 1)
+        protocol = result["protocol"]
+        assert protocol["feature_net"] == "inception" and protocol["weights_sha256"] == sha
+        assert protocol["weights_official"] is False and protocol["resize"] == "tf"
+        assert protocol["num_generated"] == 12 and protocol["reference"] == {"split": "test"}
+        assert protocol["num_reference_images"] == 12 and protocol["floor"] == {"split": "train", "num_images": 12}
+        assert protocol["inception_score_splits"] == 10
+        assert result["tag"] == "inception-unofficial-tf-n12-test"  # never shares a key with a real Inception FID
+        assert "classes_covered" not in ours  # Inception's ImageNet classes are not the dataset's
+    assert results[2]["floor"] == pytest.approx(results[1]["floor"], rel=RTOL)
+    assert results[1]["metrics"]["fid"] > 1.0 and results[1]["metrics"]["inception_score"] > 1.05  # non-trivial
+    print("relative error vs torch-fidelity:", {f"{k[1]} ({k[0]} proc)": f"{v:.1e}" for k, v in errors.items()})
