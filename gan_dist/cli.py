@@ -7,7 +7,8 @@ config error answer at once (torch alone costs seconds to import).
 Exit codes (README "Failure behaviour"):
   0   done (or nothing to do: the run had already reached train.num_steps)
   1   an expected failure, in one line naming the file or key: missing or corrupt data, a stalled shard
-      source, a damaged or mismatched checkpoint given explicitly, a missing run folder or weights file
+      source, a damaged or mismatched checkpoint given explicitly, a missing run folder or weights file, a
+      feature network's weights refused (sha256, not plain tensors), checked before training starts
   2   bad usage or config (a wrong key, type or value; a combination that cannot work): nothing written
   3   `train` diverged (a non-finite loss or parameter): nothing after it was saved
   75  `train` stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL: requeue it)
@@ -163,6 +164,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         overrides.append(f"eval.num_samples={args.num}")
     if args.batch_size is not None:
         overrides.append(f"eval.batch_size={args.batch_size}")
+    if args.ref_stats is not None:
+        overrides.append(f"eval.reference_stats={args.ref_stats}")
     config = load_config(config_path, overrides)
     from gan_dist.checkpoint import load_generator
     from gan_dist.metrics.evaluate import evaluate_generator, format_table
@@ -183,9 +186,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     num_images = result["num_images"]
     conditional = f", conditional on {info.num_classes} classes (balanced labels)" if info.num_classes else ""
+    floor = result["protocol"]["floor"]
     print(f"gan-dist eval: {args.run or args.checkpoint} (step {info.step}{conditional}) on {result['dataset']}, "
-          f"{num_images} images, seed {args.seed}, {result['num_processes']} process(es); floor = {num_images} "
-          "real train images vs the test split")
+          f"{num_images} images, seed {args.seed}, {result['num_processes']} process(es); floor = "
+          f"{floor['num_images']} real {floor['split']} images vs the same reference")
+    print(result["protocol_line"])
     print(format_table(result["metrics"], result["floor"]))
     print(f"wrote {out}")
     return 0
@@ -324,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw G even when an EMA was trained")
     p.set_defaults(handler=_cmd_sample)
 
-    p = sub.add_parser("eval", help="FID / IS / precision-recall / coverage (+ class accuracy, intra-FID) of a "
-                                     "trained generator")
+    p = sub.add_parser("eval", help="FID / KID / IS / precision-recall / coverage (+ class accuracy, intra-FID) of "
+                                     "a trained generator, with their protocol")
     _add_config_args(p)  # the data to evaluate against and eval.*; only the model comes from the checkpoint
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", default=None, help="run folder (uses its newest exported generator)")
@@ -338,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed: same samples for any process count")
     p.add_argument("--batch-size", type=int, default=None,
                    help="generation / feature batch per process (eval.batch_size, default 500)")
+    p.add_argument("--ref-stats", default=None, metavar="FILE.npz",
+                   help="reference statistics instead of the reference split (eval.reference_stats): an .npz with "
+                        "mu (D,), sigma (D, D) and optionally features (N, D) (for KID, precision/recall) and labels "
+                        "(N,); read with allow_pickle=False. A cached reference-*.npz is one")
     p.add_argument("--no-ema", action="store_true", help="use the raw G even when an EMA was trained")
     p.set_defaults(handler=_cmd_eval)
 
@@ -409,11 +418,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gan-dist {args.command}: {error}", file=sys.stderr)
         return 1
     except RuntimeError as error:
-        # Errors the user can act on, in one line (names the file or key): damaged checkpoints, data problems.
+        # Errors the user can act on, in one line (names the file or key): damaged checkpoints, data problems,
+        # a feature network's weights refused (sha256, not plain tensors).
         from gan_dist.checkpoint import CheckpointError
         from gan_dist.data.sources import DataError
+        from gan_dist.metrics.features import WeightsIntegrityError
 
-        if not isinstance(error, (CheckpointError, DataError)):
+        if not isinstance(error, (CheckpointError, DataError, WeightsIntegrityError)):
             raise
         print(f"gan-dist {args.command}: {error}", file=sys.stderr)
         return 1

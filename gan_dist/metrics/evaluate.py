@@ -76,6 +76,7 @@ from gan_dist.metrics.classes import (
 from gan_dist.metrics.fid import class_statistics, feature_statistics, frechet_distance, intra_fid
 from gan_dist.metrics.kid import KID_SEED, KID_SUBSET_SIZE, KID_SUBSETS, kid
 from gan_dist.metrics.prdc import DC_K, PR_K, prdc
+from gan_dist.registry.datasets import dataset_spec
 from gan_dist.registry.feature_nets import FeatureNetSpec, feature_net, is_path
 from gan_dist.sampling import class_labels, latent_noise, num_classes_of, sample_images
 
@@ -125,39 +126,86 @@ class Reference:
     num_images: int
 
 
-def load_reference_stats(path: str | Path, feature_dim: int, num_classes: int = 0) -> Reference:
-    """A reference statistics file (.npz: mu (D,), sigma (D, D), optionally features (N, D) and labels (N,)),
-    read with numpy's allow_pickle=False (a file holding pickled objects is refused, never unpickled).
-    DataError naming the file and what is wrong, in one line."""
+REFERENCE_STATS_KEYS = ("mu", "sigma", "features", "labels", "num_images")  # what a statistics file may hold
+
+
+def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{array name: (shape, dtype)} of an .npz, read from the .npy headers inside the zip: no array data is
+    read and nothing is unpickled. DataError (one line naming eval.reference_stats) when the file is missing,
+    not an .npz, or a header is unreadable."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
     path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"eval.reference_stats={path}: no such file")
+    headers = {}
     try:
-        with np.load(path, allow_pickle=False) as stats:
-            arrays = {key: stats[key] for key in stats.files}
-    except FileNotFoundError:
-        raise DataError(f"eval.reference_stats={path}: no such file") from None
-    except (OSError, ValueError, EOFError) as error:  # not an .npz, truncated, or object arrays (pickle)
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as stream:
+                    version = npy.read_magic(stream)
+                    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                    shape, _, dtype = read(stream)
+                headers[member.removesuffix(".npy")] = (tuple(shape), dtype)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # not a zip, truncated, a bad header
         message = " ".join(str(error).split())
         raise DataError(f"eval.reference_stats={path}: not a readable .npz of arrays ({message})") from None
-    if "mu" not in arrays or "sigma" not in arrays:
-        raise DataError(f"eval.reference_stats={path}: needs arrays 'mu' (D,) and 'sigma' (D, D); it has "
-                        f"{', '.join(sorted(arrays)) or 'none'}")
+    return headers
+
+
+def check_reference_stats(path: str | Path, feature_dim: int | None = None) -> dict[str, tuple[tuple[int, ...],
+                                                                                               np.dtype]]:
+    """The headers of a reference statistics file (`npz_headers`), checked without reading its arrays: mu (D,)
+    and sigma (D, D) present, D = feature_dim when given, features (N, D) and labels (N,) if present, no array
+    of Python objects (pickled: refused, never unpickled). DataError in one line naming the file otherwise.
+    Cheap (a 50k x 2048 features array is not read): training calls it at start-up."""
+    path = Path(path).expanduser()
+    headers = npz_headers(path)
+    where = f"eval.reference_stats={path}"
+    pickled = sorted(name for name, (_, dtype) in headers.items() if dtype.hasobject)
+    if pickled:
+        raise DataError(f"{where}: array(s) {', '.join(pickled)} hold pickled Python objects: refused (never "
+                        "unpickled); a statistics file holds numbers only")
+    if "mu" not in headers or "sigma" not in headers:
+        raise DataError(f"{where}: needs arrays 'mu' (D,) and 'sigma' (D, D); it has "
+                        f"{', '.join(sorted(headers)) or 'none'}")
+    mu, sigma = headers["mu"][0], headers["sigma"][0]
+    dim = feature_dim if feature_dim is not None else (mu[0] if len(mu) == 1 else -1)
+    if mu != (dim,) or sigma != (dim, dim):
+        network = f"the feature network's {feature_dim} features" if feature_dim is not None else "each other"
+        raise DataError(f"{where}: mu {mu} and sigma {sigma} do not fit {network} (eval.feature_net): statistics "
+                        "of another network?")
+    if "features" in headers:
+        features = headers["features"][0]
+        if len(features) != 2 or features[1] != dim:
+            raise DataError(f"{where}: features {features} are not (N, {dim})")
+    if "labels" in headers and ("features" not in headers or headers["labels"][0] != headers["features"][0][:1]):
+        raise DataError(f"{where}: labels {headers['labels'][0]} need features with as many rows")
+    return headers
+
+
+def load_reference_stats(path: str | Path, feature_dim: int, num_classes: int = 0) -> Reference:
+    """A reference statistics file (.npz: mu (D,), sigma (D, D), optionally features (N, D) and labels (N,)):
+    checked first from its headers (`check_reference_stats`: a file holding pickled objects is refused, never
+    unpickled), then its arrays read with numpy's allow_pickle=False. DataError naming the file and what is
+    wrong, in one line."""
+    path = Path(path).expanduser()
+    headers = check_reference_stats(path, feature_dim)
+    try:
+        with np.load(path, allow_pickle=False) as stats:
+            arrays = {key: stats[key] for key in REFERENCE_STATS_KEYS if key in headers}
+    except (OSError, ValueError, EOFError) as error:  # damaged data behind a readable header
+        message = " ".join(str(error).split())
+        raise DataError(f"eval.reference_stats={path}: not a readable .npz of arrays ({message})") from None
     mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
-    if mu.shape != (feature_dim,) or sigma.shape != (feature_dim, feature_dim):
-        raise DataError(f"eval.reference_stats={path}: mu {mu.shape} and sigma {sigma.shape} do not fit the feature "
-                        f"network's {feature_dim} features (eval.feature_net): statistics of another network?")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise DataError(f"eval.reference_stats={path}: mu or sigma holds inf or nan")
-    features = labels = None
-    if "features" in arrays:
-        if arrays["features"].ndim != 2 or arrays["features"].shape[1] != feature_dim:
-            raise DataError(f"eval.reference_stats={path}: features {arrays['features'].shape} are not "
-                            f"(N, {feature_dim})")
-        features = torch.from_numpy(arrays["features"].astype(np.float32))
-    if "labels" in arrays:
-        if features is None or arrays["labels"].shape != (len(features),):
-            raise DataError(f"eval.reference_stats={path}: labels {arrays['labels'].shape} need features with "
-                            "as many rows")
-        labels = torch.from_numpy(arrays["labels"].astype(np.int64))
+    features = torch.from_numpy(arrays["features"].astype(np.float32)) if "features" in arrays else None
+    labels = torch.from_numpy(arrays["labels"].astype(np.int64)) if "labels" in arrays else None
     stats = (class_statistics(features, labels, num_classes)
              if num_classes and features is not None and labels is not None else {})
     count = len(features) if features is not None else int(arrays["num_images"]) if "num_images" in arrays else 0
@@ -361,24 +409,51 @@ def check_generator_fits(info: GeneratorInfo, dataset: ResolvedDataset) -> None:
                           f"data.source, data.channels, data.image_size) of the data it was trained on")
 
 
-def feature_net_spec(config: Config, dataset: ResolvedDataset) -> FeatureNetSpec:
-    """The registry entry eval.feature_net selects for this dataset."""
-    return feature_net(config.eval.feature_net, dataset.spec.default_feature_net)
+def feature_net_spec(config: Config) -> FeatureNetSpec:
+    """The registry entry eval.feature_net selects for data.dataset."""
+    return feature_net(config.eval.feature_net, dataset_spec(config.data.dataset).default_feature_net)
 
 
-def ensure_feature_net(config: Config, accelerator: Accelerator, dataset: ResolvedDataset) -> None:
+def evaluation_preview(config: Config) -> dict[str, Any]:
+    """The protocol a run would evaluate with, from the config alone (nothing loaded, fetched or read): for
+    `gan-dist train --dry-run`."""
+    e = config.eval
+    if e.eval_every == -1:
+        return {"eval_every": -1, "note": "evaluation off (eval.eval_every=-1)"}
+    spec = feature_net_spec(config)
+    preview: dict[str, Any] = {
+        "eval_every": e.eval_every, "feature_net": f"classifier:{e.feature_net}" if is_path(e.feature_net) else spec.name,
+        "num_generated": e.num_samples,
+        "reference": {"file": e.reference_stats} if e.reference_stats else {"split": e.reference_split},
+        "floor_split": floor_split(e.reference_split), "inception_score_splits": spec.inception_score_splits,
+        "kid_subsets": KID_SUBSETS,
+    }
+    if spec.resizes:
+        preview["resize"] = e.resize
+    if spec.fetches_weights:
+        preview["weights"] = importlib.import_module(spec.module).weights_status(e)
+    return preview
+
+
+def ensure_feature_net(config: Config, accelerator: Accelerator) -> None:
     """Start-up check of a run that will evaluate (collective): the feature network's weights are fetched and
     verified now (on each node's main process first; the others then find them in the cache), and
-    eval.reference_stats exists, so that a missing or refused file stops the run before it starts, in one
-    line (FileNotFoundError: exit 1), never at its first evaluation."""
+    eval.reference_stats exists and its headers fit (`check_reference_stats`), so that a missing or refused
+    file stops the run before it starts, in one line (exit 1), never at its first evaluation. Call it before the data is prepared (a
+    benchmark's download can take a while: a missing weights file should not wait for it)."""
     if config.eval.eval_every == -1:
         return
     error: BaseException | None = None
+    spec = feature_net_spec(config)
     stats = config.eval.reference_stats
     if stats and not Path(stats).expanduser().is_file():
         error = FileNotFoundError(f"eval.reference_stats={stats}: no such file (a .npz with mu, sigma and "
-                                  "optionally features and labels; see docs/design-notes.md)")
-    spec = feature_net_spec(config, dataset)
+                                  "optionally features and labels; README \"Comparing with papers\")")
+    elif stats and accelerator.is_local_main_process:
+        try:  # its headers only (a 50k-image features array is not read now)
+            check_reference_stats(stats, spec.feature_dim)
+        except DataError as exc:
+            error = exc
     fetch = importlib.import_module(spec.module).ensure_weights if spec.fetches_weights else None
     if error is None and fetch is not None and accelerator.is_local_main_process:
         try:
@@ -389,7 +464,7 @@ def ensure_feature_net(config: Config, accelerator: Accelerator, dataset: Resolv
     if message is not None:
         if error is not None:
             raise error
-        raise FileNotFoundError(f"the feature network is unavailable ({message})")
+        raise FileNotFoundError(f"the feature network or eval.reference_stats is unavailable ({message})")
     if fetch is not None and not accelerator.is_local_main_process:
         fetch(config.eval)  # in the cache now: verified, not fetched
 
@@ -411,7 +486,7 @@ class Evaluator:
         self.num_samples = config.eval.num_samples
         self.batch_size = config.eval.batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else metrics_cache_dir()
-        self.spec = feature_net_spec(config, dataset)
+        self.spec = feature_net(config.eval.feature_net, dataset.spec.default_feature_net)
         loader = importlib.import_module(self.spec.module).load_feature_net
         self.net, self.weights_record = loader(dataset, config.eval, accelerator.device)
         # class_accuracy needs the network's classes to be the dataset's (a user's network may not be).
@@ -749,10 +824,10 @@ def evaluate_generator(config: Config, G: nn.Module, info: GeneratorInfo,
     accelerator = build_accelerator(config.dist)  # the same process group setup as training
     num_processes, is_main = accelerator.num_processes, accelerator.is_main_process  # before the release
     try:
+        ensure_feature_net(config, accelerator)
         with accelerator.local_main_process_first():
             dataset = resolve_dataset(config.data)
         check_generator_fits(info, dataset)
-        ensure_feature_net(config, accelerator, dataset)
         G = G.to(accelerator.device)
         evaluator = Evaluator(config, accelerator, dataset)
         metrics = evaluator.evaluate(G, seed=seed)

@@ -259,8 +259,8 @@ def download_weights(url: str, dest: Path, expected_sha256: str, timeout: float 
 
 
 def ensure_inception_weights(path: str | Path | None = None, *, expected_sha256: str | None = WEIGHTS_SHA256,
-                             cache_dir: str | Path | None = None, url: str = WEIGHTS_URL,
-                             timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+                             cache_dir: str | Path | None = None, url: str | None = None,
+                             timeout: float | None = None) -> Path:
     """The verified safetensors of the Inception weights, in the cache: call it at start-up (on the main
     process first, or on every rank: concurrent downloads and conversions only race to identical files).
 
@@ -268,9 +268,12 @@ def ensure_inception_weights(path: str | Path | None = None, *, expected_sha256:
     else the cache, else a download of `url`. expected_sha256: the digest the source file must have (the
     official one by default: the production path always verifies); None accepts a named file of any digest
     whose tensors fit the architecture (tests and development only; without a named file, None means the
-    official digest). Raises InceptionWeightsMissing (a ConfigError) or InceptionWeightsRefused, one line each.
+    official digest). url / timeout: WEIGHTS_URL / DOWNLOAD_TIMEOUT_S (read when called). Raises
+    InceptionWeightsMissing (a FileNotFoundError) or InceptionWeightsRefused, one line each.
     """
     cache = Path(cache_dir) if cache_dir is not None else weights_cache_dir()
+    url = WEIGHTS_URL if url is None else url
+    timeout = DOWNLOAD_TIMEOUT_S if timeout is None else timeout
     named = path or os.environ.get(WEIGHTS_ENV) or None
     if named is not None:
         source = Path(named).expanduser()
@@ -476,6 +479,22 @@ def ensure_weights(eval_config: EvalConfig) -> Path:
     """The verified weights for eval.inception_weights ("" = $GAN_DIST_INCEPTION_WEIGHTS, the cache, a
     download): called by training at start-up, so that a missing file stops the run before it starts."""
     return ensure_inception_weights(eval_config.inception_weights or None, expected_sha256=EXPECTED_SHA256)
+
+
+def weights_status(eval_config: EvalConfig) -> str:
+    """Where the weights would come from, looked up without reading, converting or downloading anything (for
+    `gan-dist train --dry-run`): a named file, the cache, or a download at start-up."""
+    named = eval_config.inception_weights or os.environ.get(WEIGHTS_ENV) or ""
+    cache = weights_cache_dir()
+    if named:
+        source = Path(named).expanduser()
+        where = str(source) if eval_config.inception_weights else f"{WEIGHTS_ENV}={named}"
+        return (f"{where} (sha256-checked at start-up)" if source.is_file() else
+                f"MISSING: {where} does not exist (a run that evaluates stops at start-up)")
+    if converted_path(EXPECTED_SHA256, cache).is_file() or (cache / WEIGHTS_NAME).is_file():
+        return f"in the cache {cache} (sha256-checked at start-up)"
+    return (f"not on this machine: downloaded at start-up from {WEIGHTS_URL} into {cache} (offline, the run "
+            f"stops there in one line; put the file at {cache / WEIGHTS_NAME} or set {WEIGHTS_ENV})")
 
 
 def load_feature_net(dataset: ResolvedDataset, eval_config: EvalConfig,

@@ -38,6 +38,9 @@ class FeatureNetSpec:
     # Its weights may have to be fetched: the module has `ensure_weights(eval_config) -> path`, which training
     # calls at start-up (before anything is written) so that evaluation never fails mid-run.
     fetches_weights: bool = False
+    # Features per image when the network fixes it (None: its weights' record says): eval.reference_stats is
+    # checked against it at start-up.
+    feature_dim: int | None = None
 
 
 FEATURE_NETS: dict[str, FeatureNetSpec] = {
@@ -46,7 +49,7 @@ FEATURE_NETS: dict[str, FeatureNetSpec] = {
                        module="gan_dist.metrics.features"),
         FeatureNetSpec(name="inception", title="Inception-v3 (TF 2015-12-05 graph, pool3: 2048 features)",
                        module="gan_dist.metrics.inception", inception_score_splits=10, resizes=True,
-                       class_histogram=False, fetches_weights=True),
+                       class_histogram=False, fetches_weights=True, feature_dim=2048),
     )
 }
 PATH_ENTRY = "classifier"  # what a path in eval.feature_net is: a classifier's weights

@@ -42,7 +42,7 @@ from gan_dist.distributed import (
     resolve_mixed_precision,
     uses_cpu,
 )
-from gan_dist.metrics.evaluate import Evaluator, format_table
+from gan_dist.metrics.evaluate import Evaluator, ensure_feature_net, evaluation_preview
 from gan_dist.metrics.features import FeatureNetworkMissing
 from gan_dist.models.build import build_models
 from gan_dist.objectives.objective import build_objective
@@ -152,6 +152,9 @@ class Trainer:
         configure_backends(accelerator.device, config.run.deterministic)
         self._check_device_features()
 
+        # A run that will evaluate has its feature network's weights now (fetched, verified), or stops here in
+        # one line: never at its first evaluation.
+        ensure_feature_net(config, accelerator)
         # The data first: its shape and classes decide the models; node-local main processes prepare
         # missing shards first (atomic writes make a shared filesystem safe too).
         with accelerator.local_main_process_first():
@@ -510,7 +513,7 @@ class Trainer:
             self.print_main(f"evaluation is off for this run: {error}")
             return None
         floor = evaluator.floor()
-        self.tracker.log_scalars({f"eval_floor/{key}": value for key, value in floor.items()}, self.counters.step)
+        self.tracker.log_scalars(evaluator.tracker_scalars(floor, "eval_floor"), self.counters.step)
         return evaluator
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -525,15 +528,14 @@ class Trainer:
         G = self.networks.G_for_samples
         _sync_buffers([G])
         metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
-        self.tracker.log_scalars({f"eval/{key}": value for key, value in metrics.items()}, step)
+        self.tracker.log_scalars(self.evaluator.tracker_scalars(metrics), step)  # keys name the protocol
         self.print_main(f"eval at step {step} ({self.config.eval.num_samples} samples, "
-                        f"{'G_ema' if self.networks.ema is not None else 'G'}):\n"
-                        + format_table(metrics, self.evaluator.floor()))
+                        f"{'G_ema' if self.networks.ema is not None else 'G'}):\n" + self.evaluator.table(metrics))
         self._eval_s_total += metrics.get("eval_seconds", 0.0)
         self.run.append_eval({"step": step, "images_seen": self.counters.images_seen,
                               "elapsed_s": self.elapsed_s(), "eval_s_total_this_start": self._eval_s_total,
                               "num_samples": self.config.eval.num_samples, "metrics": metrics,
-                              "floor": self.evaluator.floor()})
+                              "floor": self.evaluator.floor(), "protocol": self.evaluator.protocol()})
         fid = metrics.get("fid")
         if fid is not None and (self.state.best_fid is None or fid < self.state.best_fid):
             self.state.best_fid = fid
@@ -626,8 +628,9 @@ def _dataset_preview(config: Config) -> tuple[dict[str, Any], ResolvedDataset | 
 
 def dry_run(config: Config) -> int:
     """`gan-dist train --dry-run`: print the resolved config and the run record a start would write (device,
-    precision, loader, global batch, dataset shape, parameter counts of G and D), then exit 0. Nothing is
-    written: no shards, no run folder, no tracker (G and D are built on the meta device: no memory)."""
+    precision, loader, global batch, dataset shape, parameter counts of G and D, the evaluation protocol and
+    where its weights would come from), then exit 0. Nothing is written, fetched or downloaded: no shards, no
+    run folder, no tracker, no weights (G and D are built on the meta device: no memory)."""
     precision = resolve_mixed_precision(precision_with_launcher(config.train.mixed_precision), uses_cpu(config.dist))
     accelerator = build_accelerator(config.dist, precision)
     try:
@@ -645,6 +648,7 @@ def dry_run(config: Config) -> int:
             "conditional_classes": G.num_classes,
             "parameters": {"G": trainable_parameters(G), "D": trainable_parameters(D)},
             "resume": config.checkpoint.resume or "(fresh start)",
+            "evaluation": evaluation_preview(config),
         }
         if accelerator.is_main_process:
             print("# resolved config\n" + to_yaml(config).rstrip())

@@ -89,6 +89,26 @@ def test_reference_and_floor_are_cached_on_disk_keyed_by_dataset_weights_and_dat
     assert sorted(reference.class_stats) == list(range(10))
 
 
+def test_every_number_carries_its_protocol(evaluator):
+    protocol = evaluator.protocol()
+    assert protocol["feature_net"] == "classifier" and protocol["weights_sha256"] == evaluator.weights_record["sha256"]
+    assert protocol["resize"].startswith("none") and protocol["num_generated"] == NUM_SAMPLES
+    assert protocol["reference"] == {"split": "test"} and protocol["num_reference_images"] == 10000
+    assert protocol["floor"] == {"split": "train", "num_images": NUM_SAMPLES}
+    assert protocol["inception_score_splits"] == 1 and protocol["kid"]["subset_size"] == NUM_SAMPLES
+    assert "weights_official" not in protocol  # only Inception has official weights
+    tag = evaluator.protocol_tag()
+    assert tag == f"classifier-n{NUM_SAMPLES}-test"
+    floor = evaluator.floor()
+    # Tracker keys name the protocol: numbers of two protocols never share a chart.
+    assert evaluator.tracker_scalars({"fid": 1.0, "kid": 2.0}) == {f"eval/{tag}/fid": 1.0, f"eval/{tag}/kid": 2.0}
+    assert set(evaluator.tracker_scalars(floor, "eval_floor")) == {f"eval_floor/{tag}/{key}" for key in floor}
+    table = evaluator.table(floor)
+    line = table.splitlines()[0]
+    assert line.startswith("protocol: classifier (weights ") and f"{NUM_SAMPLES} generated vs the 10000 test" in line
+    assert "IS over 1 split(s); KID over 100 subsets" in line and "real floor" in table.splitlines()[1]
+
+
 def test_two_datasets_never_share_cached_files(evaluator, cache_dir):
     # Another dataset (here: the same files under another fingerprint, as a re-prepared or different
     # dataset would have) gets files of its own and leaves the first one's untouched.

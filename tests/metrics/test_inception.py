@@ -258,6 +258,9 @@ def test_protocol_names_the_weights_and_the_resize(random_weights: tuple[Path, s
     assert protocol["weights_sha256"] == random_weights[1] and protocol["weights_official"] is False
     assert protocol["resize"] == "tf" and "uint8" in protocol["input"]
     assert (random_net.feature_dim, random_net.num_classes) == (2048, 1008)
+    from gan_dist.registry.feature_nets import FEATURE_NETS
+
+    assert FEATURE_NETS["inception"].feature_dim == random_net.feature_dim  # eval.reference_stats' start-up check
     json.dumps(protocol)  # printable beside every number
 
 
