@@ -30,7 +30,8 @@ EXIT_CONFIG_ERROR = 2
 # prepare-data's flags, by the data.* key they set (its errors name the flag)
 PREPARE_DATA_FLAGS = {"data.dataset": "--dataset", "data.source": "--source", "data.channels": "--channels",
                       "data.image_size": "--image-size", "data.test_fraction": "--test-fraction",
-                      "data.samples_per_shard": "--samples-per-shard", "data.on_corrupt": "--on-corrupt"}
+                      "data.samples_per_shard": "--samples-per-shard", "data.on_corrupt": "--on-corrupt",
+                      "data.crop": "--crop", "data.verify_checksums": "--verify-checksums"}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +67,8 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
 
     data = DataConfig(dataset=args.dataset, source=args.source, channels=args.channels, image_size=args.image_size,
                       test_fraction=args.test_fraction, samples_per_shard=args.samples_per_shard,
-                      on_corrupt=args.on_corrupt, root=args.out or "")
+                      on_corrupt=args.on_corrupt, root=args.out or "", crop=args.crop,
+                      verify_checksums=args.verify_checksums)
     try:
         # The data section's own checks (the same as `train`'s), with a model that builds any size (mlp).
         validate(Config(data=data, model=ModelConfig(name="mlp")), "command line")
@@ -224,8 +226,9 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
     if dataset.num_classes == 0:
         raise ConfigError(
             f"data.dataset={dataset.name} (data.source={config.data.source}) has no labels, so there is no "
-            "classifier to train. Evaluate with a feature network of your own (eval.feature_net=PATH.safetensors "
-            "with its .json record), or train without evaluation (eval.eval_every=-1)")
+            "classifier to train. Evaluate with eval.feature_net=inception (the default of the unlabeled "
+            "benchmarks) or a feature network of your own (eval.feature_net=PATH.safetensors with its .json "
+            "record), or train without evaluation (eval.eval_every=-1)")
     default_path = default_weights_path(dataset)
     out_path = Path(args.out) if args.out else default_path
     if out_path is None:
@@ -302,7 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=None, help="folder: 1 (grayscale) or 3 (RGB; default)")
     p.add_argument("--image-size", type=int, default=None,
                    help="folder: pixels per side of the square images (default 32): shorter side resized, then a "
-                        "center crop")
+                        "center crop; " + "; ".join(f"{name}: {' | '.join(map(str, spec.benchmark.image_sizes))}"
+                                                    for name, spec in DATASETS.items()
+                                                    if spec.benchmark and len(spec.benchmark.image_sizes) > 1)
+                        + " (the first is the default)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="; ".join(f"{name}: the central square cut before resizing, "
+                                  f"{' | '.join(map(str, spec.benchmark.crops))} (default {spec.benchmark.crops[0]})"
+                                  for name, spec in DATASETS.items() if spec.benchmark and spec.benchmark.crops))
+    p.add_argument("--verify-checksums", action=argparse.BooleanOptionalAction, default=True,
+                   help="the benchmarks: refuse an archive whose sha256 is not the official one (default); "
+                        "--no-verify-checksums warns once, uses it and records the mismatch in manifest.json")
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="folder: expected share of each class held out as the test split (default 0.1)")
     p.add_argument("--on-corrupt", choices=["raise", "warn"], default="raise",

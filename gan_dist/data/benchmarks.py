@@ -77,11 +77,6 @@ def _protocol(spec: DatasetSpec) -> BenchmarkProtocol:
     return spec.benchmark
 
 
-def num_classes(spec: DatasetSpec) -> int:
-    """Classes in the shards: the dataset's for a labeled protocol, 0 for an unlabeled one."""
-    return spec.num_classes if _protocol(spec).labeled and spec.num_classes else 0
-
-
 # --- the source: archive:PATH | download -------------------------------------------------------------
 
 
@@ -331,7 +326,7 @@ def write_archive_shards(out_dir: str | os.PathLike, dataset: DatasetSpec | str,
                 split: [int(c) for c in counts] for split, counts in opened.coarse_label_counts.items()}}
     note = protocol_note(spec, size, crop_side)
     atomic_write(out / PROTOCOL_NOTE_NAME, lambda stream: stream.write(note.encode()))
-    classes = num_classes(spec)
+    classes = spec.classes_in_shards or 0
     manifest = {
         "format_version": FORMAT_VERSION,
         "dataset": spec.name,

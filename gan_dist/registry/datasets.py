@@ -76,8 +76,6 @@ class BenchmarkProtocol:
         return size, side
 
 
-
-
 @dataclass(frozen=True)
 class DatasetSpec:
     """One dataset, declared: what it looks like, where it comes from, how it is verified."""
@@ -111,6 +109,9 @@ class DatasetSpec:
     def official_split_sizes(self) -> dict[str, int] | None:
         """Samples per split according to the official label counts (None when there are none)."""
         if self.official_label_counts is None:
+            if self.benchmark is not None:  # an unlabeled benchmark: the official splits that make each split
+                sizes = self.benchmark.official_split_sizes
+                return {split: sum(sizes[s] for s in official) for split, official in self.benchmark.splits.items()}
             return None
         return {split: sum(counts) for split, counts in self.official_label_counts.items()}
 
@@ -135,6 +136,19 @@ class DatasetSpec:
         WebDataset URL: cifar10-32, stl10-48, celeba-64-crop108 (two sizes never share a folder)."""
         size, side = self.archive_settings(image_size, crop)
         return f"{self.name}-{size}" + (f"-crop{side}" if side is not None else "")
+
+    def archive_image_shape(self, image_size: int | None = None, crop: int | None = None) -> tuple[int, int, int]:
+        """kind archive: (C, H, W) of the shards at data.image_size / data.crop."""
+        size, _ = self.archive_settings(image_size, crop)
+        return (3, size, size)
+
+    @property
+    def classes_in_shards(self) -> int | None:
+        """Classes the shards carry: 0 for an unlabeled benchmark protocol (STL-10's unlabeled set, CelebA),
+        None when only the data knows (a folder)."""
+        if self.benchmark is not None and not self.benchmark.labeled:
+            return 0
+        return self.num_classes
 
     @property
     def size_is_an_option(self) -> bool:

@@ -615,8 +615,9 @@ def _dataset_preview(config: Config) -> tuple[dict[str, Any], ResolvedDataset | 
     except DataError as error:
         spec = dataset_spec(config.data.dataset)
         preview: dict[str, Any] = {"dataset": spec.name, "shards": f"not written yet ({error}); `train` writes them"}
-        if spec.image_shape is not None:
-            preview.update(image_shape=list(spec.image_shape), num_classes=spec.num_classes,
+        if spec.image_shape is not None or spec.benchmark is not None:
+            shape = spec.image_shape or spec.archive_image_shape(config.data.image_size, config.data.crop)
+            preview.update(image_shape=list(shape), num_classes=spec.classes_in_shards,
                            **{f"{split}_size": size for split, size in (spec.official_split_sizes or {}).items()})
         else:
             settings = data_folder_settings(config.data)
