@@ -11,7 +11,8 @@
   celeba         64|128 x3, unlabeled       } sha256-checked (data.verify_checksums)
 
 The readers live in gan_dist.data (`kind` says which one reads a dataset: idx | folder | archive); the
-official counts and checksums are verified on whatever source gave the data (docs/design-notes.md, "Datasets").
+official counts and checksums are verified on whatever source gave the data (docs/design-notes.md, "Datasets:
+the benchmarks from their official archives").
 Everything here is plain data: no torch, no I/O.
 """
 
