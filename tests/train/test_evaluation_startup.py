@@ -128,3 +128,32 @@ def test_a_run_that_never_evaluates_does_not_ask_for_the_weights(isolated, capsy
     assert cli_main(train_args(isolated, "eval.eval_every=-1", "data.source=auto")) == 1
     line = error_line(capsys.readouterr().err)
     assert "no CIFAR-10 archive at hand" in line and "Inception" not in line
+
+
+def test_two_processes_both_stop_in_one_line_when_rank_0_cannot_get_the_weights(isolated):
+    """The check is collective: rank 0 (the node's main process) fails to find the weights, rank 1 learns it from
+    rank 0 and stops too (no rank waits in a collective forever); each prints one line, nothing is written."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.distributed import REPO_ROOT, free_port
+
+    missing = isolated / "nowhere" / WEIGHTS_NAME
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), "--tee", "3", "-m", "gan_dist",
+         *train_args(isolated, f"eval.inception_weights={missing}", "dist.cpu=true")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if "gan-dist train: " in line]
+    assert len(lines) == 2, output
+    rank0, rank1 = sorted(lines)  # torchrun's prefixes: [default0]:, [default1]:
+    assert rank0.startswith("[default0]:gan-dist train: the Inception-v3 weights for FID/KID/IS are missing: ")
+    assert rank1.startswith("[default1]:gan-dist train: the feature network or eval.reference_stats is unavailable (")
+    assert str(missing) in rank0 and str(missing) in rank1  # rank 0's reason, handed on
+    ranks = [line for line in output.splitlines() if line.startswith("[default")]  # the ranks' own output
+    assert not any("Traceback" in line for line in ranks), output  # (torchrun prints its own after they exit)
+    assert nothing_written(isolated)
