@@ -463,3 +463,39 @@ def test_evaluator_fid_kid_is_equal_torch_fidelity_on_one_and_two_processes(
     assert results[2]["floor"] == pytest.approx(results[1]["floor"], rel=RTOL)
     assert results[1]["metrics"]["fid"] > 1.0 and results[1]["metrics"]["inception_score"] > 1.05  # non-trivial
     print("relative error vs torch-fidelity:", {f"{k[1]} ({k[0]} proc)": f"{v:.1e}" for k, v in errors.items()})
+
+
+@pytest.mark.slow  # ~20 s on one CPU core: 36 Inception forwards (12 generated, 12 reference, 12 floor)
+def test_eval_command_with_inception_records_its_protocol_and_never_calls_it_an_inception_fid(
+        random_weights: tuple[Path, str], tiny_cifar10: tuple[Path, np.ndarray], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`gan-dist eval` with eval.feature_net=inception on the random network (the test replaces the expected
+    digest, as only a test can): the protocol line, the JSON's protocol and tag say the weights are not the
+    official ones."""
+    from gan_dist.checkpoint import GeneratorInfo, export_generator
+    from gan_dist.cli import main
+    from gan_dist.config import ModelConfig
+    from gan_dist.models.build import build_generator
+
+    path, sha = random_weights
+    shards, _ = tiny_cifar10
+    monkeypatch.setattr(inc, "EXPECTED_SHA256", sha)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("GAN_DIST_METRICS_CACHE", str(tmp_path / "metrics"))
+    torch.manual_seed(0)
+    model = ModelConfig(name="dcgan", g_width=8, d_width=8)
+    export_generator(build_generator(model, (3, 32, 32)), GeneratorInfo(
+        model=model, dataset="cifar10", image_shape=(3, 32, 32), num_classes=0, step=1, is_ema=False), tmp_path / "g")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "g"), "data.dataset=cifar10", f"data.root={shards}",
+                 "data.verify_checksums=false", "data.samples_per_shard=6", "eval.feature_net=inception",
+                 f"eval.inception_weights={path}", "--num", "12", "--batch-size", "6", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "NOT the official Inception weights: not an Inception FID" in printed and "resize tf" in printed
+    record = json.loads(out.read_text())
+    assert record["protocol_tag"] == "inception-unofficial-tf-n12-test"
+    protocol = record["protocol"]
+    assert protocol["weights_official"] is False and protocol["weights_sha256"] == sha
+    assert protocol["inception_score_splits"] == 10 and protocol["num_reference_images"] == 12
+    assert {"fid", "kid", "inception_score", "inception_score_std"} <= set(record["metrics"])
+    assert "classes_covered" not in record["metrics"]
