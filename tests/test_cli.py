@@ -31,8 +31,15 @@ def test_overrides_may_follow_resume(mnist_shards, tmp_path, capsys):
                        f"run.out_dir={tmp_path}", "run.name=r", "log.tracker=none", "log.sample_every=0",
                        "eval.eval_every=0", "train.num_steps=4"])
     assert status == 0
-    assert "at step 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "at step 2" in out
     assert json.loads((tmp_path / "r" / "done.json").read_text())["step"] == 4
+    # The evaluation at the end: printed with its protocol, which evals.jsonl records beside the numbers.
+    assert "protocol: classifier" in out and "200 generated vs the 10000 test images" in out
+    record = json.loads((tmp_path / "r" / "evals.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 4 and "fid" in record["metrics"] and "kid" in record["metrics"]
+    assert record["protocol"]["feature_net"] == "classifier" and record["protocol"]["num_generated"] == 200
+    assert record["protocol"]["reference"] == {"split": "test"} and record["protocol"]["floor"]["split"] == "train"
 
 
 def test_an_unknown_option_after_resume_is_still_refused(tmp_path, capsys):

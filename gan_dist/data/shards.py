@@ -19,7 +19,6 @@ ever replace a complete file with an identical one.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from gan_dist.config import DataConfig
+from gan_dist.data import benchmarks
 from gan_dist.data.folder import (
     CONVERSION_VERSION,
     MAX_IMAGE_PIXELS,
@@ -49,8 +49,19 @@ from gan_dist.data.folder import (
     scan_folder,
     split_files,
 )
+from gan_dist.data.shard_format import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    encode_png,
+    encode_shard,
+    finish_shards,
+    sample_format,
+    shard_name,
+    store_shard,
+    tar_samples,
+)
 from gan_dist.data.sources import DataError, ImageArrays, SourceError, load_arrays, report
-from gan_dist.files import atomic_write, sha256_file, user_cache_dir, write_text_atomic
+from gan_dist.files import sha256_file, user_cache_dir
 from gan_dist.registry.datasets import (
     FOLDER_DEFAULT_CHANNELS,
     FOLDER_DEFAULT_IMAGE_SIZE,
@@ -59,15 +70,6 @@ from gan_dist.registry.datasets import (
     dataset_spec,
 )
 
-MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
-SHARD_NAME = "{dataset}-{split}-{index:06d}.tar"
-SHARD_NAME_RE = re.compile(r"^(?P<dataset>[a-z0-9_]+)-(?P<split>train|test)-(?P<index>\d{6})\.tar$")
-# Fixed encoder settings: the same pixels always give the same bytes (with the same Pillow/zlib).
-PNG_COMPRESS_LEVEL = 9
-TAR_MTIME = 0  # seconds since the epoch, for every member
-TAR_OWNER = "gan_dist"
-TAR_MODE = 0o444
 STALE_TEMP_AGE_S = 3600  # leftover temp files of killed writers older than this are removed
 MAX_LISTED_FILES = 20  # unreadable files named one per line in a message, then "... and N more"
 
@@ -125,11 +127,14 @@ def dataset_dir(data: DataConfig) -> Path:
         base = Path(os.environ["GAN_DIST_DATA_DIR"]).expanduser() / data.dataset
     else:
         base = user_cache_dir() / data.dataset
-    if dataset_spec(data.dataset).kind == "folder":
+    spec = dataset_spec(data.dataset)
+    if spec.kind == "folder":
         if not data.source.startswith("folder:"):
             raise DataError("data.dataset=folder needs data.source=folder:DIR (the images), or data.root=DIR "
                             "(a folder already holding its shards and manifest.json)")
         return base / data_folder_settings(data).cache_key()
+    if spec.kind == "archive":  # one folder per size (and crop): e.g. .../stl10/stl10-48
+        return base / spec.settings_key(data.image_size, data.crop)
     return base
 
 
@@ -139,58 +144,6 @@ class ShardError(DataError):
     def __init__(self, message: str, url: str | None = None) -> None:
         super().__init__(message)
         self.url = url
-
-
-def shard_name(split: str, index: int, dataset: str = "mnist") -> str:
-    """File name of shard `index` of `split`, e.g. mnist-train-000003.tar."""
-    return SHARD_NAME.format(dataset=dataset, split=split, index=index)
-
-
-# --- encoding ----------------------------------------------------------------------------------------
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """uint8 (H, W) -> grayscale (mode L) PNG, (H, W, 3) -> RGB PNG; fixed settings (no metadata, zlib level)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(
-        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
-    return buffer.getvalue()
-
-
-def tar_samples(samples: Iterable[dict[str, Any]]) -> bytes:
-    """One shard's tar bytes from {__key__, png, [cls], [path]} samples: members in key, then extension
-    order, fixed headers."""
-    import webdataset as wds  # imports torch: keep it out of module import
-
-    buffer = io.BytesIO()
-    with wds.TarWriter(buffer, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE, mtime=TAR_MTIME,
-                       encoder=False) as writer:
-        for sample in samples:
-            writer.write(sample)
-    return buffer.getvalue()
-
-
-def encode_shard(split: str, images: np.ndarray, labels: np.ndarray | None, first_index: int) -> bytes:
-    """One shard's tar bytes: keys `{split}-{first_index + i:06d}`, members .cls (unless labels is None)
-    then .png."""
-    samples = []
-    for offset, image in enumerate(images):
-        sample = {"__key__": f"{split}-{first_index + offset:06d}", "png": encode_png(image)}
-        if labels is not None:
-            sample["cls"] = str(int(labels[offset])).encode("ascii")
-        samples.append(sample)
-    return tar_samples(samples)
-
-
-def _sample_format(image_shape: tuple[int, int, int], num_classes: int, folder: bool) -> dict[str, str]:
-    channels, height, width = image_shape
-    kind = "grayscale (mode L)" if channels == 1 else "RGB (mode RGB)"
-    sample_format = {"png": f"{height}x{width} {kind} PNG, uint8 pixels"}
-    if num_classes > 0:
-        sample_format["cls"] = f"label 0-{num_classes - 1} as ASCII"
-    if folder:
-        sample_format["path"] = "the source image's path relative to the folder, UTF-8 (else the name's bytes)"
-    return sample_format
 
 
 # --- manifest ----------------------------------------------------------------------------------------
@@ -301,27 +254,6 @@ def _remove_stale_temp_files(directory: Path) -> None:
 # --- writing -----------------------------------------------------------------------------------------
 
 
-def _store(out: Path, split: str, name: str, data: bytes, num_samples: int) -> dict[str, Any]:
-    """Write one shard atomically unless the file already holds these bytes; its manifest entry."""
-    digest = hashlib.sha256(data).hexdigest()
-    path = out / name
-    if not (path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == digest):
-        atomic_write(path, lambda stream: stream.write(data), len(data))
-    return {"split": split, "name": name, "num_samples": num_samples, "sha256": digest, "size_bytes": len(data)}
-
-
-def _finish(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Remove this dataset's shards that the manifest does not list (an older layout), write the manifest."""
-    listed = {entry["name"] for entry in manifest["shards"]}
-    for path in out.glob(f"{manifest['dataset']}-*.tar"):
-        match = SHARD_NAME_RE.match(path.name)
-        if match and match["dataset"] == manifest["dataset"] and path.name not in listed:
-            path.unlink(missing_ok=True)  # from an older layout (other samples_per_shard)
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    write_text_atomic(out / MANIFEST_NAME, text)
-    return manifest
-
-
 def _image_shape_of(images: np.ndarray) -> tuple[int, int, int]:
     """(C, H, W) of a uint8 array (N, H, W) or (N, H, W, 3)."""
     return (1, *images.shape[1:3]) if images.ndim == 3 else (images.shape[3], *images.shape[1:3])
@@ -371,7 +303,7 @@ def write_shards(out_dir: str | os.PathLike, arrays: ImageArrays, samples_per_sh
     entries = []
     for (split, name, lo, hi), data in zip(jobs, ordered_map(encode, jobs, default_workers() if workers is None
                                                              else workers), strict=True):
-        entries.append(reuse[name] if data is None else _store(out, split, name, data, hi - lo))
+        entries.append(reuse[name] if data is None else store_shard(out, split, name, data, hi - lo))
     image_shape = _image_shape_of(arrays.train_images)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -381,11 +313,11 @@ def write_shards(out_dir: str | os.PathLike, arrays: ImageArrays, samples_per_sh
         "image_shape": list(image_shape),
         "num_classes": spec.num_classes,
         "class_names": list(spec.class_names),
-        "sample_format": _sample_format(image_shape, spec.num_classes, folder=False),
+        "sample_format": sample_format(image_shape, spec.num_classes, folder=False),
         "splits": splits,
         "shards": entries,
     }
-    return _finish(out, manifest)
+    return finish_shards(out, manifest)
 
 
 def _unreadable_message(root: Path, failures: list[tuple[str, str]], fix: str) -> str:
@@ -451,7 +383,7 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
 
         def flush(split: str = split, pending: list[dict[str, Any]] = pending) -> None:
             index = len([e for e in entries if e["split"] == split])
-            entries.append(_store(out, split, shard_name(split, index, "folder"), tar_samples(pending), len(pending)))
+            entries.append(store_shard(out, split, shard_name(split, index, "folder"), tar_samples(pending), len(pending)))
             pending.clear()
 
         for relative, label, png, error in _without_bomb_warnings(ordered_map(encode, files, workers)):
@@ -492,7 +424,7 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
         "image_shape": list(image_shape),
         "num_classes": listing.num_classes,
         "class_names": list(listing.class_names),
-        "sample_format": _sample_format(image_shape, listing.num_classes, folder=True),
+        "sample_format": sample_format(image_shape, listing.num_classes, folder=True),
         "splits": splits,
         "shards": entries,
         "folder": {**settings.identity(), "listing_sha256": listing.listing_sha256,
@@ -500,7 +432,7 @@ def write_folder_shards(out_dir: str | os.PathLike, settings: FolderSettings, sa
                    "num_files": len(listing.files),
                    "skipped_files": [{"path": relative, "error": error} for relative, error in failures]},
     }
-    return _finish(out, manifest)
+    return finish_shards(out, manifest)
 
 
 # --- prepare / ensure --------------------------------------------------------------------------------
@@ -530,15 +462,18 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
                  dataset: str = "mnist", verify_official_counts: bool = True, cache_dir: Path | None = None,
                  channels: int | None = None, image_size: int | None = None, test_fraction: float = 0.1,
                  on_corrupt: str = "raise", workers: int | None = None,
-                 max_image_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Any]:
+                 max_image_pixels: int = MAX_IMAGE_PIXELS, crop: int | None = None,
+                 verify_checksums: bool = True, progress: bool = True) -> dict[str, Any]:
     """Make out_dir hold valid shards of `dataset` + manifest.json; returns the manifest.
 
     Idempotent: when manifest.json matches every shard's sha256 (and, for a folder, the settings and the
-    folder's files), nothing is read or written. A shard that is missing or whose sha256 differs is
-    reported (one line naming it) and rewritten from `source` (mnist: auto | idx:DIR | torchvision | wheel;
-    fashion_mnist: auto | idx:DIR | torchvision; folder: folder:DIR). verify_official_counts=False admits
-    tiny test sets (no official counts and checksums). channels, image_size, test_fraction, on_corrupt,
-    workers and max_image_pixels apply to a folder (see write_folder_shards).
+    folder's files; for a benchmark, its settings), nothing is read or written. A shard that is missing or
+    whose sha256 differs is reported (one line naming it) and rewritten from `source` (mnist: auto | idx:DIR
+    | torchvision | wheel; fashion_mnist: auto | idx:DIR | torchvision; folder: folder:DIR; the benchmarks:
+    archive:PATH | download | auto). verify_official_counts=False admits tiny test sets (no official counts and
+    checksums). channels, image_size, test_fraction, on_corrupt, workers and max_image_pixels apply to a folder
+    (see write_folder_shards); image_size, crop, verify_checksums and progress to a benchmark (see
+    gan_dist.data.benchmarks.write_archive_shards; cache_dir is then where `download` puts the archive).
     """
     spec = dataset_spec(dataset)
     out = Path(out_dir).expanduser()
@@ -546,6 +481,22 @@ def prepare_data(out_dir: str | os.PathLike, source: str = "auto", samples_per_s
     manifest = read_manifest(out)
     if manifest is not None:
         check_manifest_dataset(manifest, spec, out)
+    if spec.kind == "archive":
+        problem = "no manifest"
+        if manifest is not None:
+            problem = benchmarks.manifest_problem(manifest, spec, image_size, crop, samples_per_shard,
+                                                  verify_checksums)
+            if problem is None and not _check_shards(out, manifest, full=True):
+                return manifest
+            report(f"rewriting the {spec.title} shards in {out}: {problem or 'damaged shards'}")
+        size, side = spec.archive_settings(image_size, crop)
+        settings_note = f"{size}x{size}" + (f", crop {side}" if side is not None else "")
+        report(f"writing {spec.title} shards ({settings_note}, {samples_per_shard} samples each) to {out} from "
+               f"data.source={source}")
+        return benchmarks.write_archive_shards(out, spec, source, image_size=image_size, crop=crop,
+                                               samples_per_shard=samples_per_shard, verify_checksums=verify_checksums,
+                                               verify_official_counts=verify_official_counts, cache_dir=cache_dir,
+                                               workers=workers, progress=progress)
     if spec.kind == "folder":
         settings = folder_settings(source, channels, image_size, test_fraction)
         problem = None if manifest is not None else "no manifest"
@@ -587,7 +538,8 @@ def prepare_from_config(data: DataConfig, out_dir: str | os.PathLike | None = No
     return prepare_data(dataset_dir(data) if out_dir is None else out_dir, data.source, data.samples_per_shard,
                         dataset=data.dataset, channels=data.channels, image_size=data.image_size,
                         test_fraction=data.test_fraction, on_corrupt=data.on_corrupt, workers=workers,
-                        max_image_pixels=data.max_image_pixels)
+                        max_image_pixels=data.max_image_pixels, crop=data.crop,
+                        verify_checksums=data.verify_checksums)
 
 
 def _usable_problem(directory: Path, loaded: tuple[dict[str, Any], bytes] | None, data: DataConfig,
@@ -603,6 +555,11 @@ def _usable_problem(directory: Path, loaded: tuple[dict[str, Any], bytes] | None
         name, problem = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return f"shard {name}: {problem}{more}"
+    if spec.kind == "archive":  # the size, crop and checksum status asked for
+        problem = benchmarks.manifest_problem(manifest, spec, data.image_size, data.crop,
+                                              verify_checksums=data.verify_checksums)
+        if problem is not None:
+            return problem
     if spec.kind == "folder":
         if data.source.startswith("folder:"):
             problem = _folder_problem(manifest, data_folder_settings(data), data.max_image_pixels)
@@ -637,9 +594,12 @@ def ensure_dataset_shards(data: DataConfig, directory: Path | None = None) -> tu
         assert loaded is not None
         return loaded
     if not data.auto_prepare:
-        source = f" --source {data.source}" if data.source != "auto" else ""
+        flags = f" --source {data.source}" if data.source != "auto" else ""
+        flags += "".join(f" --{key.replace('_', '-')} {getattr(data, key)}" for key in ("image_size", "crop")
+                         if getattr(data, key) is not None)
+        flags += "" if data.verify_checksums else " --no-verify-checksums"
         raise DataError(f"no usable {spec.title} shards in {directory} ({problem}); run `gan-dist prepare-data "
-                        f"--dataset {spec.name}{source} --out {directory}`, or set data.auto_prepare=true, or point "
+                        f"--dataset {spec.name}{flags} --out {directory}`, or set data.auto_prepare=true, or point "
                         "data.root at a shard folder")
     report(f"preparing {spec.title} shards in {directory} ({problem}) from data.source={data.source}")
     prepare_from_config(data, directory)

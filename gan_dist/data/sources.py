@@ -212,7 +212,7 @@ def load_idx(directory: str | os.PathLike, raw_subfolder: str = "MNIST") -> Imag
 # --- torchvision -------------------------------------------------------------------------------------
 
 
-def _probe(host: str, port: int, timeout_s: float) -> None:
+def probe_host(host: str, port: int, timeout_s: float) -> None:
     """Resolve and connect to host:port within timeout_s, in a thread: a stuck DNS lookup can't block us."""
     outcome: list[BaseException | None] = []
 
@@ -248,7 +248,7 @@ def load_torchvision(cache_dir: Path | None = None, dataset_class: str = "MNIST"
     raw_dir = root / dataset_class / "raw"
     if find_idx_dir(raw_dir, dataset_class) is None:  # not downloaded yet: check that a mirror is reachable first
         mirror = urlparse(dataset_type.mirrors[0])
-        _probe(mirror.hostname or "", mirror.port or (443 if mirror.scheme == "https" else 80),
+        probe_host(mirror.hostname or "", mirror.port or (443 if mirror.scheme == "https" else 80),
                TORCHVISION_PROBE_TIMEOUT_S)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(TORCHVISION_SOCKET_TIMEOUT_S)

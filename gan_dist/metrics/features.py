@@ -7,8 +7,8 @@ used the same weights, so a changed file is an error, not a warning.
 Which network (`load_feature_network(dataset, path)`):
   path given (eval.feature_net)  that file, for any dataset (an unlabeled folder needs one)
   mnist, fashion_mnist           the packaged `weights/<spec.feature_net>` (shipped with the package)
-  folder (labeled)               `feature_net.safetensors` beside its shards, written by
-                                 `gan-dist train-classifier --dataset folder data.source=folder:DIR`
+  folder, cifar10, cifar100,     `feature_net.safetensors` beside its shards, written by
+  stl10_labeled (labeled)        `gan-dist train-classifier --dataset NAME` (a folder: data.source=folder:DIR)
 A network that is not there raises `FeatureNetworkMissing` (a ConfigError naming eval.feature_net);
 the trainer catches it, turns evaluation off and says once why.
 """
@@ -106,12 +106,14 @@ def load_weights(path: str | Path | None = None,
 
 def _missing_message(dataset: ResolvedDataset, expected: Path | None) -> str:
     if dataset.num_classes == 0:
-        return (f"data.dataset={dataset.name} has no labels (an unlabeled folder), so there is no classifier to "
-                "train for it: set eval.feature_net=PATH to a feature network of yours (.safetensors with its "
-                ".json record, e.g. one `gan-dist train-classifier` wrote for similar labeled images)")
+        return (f"data.dataset={dataset.name} has no labels, so there is no classifier to train for it: set "
+                "eval.feature_net=inception (the papers' network) or eval.feature_net=PATH to a feature network of "
+                "yours (.safetensors with its .json record, e.g. one `gan-dist train-classifier` wrote for similar "
+                "labeled images)")
     where = f" (looked for {expected})" if expected is not None else ""
     return (f"no feature network for data.dataset={dataset.name}{where}: run `gan-dist train-classifier` with "
-            f"the same data settings (it writes one beside the shards), or set eval.feature_net=PATH")
+            f"the same data settings (it writes one beside the shards), or set eval.feature_net=inception (the "
+            f"papers' network) or eval.feature_net=PATH")
 
 
 def load_feature_network(dataset: ResolvedDataset, path: str | Path = "",

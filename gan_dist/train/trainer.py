@@ -44,7 +44,7 @@ from gan_dist.distributed import (
     resolve_mixed_precision,
     uses_cpu,
 )
-from gan_dist.metrics.evaluate import Evaluator, format_table
+from gan_dist.metrics.evaluate import Evaluator, ensure_feature_net, evaluation_preview
 from gan_dist.metrics.features import FeatureNetworkMissing
 from gan_dist.metrics.prdc import TooFewSamples, check_enough_samples
 from gan_dist.models.build import build_g_regularizer, build_models
@@ -173,6 +173,9 @@ class Trainer:
         self._check_device_features()
         run_path = resolve_run_path(config, accelerator)  # a --resume PATH without run.name stops here (exit 2)
 
+        # A run that will evaluate has its feature network's weights now (fetched, verified), or stops here in
+        # one line: never at its first evaluation.
+        ensure_feature_net(config, accelerator)
         # The data first: its shape and classes decide the models; node-local main processes prepare
         # missing shards first (atomic writes make a shared filesystem safe too).
         with accelerator.local_main_process_first():
@@ -608,7 +611,7 @@ class Trainer:
             self.print_main(f"evaluation is off for this run: {error}")
             return None
         floor = evaluator.floor()
-        self.tracker.log_scalars({f"eval_floor/{key}": value for key, value in floor.items()}, self.counters.step)
+        self.tracker.log_scalars(evaluator.tracker_scalars(floor, "eval_floor"), self.counters.step)
         return evaluator
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -624,18 +627,18 @@ class Trainer:
         _sync_buffers([G])
         with self._training_rng_untouched():
             metrics = self.evaluator.evaluate(G, seed=self.config.run.seed)
-        self.tracker.log_scalars({f"eval/{key}": value for key, value in metrics.items()}, step)
+        self.tracker.log_scalars(self.evaluator.tracker_scalars(metrics), step)  # keys name the protocol
         notes = {key: note for key, note in (("intra_fid", self.evaluator.last_intra_fid_note),
                                              ("floor_intra_fid", self.evaluator.floor_intra_fid_note)) if note}
         self.print_main(f"eval at step {step} ({self.config.eval.num_samples} samples, "
-                        f"{'G_ema' if self.networks.ema is not None else 'G'}):\n"
-                        + format_table(metrics, self.evaluator.floor())
+                        f"{'G_ema' if self.networks.ema is not None else 'G'}):\n" + self.evaluator.table(metrics)
                         + "".join(f"\nnote ({key.replace('_', ' ')}): {note}" for key, note in notes.items()))
         self._eval_s_total += metrics.get("eval_seconds", 0.0)
         self.run.append_eval({"step": step, "images_seen": self.counters.images_seen,
                               "elapsed_s": self.elapsed_s(), "eval_s_total_this_start": self._eval_s_total,
                               "num_samples": self.config.eval.num_samples, "metrics": metrics,
-                              "floor": self.evaluator.floor(), **({"notes": notes} if notes else {})})
+                              "floor": self.evaluator.floor(), "protocol": self.evaluator.protocol(),
+                              **({"notes": notes} if notes else {})})
         fid = metrics.get("fid")
         if fid is not None and (self.state.best_fid is None or fid < self.state.best_fid):
             self.state.best_fid = fid
@@ -721,8 +724,9 @@ def _dataset_preview(config: Config) -> tuple[dict[str, Any], ResolvedDataset | 
     except DataError as error:
         spec = dataset_spec(config.data.dataset)
         preview: dict[str, Any] = {"dataset": spec.name, "shards": f"not written yet ({error}); `train` writes them"}
-        if spec.image_shape is not None:
-            preview.update(image_shape=list(spec.image_shape), num_classes=spec.num_classes,
+        if spec.image_shape is not None or spec.benchmark is not None:
+            shape = spec.image_shape or spec.archive_image_shape(config.data.image_size, config.data.crop)
+            preview.update(image_shape=list(shape), num_classes=spec.classes_in_shards,
                            **{f"{split}_size": size for split, size in (spec.official_split_sizes or {}).items()})
         else:
             settings = data_folder_settings(config.data)
@@ -734,8 +738,9 @@ def _dataset_preview(config: Config) -> tuple[dict[str, Any], ResolvedDataset | 
 
 def dry_run(config: Config) -> int:
     """`gan-dist train --dry-run`: print the resolved config and the run record a start would write (device,
-    precision, loader, global batch, dataset shape, parameter counts of G and D), then exit 0. Nothing is
-    written: no shards, no run folder, no tracker (G and D are built on the meta device: no memory)."""
+    precision, loader, global batch, dataset shape, parameter counts of G and D, the evaluation protocol and
+    where its weights would come from), then exit 0. Nothing is written, fetched or downloaded: no shards, no
+    run folder, no tracker, no weights (G and D are built on the meta device: no memory)."""
     precision = resolve_mixed_precision(precision_with_launcher(config.train.mixed_precision), uses_cpu(config.dist))
     accelerator = build_accelerator(config.dist, precision)
     try:
@@ -753,6 +758,7 @@ def dry_run(config: Config) -> int:
             "conditional_classes": G.num_classes,
             "parameters": {"G": trainable_parameters(G), "D": trainable_parameters(D)},
             "resume": config.checkpoint.resume or "(fresh start)",
+            "evaluation": evaluation_preview(config),
         }
         if accelerator.is_main_process:
             print("# resolved config\n" + to_yaml(config).rstrip())

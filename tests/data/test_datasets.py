@@ -29,7 +29,8 @@ PINNED_MNIST_SHARD_SHA256 = {
 
 
 def test_the_registry_declares_each_dataset():
-    assert sorted(DATASETS) == ["fashion_mnist", "folder", "mnist"]
+    assert sorted(DATASETS) == ["celeba", "cifar10", "cifar100", "fashion_mnist", "folder", "mnist", "stl10",
+                                "stl10_labeled"]
     assert MNIST.image_shape == FASHION_MNIST.image_shape == (1, 28, 28)
     assert MNIST.class_names == tuple("0123456789")
     assert FASHION_MNIST.class_names[:2] == ("T-shirt/top", "Trouser") and FASHION_MNIST.class_names[-1] == "Ankle boot"
@@ -57,6 +58,11 @@ def test_every_dataset_and_every_folder_setting_gets_its_own_cache_folder(tmp_pa
         "folder a, 1 channel": DataConfig(dataset="folder", source=f"folder:{tmp_path / 'a'}", channels=1),
         "folder a, 64 pixels": DataConfig(dataset="folder", source=f"folder:{tmp_path / 'a'}", image_size=64),
         "folder a, 20% test": DataConfig(dataset="folder", source=f"folder:{tmp_path / 'a'}", test_fraction=0.2),
+        "cifar10": DataConfig(dataset="cifar10"),
+        "stl10": DataConfig(dataset="stl10"),
+        "stl10 96": DataConfig(dataset="stl10", image_size=96),
+        "celeba": DataConfig(dataset="celeba"),
+        "celeba 128 crop 178": DataConfig(dataset="celeba", image_size=128, crop=178),
     }
     paths = {name: dataset_dir(data) for name, data in folders.items()}
     assert len(set(paths.values())) == len(paths)
@@ -64,6 +70,10 @@ def test_every_dataset_and_every_folder_setting_gets_its_own_cache_folder(tmp_pa
     assert paths["fashion_mnist"] == tmp_path / "cache" / "gan_dist" / "fashion_mnist"
     assert paths["folder a"].parent == tmp_path / "cache" / "gan_dist" / "folder"
     assert paths["folder a"].name.startswith("a-") and len(paths["folder a"].name) == len("a-") + 12
+    # a benchmark: one folder per size and crop (the defaults written out are the same folder)
+    assert paths["stl10"] == tmp_path / "cache" / "gan_dist" / "stl10" / "stl10-48"
+    assert paths["celeba 128 crop 178"].name == "celeba-128-crop178" and paths["cifar10"].name == "cifar10-32"
+    assert dataset_dir(DataConfig(dataset="celeba", image_size=64, crop=108)) == paths["celeba"]
     # the same folder spelled differently (relative path, trailing '/.', defaults written out) is one cache
     monkeypatch.chdir(tmp_path)
     assert dataset_dir(DataConfig(dataset="folder", source="folder:a/.", channels=3, image_size=32,

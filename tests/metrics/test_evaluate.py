@@ -80,12 +80,33 @@ class RealImagesG(nn.Module):
 def test_reference_and_floor_are_cached_on_disk_keyed_by_dataset_weights_and_data(evaluator, cache_dir):
     names = sorted(path.name for path in cache_dir.iterdir())
     key = evaluator._cache_key()
-    assert f"reference-{key}.npz" in names and f"floor-{key}-n{NUM_SAMPLES}.json" in names
-    assert key.startswith("mnist-") and evaluator.weights_record["sha256"][:16] in key
+    assert f"reference-{key}-test10000.npz" in names and f"floor-{key}-train-n{NUM_SAMPLES}-vs-test10000.json" in names
+    assert evaluator.reference_path().name in names and evaluator.floor_path().name in names
+    assert key.startswith("mnist-v3-") and evaluator.weights_record["sha256"][:16] in key
     assert evaluator.dataset.fingerprint[:16] in key
     reference = evaluator.reference()
     assert len(reference.features) == len(reference.labels) == 10000
     assert sorted(reference.class_stats) == list(range(10))
+
+
+def test_every_number_carries_its_protocol(evaluator):
+    protocol = evaluator.protocol()
+    assert protocol["feature_net"] == "classifier" and protocol["weights_sha256"] == evaluator.weights_record["sha256"]
+    assert protocol["resize"].startswith("none") and protocol["num_generated"] == NUM_SAMPLES
+    assert protocol["reference"] == {"split": "test"} and protocol["num_reference_images"] == 10000
+    assert protocol["floor"] == {"split": "train", "num_images": NUM_SAMPLES}
+    assert protocol["inception_score_splits"] == 1 and protocol["kid"]["subset_size"] == NUM_SAMPLES
+    assert "weights_official" not in protocol  # only Inception has official weights
+    tag = evaluator.protocol_tag()
+    assert tag == f"classifier-n{NUM_SAMPLES}-test"
+    floor = evaluator.floor()
+    # Tracker keys name the protocol: numbers of two protocols never share a chart.
+    assert evaluator.tracker_scalars({"fid": 1.0, "kid": 2.0}) == {f"eval/{tag}/fid": 1.0, f"eval/{tag}/kid": 2.0}
+    assert set(evaluator.tracker_scalars(floor, "eval_floor")) == {f"eval_floor/{tag}/{key}" for key in floor}
+    table = evaluator.table(floor)
+    line = table.splitlines()[0]
+    assert line.startswith("protocol: classifier (weights ") and f"{NUM_SAMPLES} generated vs the 10000 test" in line
+    assert "IS over 1 split(s); KID over 100 subsets" in line and "real floor" in table.splitlines()[1]
 
 
 def test_two_datasets_never_share_cached_files(evaluator, cache_dir):
@@ -182,19 +203,29 @@ def test_an_untrained_conditional_generator_and_a_mismatched_one(evaluator):
         evaluator.evaluate(build_generator(model, (1, 28, 28), num_classes=7), seed=0)
 
 
-def test_one_and_two_processes_agree(mnist_shards, cache_dir, tmp_path):
+@pytest.mark.slow  # ~1 min: the 10,000 test images' features, once per process count
+def test_one_and_two_processes_agree(mnist_shards, tmp_path):
     # 301 samples in batches of 64: the last global batch is uneven, gather_for_metrics drops the padding.
+    # Each process count has its own (empty) cache: the reference (10,000 test images) and the floor (301
+    # train images) are read by both ranks, each its share of the shards, and gathered in sample order.
     results = {}
     for world_size in (1, 2):
         out = tmp_path / f"eval_{world_size}.json"
-        run_processes(WORKER, world_size, [str(mnist_shards), str(cache_dir), str(out), "301", "64"])
+        run_processes(WORKER, world_size, [str(mnist_shards), str(tmp_path / f"cache{world_size}"), str(out), "301",
+                                           "64"])
         results[world_size] = json.loads(out.read_text())
     one, two = results[1], results[2]
     assert two["world_size"] == 2 and len(set(two["fid_per_rank"])) == 1
     assert one["num_features"] == two["num_features"] == 301
     assert two["sorted_norms"] == pytest.approx(one["sorted_norms"], rel=1e-5)
+    # KID's subsets and IS depend on the order of the samples: it is the same for any process count.
+    assert {"fid", "kid", "kid_std", "inception_score", "precision", "coverage"} <= set(one["metrics"])
+    assert one["metrics"]["kid"] > 10 * one["metrics"]["kid_std"] / 10 ** 0.5  # a real difference, measured
     assert two["metrics"] == pytest.approx(one["metrics"], rel=1e-4, abs=1e-6)
-    assert two["floor"] == pytest.approx(one["floor"], rel=1e-9)
+    assert two["floor"] == pytest.approx(one["floor"], rel=1e-4, abs=1e-6)
+    assert {"kid", "kid_std"} <= set(one["floor"])
+    assert one["protocol"] == two["protocol"] and one["tag"] == two["tag"] == "classifier-n301-test"
+    assert one["protocol"]["num_reference_images"] == 10000 and one["protocol"]["floor"]["num_images"] == 301
     # A conditional G: the same labels reach the same samples, whatever the process count.
     assert {"class_accuracy", "intra_fid"} <= set(one["conditional"])
     assert two["conditional"] == pytest.approx(one["conditional"], rel=1e-4, abs=1e-6)

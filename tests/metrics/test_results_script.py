@@ -19,6 +19,7 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=600, cwd=tmp_path)
 
 
+@pytest.mark.slow  # ~80 s on 2 shared CPU cores: two recipes trained and evaluated in segments, then plotted
 def test_results_script_writes_table_json_figure_and_plot(mnist_shards, tmp_path):
     out = tmp_path / "results"
     tiny = [f"data.root={mnist_shards}", "model.g_width=32", "model.d_width=32", "data.num_workers=0"]

@@ -42,7 +42,12 @@ def test_every_augmentation_module_builds(name):
 
 def test_every_feature_net_and_dataset_default_resolves():
     for spec in FEATURE_NETS.values():
-        assert callable(importlib.import_module(spec.module).load_feature_net)
+        module = importlib.import_module(spec.module)
+        assert callable(module.load_feature_net)
+        if spec.fetches_weights:  # checked at start-up, previewed by dry runs
+            assert callable(module.ensure_weights) and callable(module.weights_status)
+        if spec.feature_dim is not None:
+            assert getattr(module, "FEATURE_DIM", spec.feature_dim) == spec.feature_dim
     for dataset in DATASETS.values():
         assert feature_net("", dataset.default_feature_net).name in FEATURE_NETS
 
