@@ -283,7 +283,7 @@ class Generator:
         """A latent walk through keyframes (seed_k, class_k), `frames` frames per transition (t = i / frames),
         ending on the last keyframe (loop: returning toward the first). seeds and classes pair up; a single
         one of either is used for every keyframe. "z" G: slerp of the keyframes' z, and for a conditional G
-        a linear blend of their one-hot labels (G's first layer reads [z, one-hot]); "w" G: lerp of their w
+        a linear blend of their classes (of the one-hot input, or of the class embeddings); "w" G: lerp of their w
         (each mapped with its class and truncation). Images as `sample`'s `output`. At most
         sampling.MAX_WALK_FRAMES frames, and MAX_IMAGE_VALUES values: refused from the numbers first."""
         if output not in OUTPUTS:
@@ -325,16 +325,30 @@ class Generator:
 
 
 def _with_label_weights(G: nn.Module, z: Tensor, weights: Tensor) -> Tensor:
-    """A "z" G on z with a blend of classes: GeneratorBase.latent_input (the one place a z model reads its
-    label: [z, one-hot] into its first layer) given `weights` (B, K) instead of a one-hot, for this call only."""
+    """A "z" G on z with a blend of classes `weights` (B, K), for this call only. A z model reads its label in
+    one of two places, and both are given the blend: GeneratorBase.latent_input ([z, one-hot] into the first
+    layer: keras_dcgan, dcgan, mlp) gets `weights` instead of the one-hot, and every class embedding table
+    (nn.Embedding indexed by the label: resnet_sngan's categorical BatchNorms, biggan's shared or per-BN
+    embeddings) returns weights @ table, the linear blend of the classes' embeddings (BigGAN's class
+    interpolation)."""
     def latent_input(z_in: Tensor, labels: Tensor | None) -> Tensor:
         return torch.cat([z_in, weights.to(z_in.dtype)], dim=1)  # (B, latent_dim + K)
 
-    G.latent_input = latent_input  # an instance attribute over the method, removed below
+    def blended(table: nn.Embedding) -> Any:
+        def forward(labels: Tensor) -> Tensor:
+            return weights.to(table.weight.dtype) @ table.weight  # (B, K) @ (K, D) -> (B, D)
+        return forward
+
+    tables = [m for m in G.modules() if isinstance(m, nn.Embedding)]
+    G.latent_input = latent_input  # instance attributes over the methods, removed below
+    for table in tables:
+        table.forward = blended(table)
     try:
         return G(z, torch.zeros(len(z), dtype=torch.int64, device=z.device))
     finally:
         del G.latent_input
+        for table in tables:
+            del table.forward
 
 
 def _convert(images: Tensor, output: str) -> Tensor:

@@ -184,6 +184,12 @@ def test_wandb_offline_files_hold_the_logged_keys_and_images(mnist_shards, tmp_p
     assert len(offline_runs) == 1
     run_id = json.loads((run_dir / "done.json").read_text())["run_id"]
     log_file = offline_runs[0] / f"run-{run_id}.wandb"
+    keys = ("train/d_loss", "train/g_loss", "model.name")
+    # wandb's service process writes the file; after run.finish() it may still be flushing it (the process's
+    # own teardown at exit waits for it), so give it a few seconds here.
+    deadline = time.monotonic() + 20
+    while not all(key.encode() in log_file.read_bytes() for key in keys) and time.monotonic() < deadline:
+        time.sleep(0.2)
     content = log_file.read_bytes()
     for key in ("train/d_loss", "train/g_loss", "train/d_accuracy", "train/d_real", "train/d_fake",
                 "train/images_per_s", "train/lr_g", "train/lr_d", "samples", "model.name"):
