@@ -253,7 +253,10 @@ def conditional_metrics(features: torch.Tensor, logits: torch.Tensor, labels: to
     samples that belong to `labels` (N,); also returns the per-class FIDs (None: left out) and a note
     saying which classes intra-FID left out and why ('' when none; no intra_fid at all when every class was)."""
     mean, per_class = intra_fid(features, labels, reference.class_stats, num_classes)
-    note = intra_fid_note(left_out_classes(labels, reference.labels, num_classes), num_classes, class_names)
+    if reference.labels is None:  # a statistics file without labels (eval.reference_stats): no class statistics
+        note = "the reference statistics (eval.reference_stats) have no labels: no intra-FID"
+    else:
+        note = intra_fid_note(left_out_classes(labels, reference.labels, num_classes), num_classes, class_names)
     metrics = {} if mean is None else {"intra_fid": mean}
     if with_accuracy:
         metrics["class_accuracy"] = class_accuracy(logits, labels)

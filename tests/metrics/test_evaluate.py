@@ -20,7 +20,14 @@ from gan_dist.config import ConfigError
 from gan_dist.configure import load_config
 from gan_dist.data.datasets import resolve_dataset
 from gan_dist.metrics.classifier import load_split, to_unit_range
-from gan_dist.metrics.evaluate import TABLE_KEYS, Evaluator, compute_metrics, format_table, real_features
+from gan_dist.metrics.evaluate import (
+    METRICS_VERSION,
+    TABLE_KEYS,
+    Evaluator,
+    compute_metrics,
+    format_table,
+    real_features,
+)
 from gan_dist.metrics.fid import fid_from_features
 from gan_dist.registry.datasets import MNIST
 from tests.distributed import run_processes
@@ -82,7 +89,7 @@ def test_reference_and_floor_are_cached_on_disk_keyed_by_dataset_weights_and_dat
     key = evaluator._cache_key()
     assert f"reference-{key}-test10000.npz" in names and f"floor-{key}-train-n{NUM_SAMPLES}-vs-test10000.json" in names
     assert evaluator.reference_path().name in names and evaluator.floor_path().name in names
-    assert key.startswith("mnist-v3-") and evaluator.weights_record["sha256"][:16] in key
+    assert key.startswith(f"mnist-v{METRICS_VERSION}-") and evaluator.weights_record["sha256"][:16] in key
     assert evaluator.dataset.fingerprint[:16] in key
     reference = evaluator.reference()
     assert len(reference.features) == len(reference.labels) == 10000
