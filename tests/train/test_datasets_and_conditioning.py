@@ -108,7 +108,7 @@ def test_a_conditional_run_writes_one_grid_row_per_class(tiny_shards, tmp_path, 
 
 
 def test_an_unlabeled_folder_without_a_feature_net_trains_with_evaluation_off(tmp_path, capsys):
-    flat = write_image_folder(tmp_path / "flat", classes=(), per_class=40, size=(30, 30))
+    flat = write_image_folder(tmp_path / "flat", classes=(), per_class=150, size=(30, 30))  # a test split of >= 6
     status = cli_main(["train", "configs/debug.yaml", "data.dataset=folder", f"data.source=folder:{flat}",
                        "data.image_size=16", f"data.root={tmp_path / 'shards'}", "model.name=mlp",
                        "model.g_width=8", "model.d_width=8", f"run.out_dir={tmp_path / 'runs'}", "run.name=flat",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 import shutil
 from pathlib import Path
 
@@ -120,7 +122,9 @@ def test_a_second_training_of_a_locked_run_folder_exits_1_naming_the_holder_and_
     # Released (as the OS does when the holder dies): the run continues.
     assert cli_main(_train_args(mnist_shards, tmp_path, "run.name=r", "train.num_steps=4", "--resume", "auto")) == 0
     record = json.loads((run_dir / ".lock").read_text())
-    assert record["pid"] == os.getpid() and "train" in record["command"]
+    # The holder is this process, described by its own command line (here pytest's).
+    assert record["pid"] == os.getpid()
+    assert record["command"] == shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
 
 
 def test_the_lock_is_held_for_the_run_and_dropped_at_its_end(mnist_shards, tmp_path, monkeypatch):
@@ -188,7 +192,7 @@ def test_a_failing_final_evaluation_is_one_warning_after_the_checkpoint_and_the_
         raise ValueError("need more than 5 samples for k=5 nearest neighbours, got 3")
 
     monkeypatch.setattr(evaluate.Evaluator, "evaluate", fail)
-    monkeypatch.setattr(evaluate.Evaluator, "_compute_floor", lambda self: {})
+    monkeypatch.setattr(evaluate.Evaluator, "_compute_floor", lambda self: {"metrics": {}})
     status = cli_main(_train_args(mnist_shards, tmp_path, "run.name=r", "train.num_steps=4", "eval.eval_every=0"))
     out, err = capsys.readouterr()
     assert status == 0, err
@@ -210,7 +214,7 @@ def test_the_best_fid_of_a_final_evaluation_after_the_checkpoint_survives_a_resu
 
     fids = iter([10.0, 20.0])  # the end of the first start, the end of the second: worse
     monkeypatch.setattr(evaluate.Evaluator, "evaluate", lambda self, G, seed=0: {"fid": next(fids)})
-    monkeypatch.setattr(evaluate.Evaluator, "_compute_floor", lambda self: {})
+    monkeypatch.setattr(evaluate.Evaluator, "_compute_floor", lambda self: {"metrics": {}})
     monkeypatch.setattr(evaluate.Evaluator, "floor", lambda self: {})
     args = _train_args(mnist_shards, tmp_path, "run.name=r", "eval.eval_every=0", "checkpoint.every=0",
                        "checkpoint.keep_last=1")
