@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
