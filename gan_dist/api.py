@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gan_dist import checkpoint as _checkpoint
+import gan_dist.checkpoint as _checkpoint
 from gan_dist.checkpoint import GeneratorInfo
 from gan_dist.config import ConfigError
 from gan_dist.files import fsync_dir, write_bytes_durably

@@ -37,6 +37,7 @@ import re
 import tarfile
 import zipfile
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -82,7 +83,7 @@ _DECOMPRESS_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError
 # --- the files of an archive: a tar[.gz], a folder, or a zip ------------------------------------------
 
 
-class ArchiveFiles:
+class ArchiveFiles(ABC):
     """Named files of an official archive, read as streams. Names are POSIX paths inside the archive
     (for a folder: relative to it); `find` tries the official path, then the bare file name."""
 
@@ -91,19 +92,16 @@ class ArchiveFiles:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @abstractmethod
     def size(self, name: str) -> int | None:
         """Bytes of file `name`, None when absent."""
-        raise NotImplementedError
 
+    @abstractmethod
     def open(self, name: str) -> IO[bytes]:
-        raise NotImplementedError
+        """A binary stream of file `name`."""
 
-    def names(self) -> list[str]:
-        """Every file name (zip and folder only: a tar.gz would have to be decompressed for it)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (a default: only a zip holds an open file)
+        """Release what the reader holds open."""
 
     def where(self, name: str) -> str:
         """How to name file `name` in a message: the archive and the member, or the path on disk."""
