@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -36,6 +35,7 @@ from gan_dist.cli import main as cli_main
 from gan_dist.configure import load_config
 from gan_dist.files import read_lines
 from gan_dist.train.trainer import train
+from tests.filling_disk import FillingDisk
 
 ROOT = Path(__file__).resolve().parents[1]
 # The kill plan (kinds, order, delays) is seeded: GAN_DIST_KILL_SEED=N explores others. Where a kill lands
@@ -241,48 +241,6 @@ def test_two_writers_of_one_run_folder_at_random_offsets_exactly_one_trains(mnis
     assert "removed the unfinished checkpoint write" not in outputs[winner]
 
 
-class _FillingDisk:
-    """Stands in for the builtin open in gan_dist.files: files opened for writing take bytes from a budget;
-    the write that would exceed it writes what fits and raises ENOSPC, as a full disk does."""
-
-    def __init__(self, budget: int | None) -> None:
-        self.left = budget
-        self.written = 0
-
-    def open(self, file, mode="r", *args, **kwargs):
-        import builtins
-
-        handle = builtins.open(file, mode, *args, **kwargs)
-        return _Metered(handle, self) if any(flag in mode for flag in "wa+") else handle
-
-
-class _Metered:
-    def __init__(self, handle, disk: _FillingDisk) -> None:
-        self._handle, self._disk = handle, disk
-
-    def write(self, data) -> int:
-        size = memoryview(data).nbytes
-        disk = self._disk
-        if disk.left is not None and size > disk.left:
-            self._handle.write(memoryview(data).cast("B")[:disk.left])
-            disk.written += disk.left
-            disk.left = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        if disk.left is not None:
-            disk.left -= size
-        disk.written += size
-        return self._handle.write(data)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.close()
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-
 def test_a_disk_filling_at_a_random_byte_exits_1_in_one_line_and_resume_after_freeing_space_completes(
         mnist_shards, tmp_path, capsys, monkeypatch, one_thread):
     """ENOSPC from gan_dist.files' writers after a seeded number of bytes (during a start's records, a grid, a
@@ -294,14 +252,14 @@ def test_a_disk_filling_at_a_random_byte_exits_1_in_one_line_and_resume_after_fr
         return ["train", "configs/debug.yaml", f"data.root={mnist_shards}", f"run.out_dir={tmp_path}",
                 f"run.name={name}", *COMMON, "train.num_steps=8", "log.sample_every=4", *extra]
 
-    meter = _FillingDisk(None)
+    meter = FillingDisk(None)
     monkeypatch.setattr(gan_dist.files, "open", meter.open, raising=False)
     assert cli_main(args("straight")) == 0
     total = meter.written  # what an uninterrupted run writes through gan_dist.files
     rng = random.Random(KILL_SEED)
     for trial, budget in enumerate(sorted(rng.randrange(1, total) for _ in range(2))):
         name = f"full{trial}"
-        monkeypatch.setattr(gan_dist.files, "open", _FillingDisk(budget).open, raising=False)
+        monkeypatch.setattr(gan_dist.files, "open", FillingDisk(budget).open, raising=False)
         capsys.readouterr()
         status = cli_main(args(name))
         err = capsys.readouterr().err

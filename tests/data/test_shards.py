@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import io
 import multiprocessing
 import os
@@ -35,6 +34,7 @@ from gan_dist.data.shards import (
 from gan_dist.data.sources import DataError, load_arrays, load_wheel_zip
 from gan_dist.files import sha256_file
 from tests.data.synthetic import synthetic_arrays, write_idx, write_wheel_style_zip
+from tests.filling_disk import FillingDisk
 
 FORK = multiprocessing.get_context("fork")  # real processes that start instantly (torch is already imported)
 
@@ -306,40 +306,6 @@ def test_cli_prepare_data_writes_shards_and_reports_counts_per_class(tmp_path, s
     assert verify_shards(tmp_path / "out") == []
 
 
-class _FullAfter:
-    """gan_dist.files' `open` on a disk that fills after `budget` bytes: the write that does not fit raises
-    ENOSPC (what fits of it is written first, as on a real disk)."""
-
-    def __init__(self, budget: int) -> None:
-        self.left = budget
-
-    def open(self, file, mode="r", *args, **kwargs):
-        handle = open(file, mode, *args, **kwargs)
-        return self._Handle(handle, self) if any(flag in mode for flag in "wa+") else handle
-
-    class _Handle:
-        def __init__(self, handle, disk) -> None:
-            self._handle, self._disk = handle, disk
-
-        def write(self, data) -> int:
-            data = memoryview(data).cast("B")
-            if len(data) > self._disk.left:
-                self._handle.write(data[:self._disk.left])
-                self._disk.left = 0
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self._disk.left -= len(data)
-            return self._handle.write(data)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            self._handle.close()
-
-        def __getattr__(self, name):
-            return getattr(self._handle, name)
-
-
 def test_cli_prepare_data_on_a_full_disk_exits_1_in_one_line_and_completes_once_space_is_freed(
         tmp_path, synthetic_mnist, monkeypatch, capsys):
     """The disk fills in the middle of the shards: one line naming the file and the free space (no traceback),
@@ -358,7 +324,7 @@ def test_cli_prepare_data_on_a_full_disk_exits_1_in_one_line_and_completes_once_
     assert prepare(tmp_path / "straight") == 0
     total = sum(path.stat().st_size for path in (tmp_path / "straight").iterdir())
     out = tmp_path / "out"
-    monkeypatch.setattr(files, "open", _FullAfter(total // 2).open, raising=False)
+    monkeypatch.setattr(files, "open", FillingDisk(total // 2).open, raising=False)
     capsys.readouterr()
     assert prepare(out) == 1
     err = capsys.readouterr().err
