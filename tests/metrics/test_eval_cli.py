@@ -19,6 +19,7 @@ from gan_dist.checkpoint import GeneratorInfo, export_generator
 from gan_dist.cli import main
 from gan_dist.config import ModelConfig
 from gan_dist.models.build import build_generator
+from tests.pickle_payload import PicklePayload
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_a_bad_ref_stats_file_is_one_line_and_exit_1(problem, mnist_shards, metr
     marker = tmp_path / "MARKER"
     stats = tmp_path / f"{problem}.npz"
     if problem == "pickled":  # an object array: np.load(allow_pickle=False) refuses it without unpickling
-        np.savez(stats, mu=np.zeros(128), sigma=np.eye(128), extra=np.array([_Payload(marker)], dtype=object))
+        np.savez(stats, mu=np.zeros(128), sigma=np.eye(128), extra=np.array([PicklePayload(marker)], dtype=object))
     elif problem == "wrong_dim":  # Inception's 2048 features against the classifier's 128
         np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048, dtype=np.float32))
     run = _export(tmp_path / "run")
@@ -147,15 +148,3 @@ def test_a_bad_ref_stats_file_is_one_line_and_exit_1(problem, mnist_shards, metr
     assert expected in lines[0] and not marker.exists()
 
 
-def _touch(path: str) -> None:
-    Path(path).write_text("code ran")
-
-
-class _Payload:
-    """Unpickling it writes a file: it must never be unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return _touch, (self.marker,)

@@ -16,6 +16,7 @@ import pytest
 from gan_dist.cli import main as cli_main
 from gan_dist.metrics import inception
 from gan_dist.metrics.inception import WEIGHTS_ENV, WEIGHTS_NAME
+from tests.pickle_payload import PicklePayload
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_a_bad_reference_statistics_file_stops_the_run_before_the_data(problem, 
     elif problem == "no_sigma":
         np.savez(stats, mu=np.zeros(8))
     elif problem == "pickled":  # checked from the .npy headers: the object array is never unpickled
-        np.savez(stats, mu=np.zeros(8), sigma=np.eye(8), names=np.array([_Payload(marker)], dtype=object))
+        np.savez(stats, mu=np.zeros(8), sigma=np.eye(8), names=np.array([PicklePayload(marker)], dtype=object))
     elif problem == "inception_dim":  # the classifier's 128 features against Inception's 2048
         np.savez(stats, mu=np.zeros(128), sigma=np.eye(128))
     network = "inception" if problem == "inception_dim" else "classifier"
@@ -109,18 +110,6 @@ def test_a_bad_reference_statistics_file_stops_the_run_before_the_data(problem, 
     assert nothing_written(isolated) and not marker.exists()
 
 
-def _touch(path: str) -> None:
-    Path(path).write_text("code ran")
-
-
-class _Payload:
-    """Unpickling it writes a file: it must never be unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return _touch, (self.marker,)
 
 
 def test_a_run_that_never_evaluates_does_not_ask_for_the_weights(isolated, capsys):
