@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gan_dist.config import Config, DataConfig, ModelConfig
 from gan_dist.configure import ConfigError, load_config, validate
@@ -764,5 +766,39 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def end_process(exit_code: int) -> NoReturn:
+    """Exit with `exit_code`. A process launched as one of several (WORLD_SIZE > 1) flushes its output and ends
+    with os._exit, without the interpreter's teardown: torch's DDP keeps the gloo process group alive after
+    destroy_process_group, and one of its worker threads may release a finished collective's tensors while the
+    interpreter finalizes; taking the GIL from that thread then aborts the rank (SIGABRT, "terminate called
+    without an active exception"), and torchrun reports the finished job as failed (docs/design-notes.md,
+    "Ending a rank"). Everything the package writes is closed before this point."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") > 1:
+        import logging
+
+        logging.shutdown()
+        os._exit(exit_code)
+    sys.exit(exit_code)
+
+
+def console_main() -> NoReturn:
+    """The `gan-dist` console script and `python -m gan_dist`: main(), then end_process with its status."""
+    try:
+        exit_code = main()
+    except SystemExit as exit_request:  # argparse's usage errors and --help
+        code = exit_request.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+        exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:  # outside main's own handling (e.g. while the package imports)
+        exit_code = EXIT_INTERRUPTED
+    except BaseException:  # an unexpected error: its traceback, then the same ending
+        traceback.print_exc()
+        exit_code = 1
+    end_process(exit_code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from gan_dist.cli import end_process
 from gan_dist.config import ModelConfig
 from gan_dist.models.build import build_discriminator
 
@@ -78,3 +79,4 @@ def main(out_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process(0)  # as `gan-dist` ends a rank (no interpreter teardown with DDP's gloo threads alive)

@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from gan_dist.cli import end_process
 from gan_dist.configure import load_config
 from gan_dist.train.trainer import Trainer
 
@@ -83,3 +84,4 @@ def main(out_path: str, model_name: str, global_batch: int, num_steps: int, *ove
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:])
+    end_process(0)  # as `gan-dist` ends a rank (no interpreter teardown with DDP's gloo threads alive)

@@ -8,7 +8,7 @@ import os
 import sys
 
 import gan_dist.files
-from gan_dist.cli import main
+from gan_dist.cli import end_process, main
 
 
 def _full_open(file, mode="r", *args, **kwargs):
@@ -20,4 +20,4 @@ def _full_open(file, mode="r", *args, **kwargs):
 if __name__ == "__main__":
     if os.environ.get("RANK", "0") == os.environ["GAN_DIST_TEST_FULL_RANK"]:
         gan_dist.files.open = _full_open  # module-level name lookups in gan_dist.files find it first
-    sys.exit(main(sys.argv[1:]))
+    end_process(main(sys.argv[1:]))

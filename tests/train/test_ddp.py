@@ -149,3 +149,37 @@ def test_whole_runs_on_the_memory_loader_are_the_same_for_one_and_two_processes(
             torch.testing.assert_close(double[key], value, atol=1e-5, rtol=1e-4, msg=f"{name} {key}")
     done = [json.loads((tmp_path / run / "done.json").read_text()) for run in ("one", "two")]
     assert [d["images_seen"] for d in done] == [6 * 16, 6 * 16] and [d["num_processes"] for d in done] == [1, 2]
+
+
+def test_a_launched_rank_ends_after_flushing_without_the_interpreter_teardown(tiny_shards, tmp_path):
+    """torch's DDP keeps the gloo group's threads alive after destroy_process_group; one of them may release a
+    finished collective's tensors while the interpreter finalizes, which aborts the rank ("terminate called
+    without an active exception": 4 of 117 two-process runs here, each a failed job to torchrun). `gan-dist`
+    ends each rank of a multi-process run with its output flushed and its status, before that teardown: an
+    atexit hook planted through sitecustomize never runs there, while a single process still exits normally."""
+    from tests.distributed import REPO_ROOT, free_port
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        "if os.environ.get('GAN_DIST_TEST_TEARDOWN'):\n"
+        "    _name = 'teardown-' + os.environ.get('RANK', 'single')\n"
+        "    atexit.register(lambda: open(os.path.join(os.environ['GAN_DIST_TEST_TEARDOWN'], _name), 'w').close())\n")
+    common = ["configs/debug.yaml", f"data.root={tiny_shards}", "data.auto_prepare=false", "data.loader=memory",
+              *MLP, "model.name=mlp", "train.num_steps=2", "log.sample_every=0", "checkpoint.every=0",
+              f"run.out_dir={tmp_path}", "dist.cpu=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "GAN_DIST_TEST_TEARDOWN": str(hooks),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    one = subprocess.run([sys.executable, "-m", "gan_dist", "train", *common, "run.name=one"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert sorted(p.name for p in hooks.glob("teardown-*")) == ["teardown-single"]  # the hook works
+
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(free_port()), "-m", "gan_dist", "train", *common,
+                          "run.name=two"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "done: 2 steps" in two.stdout  # flushed before the process ended
+    assert sorted(p.name for p in hooks.glob("teardown-*")) == ["teardown-single"]
+    assert json.loads((tmp_path / "two" / "done.json").read_text())["num_processes"] == 2
