@@ -40,6 +40,7 @@ from gan_dist.metrics.inception import (
 from gan_dist.metrics.kid import kid
 from tests.distributed import run_processes
 from tests.metrics.inception_eval_worker import LATENT_DIM, bank_images, bank_index
+from tests.pickle_payload import PicklePayload
 
 NUM_IMAGES = 8  # per set (fake, real)
 RTOL = 1e-4
@@ -358,23 +359,10 @@ def test_a_named_file_that_does_not_exist_is_missing(tmp_path: Path, monkeypatch
         ensure_inception_weights(cache_dir=tmp_path)
 
 
-def write_marker(path: str) -> None:
-    """What the malicious pickle below calls when it is unpickled."""
-    Path(path).write_text("code ran")
-
-
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return write_marker, (self.marker,)
-
-
 def test_weights_are_never_unpickled(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pth"
-    torch.save({"Conv2d_1a_3x3.conv.weight": _Payload(marker)}, evil)
+    torch.save({"Conv2d_1a_3x3.conv.weight": PicklePayload(marker)}, evil)
     sha = sha256_file(evil)  # the digest even matches: only weights_only stands between the file and the code
     with pytest.raises(InceptionWeightsRefused) as refused:
         ensure_inception_weights(evil, expected_sha256=sha, cache_dir=tmp_path / "cache")
